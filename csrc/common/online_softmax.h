@@ -1,0 +1,49 @@
+#pragma once
+// Online-softmax and LSE-merge helpers of SPEC §0-§1, usable from host and device code.
+
+#include <cmath>
+
+#include "common/visibility.h"
+
+namespace deepseek_attn {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Weight of a partial result when merging two disjoint key sets: exp(lse_part - lse_total),
+// with the -inf convention (an empty part weighs 0, two empty parts give lse -inf).
+struct LseMerge {
+  float lse;
+  float weight_first;
+  float weight_second;
+};
+
+DSA_HOST_DEVICE LseMerge merge_lse(float lse_first, float lse_second) {
+  const float hi = fmaxf(lse_first, lse_second);
+  if (hi == -INFINITY) return {-INFINITY, 0.f, 0.f};
+  const float lo = fminf(lse_first, lse_second);
+  const float lse = hi + log1pf(expf(lo - hi));
+  return {lse, expf(lse_first - lse), expf(lse_second - lse)};
+}
+
+// Running state of one query row: max of the scaled scores (log2 domain) and the sum of exp2.
+struct OnlineSoftmaxRow {
+  float max_log2 = -INFINITY;
+  float sum = 0.f;
+
+  // Folds in a new block maximum; returns the factor that rescales the old accumulator.
+  DSA_HOST_DEVICE float update_max(float block_max_log2) {
+    const float new_max = fmaxf(max_log2, block_max_log2);
+    const float rescale = (max_log2 == -INFINITY) ? 0.f : exp2f(max_log2 - new_max);
+    max_log2 = new_max;
+    sum *= rescale;
+    return rescale;
+  }
+
+  // Natural-log LSE of the row; -inf when it saw no key.
+  DSA_HOST_DEVICE float lse() const {
+    return sum > 0.f ? (max_log2 + log2f(sum)) * kLn2 : -INFINITY;
+  }
+};
+
+}  // namespace deepseek_attn
