@@ -115,12 +115,16 @@ def make_extension(cuda_root):
 
     cpu_sources = [path for path in relative_sources("csrc/**/*.cpp")
                    if os.path.basename(path) != "cuda.cpp" and "/tests/" not in path]
-    cxx_flags = ["-O3", "-fopenmp-simd"]
+    # ATen's parallel_for is an inline OpenMP loop: without -fopenmp it silently runs serially.
+    # The libgomp.so.1 that torch loads first is the one used.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     define_macros = []
     if cuda_root is None:
         return cpp_extension.CppExtension(
             "deepseek_attn._C", cpu_sources, include_dirs=[os.path.join(ROOT, "csrc")],
-            extra_compile_args={"cxx": cxx_flags}, define_macros=define_macros)
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
+            define_macros=define_macros)
 
     arch_list = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     cuda_sources = relative_sources("csrc/**/cuda.cpp") + relative_sources("csrc/**/*.cu")
@@ -134,8 +138,8 @@ def make_extension(cuda_root):
     define_macros.append(("DEEPSEEK_ATTN_CUDA_ARCHS", f'"{arch_list}"'))
     return cpp_extension.CUDAExtension(
         "deepseek_attn._C", cpu_sources + cuda_sources, include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, define_macros=define_macros,
-    )
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags,
+        define_macros=define_macros)
 
 
 def main():

@@ -99,8 +99,22 @@ void softmax_grad_row(float* dp, const float* p, const float* tanh_row, int64_t 
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-void attention_fwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q, const Fp32Bshd& k,
-                            const Fp32Bshd& v, float* out, const BshdStrides& out_strides) {
+// Keys transposed once per call, (B, Hkv, D, Sk), so every tile product is a plain A·B.
+struct TransposedKeys {
+  const float* data;
+  int64_t heads_kv, dim, seqlen;
+  const float* at(int64_t b, int64_t h, int64_t key) const {
+    return data + ((b * heads_kv + h) * dim) * seqlen + key;
+  }
+};
+
+TransposedKeys transposed_keys(const at::Tensor& t) {
+  return {t.data_ptr<float>(), t.size(1), t.size(2), t.size(3)};
+}
+
+void attention_fwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q,
+                            const TransposedKeys& k_t, const Fp32Bshd& v, float* out,
+                            const BshdStrides& out_strides) {
   const KeyWindow window = p.key_window();
   const int64_t n_row_tiles = (p.seqlen_q + kFwdBlockQ - 1) / kFwdBlockQ;
   const int64_t n_tasks = p.batch * p.heads_q * n_row_tiles;
@@ -131,8 +145,8 @@ void attention_fwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q, cons
     const int64_t key_end = window.end_key(row_begin + rows - 1);
     for (int64_t j0 = key_begin; j0 < key_end; j0 += kFwdBlockK) {
       const int64_t cols = std::min(kFwdBlockK, key_end - j0);
-      cpu::gemm(false, true, rows, cols, dqk, q.row(b, row_begin, h), q.strides.row,
-                k.row(b, j0, hk), k.strides.row, 0.f, s_buf.data(), cols);
+      cpu::gemm_nn(rows, cols, dqk, q.row(b, row_begin, h), q.strides.row, k_t.at(b, hk, j0),
+                   k_t.seqlen, false, s_buf.data(), cols);
       const bool full = window.tile_fully_visible(row_begin, row_begin + rows, j0, j0 + cols);
       for (int64_t r = 0; r < rows; ++r) {
         float* s = s_buf.data() + r * cols;
@@ -144,8 +158,8 @@ void attention_fwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q, cons
         state[r].sum += exp2_shifted_inplace(s, cols, state[r].max_log2);
         if (rescale != 1.f) scale_row(o_buf.data() + r * dv, dv, rescale);
       }
-      cpu::gemm(false, false, rows, dv, cols, s_buf.data(), cols, v.row(b, j0, hk),
-                v.strides.row, 1.f, o_buf.data(), dv);
+      cpu::gemm_nn(rows, dv, cols, s_buf.data(), cols, v.row(b, j0, hk), v.strides.row, true,
+                   o_buf.data(), dv);
     }
 
     for (int64_t r = 0; r < rows; ++r) {
@@ -170,7 +184,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cpu(const at::Tensor& q, const
                                q.options().dtype(at::kFloat));
   at::Tensor lse = at::empty({p.batch, p.heads_q, p.seqlen_q}, q.options().dtype(at::kFloat));
   p.lse = lse.data_ptr<float>();
-  attention_fwd_cpu_fp32(p, fp32_view(q32), fp32_view(k32), fp32_view(v32),
+  const at::Tensor k_t = k32.permute({0, 2, 3, 1}).contiguous();
+  attention_fwd_cpu_fp32(p, fp32_view(q32), transposed_keys(k_t), fp32_view(v32),
                          out32.data_ptr<float>(), bshd_strides(out32));
   return {out32.to(q.scalar_type()), lse};
 }
@@ -179,12 +194,13 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cpu(const at::Tensor& q, const
 // Backward
 
 struct BwdScratch {
-  std::vector<float> probs, dprobs, tanh_vals, dk_acc, dv_acc;
+  std::vector<float> probs, dprobs, tanh_vals, transposed, dk_acc, dv_acc;
 };
 
 // dq_groups[g] (fp32, contiguous BSHD) receives unscaled dS·K of the key tiles of group g.
 void attention_bwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q, const Fp32Bshd& k,
-                            const Fp32Bshd& v, const Fp32Bshd& dout, const float* lse,
+                            const TransposedKeys& k_t, const TransposedKeys& v_t,
+                            const Fp32Bshd& dout, const float* lse,
                             const float* delta, const std::vector<float*>& dq_groups,
                             const BshdStrides& dq_strides, float* dk, const BshdStrides& dk_strides,
                             float* dv, const BshdStrides& dv_strides) {
@@ -209,6 +225,7 @@ void attention_bwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q, cons
     BwdScratch& s = scratch[slot];
     s.probs.resize(kBwdBlockQ * kBwdBlockK);
     s.dprobs.resize(kBwdBlockQ * kBwdBlockK);
+    s.transposed.resize(kBwdBlockQ * kBwdBlockK);
     if (p.softcap > 0.f) s.tanh_vals.resize(kBwdBlockQ * kBwdBlockK);
     float* dq_acc = dq_groups[g];
 
@@ -227,8 +244,8 @@ void attention_bwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q, cons
           const bool full = window.tile_fully_visible(i0, i0 + rows, j0, j0 + cols);
           float* tanh_tile = p.softcap > 0.f ? s.tanh_vals.data() : nullptr;
           // P = exp(S - lse), recomputed.
-          cpu::gemm(false, true, rows, cols, dqk, q.row(b, i0, h), q.strides.row, k.row(b, j0, hk),
-                    k.strides.row, 0.f, s.probs.data(), cols);
+          cpu::gemm_nn(rows, cols, dqk, q.row(b, i0, h), q.strides.row, k_t.at(b, hk, j0),
+                       k_t.seqlen, false, s.probs.data(), cols);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = i0 + r;
             float* pr = s.probs.data() + r * cols;
@@ -239,21 +256,23 @@ void attention_bwd_cpu_fp32(const AttentionFwdParams& p, const Fp32Bshd& q, cons
             exp2_shifted_inplace(pr, cols, lse_h[i] * kLog2e);
           }
           // dV += P^T dO
-          cpu::gemm(true, false, cols, dvd, rows, s.probs.data(), cols, dout.row(b, i0, h),
-                    dout.strides.row, 1.f, s.dv_acc.data(), dvd);
+          cpu::transpose_tile(s.probs.data(), rows, cols, cols, s.transposed.data());
+          cpu::gemm_nn(cols, dvd, rows, s.transposed.data(), rows, dout.row(b, i0, h),
+                       dout.strides.row, true, s.dv_acc.data(), dvd);
           // dP = dO V^T, then dS in place.
-          cpu::gemm(false, true, rows, cols, dvd, dout.row(b, i0, h), dout.strides.row,
-                    v.row(b, j0, hk), v.strides.row, 0.f, s.dprobs.data(), cols);
+          cpu::gemm_nn(rows, cols, dvd, dout.row(b, i0, h), dout.strides.row, v_t.at(b, hk, j0),
+                       v_t.seqlen, false, s.dprobs.data(), cols);
           for (int64_t r = 0; r < rows; ++r) {
             softmax_grad_row(s.dprobs.data() + r * cols, s.probs.data() + r * cols,
                              tanh_tile ? tanh_tile + r * cols : nullptr, cols, delta_h[i0 + r]);
           }
           // dK += dS^T Q ; dQ += dS K (scaled once at the end).
-          cpu::gemm(true, false, cols, dqk, rows, s.dprobs.data(), cols, q.row(b, i0, h),
-                    q.strides.row, 1.f, s.dk_acc.data(), dqk);
+          cpu::transpose_tile(s.dprobs.data(), rows, cols, cols, s.transposed.data());
+          cpu::gemm_nn(cols, dqk, rows, s.transposed.data(), rows, q.row(b, i0, h), q.strides.row,
+                       true, s.dk_acc.data(), dqk);
           float* dq_tile = dq_acc + b * dq_strides.batch + i0 * dq_strides.row + h * dq_strides.head;
-          cpu::gemm(false, false, rows, dqk, cols, s.dprobs.data(), cols, k.row(b, j0, hk),
-                    k.strides.row, 1.f, dq_tile, dq_strides.row);
+          cpu::gemm_nn(rows, dqk, cols, s.dprobs.data(), cols, k.row(b, j0, hk), k.strides.row,
+                       true, dq_tile, dq_strides.row);
         }
       }
       for (int64_t c = 0; c < cols; ++c) {
@@ -302,7 +321,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cpu(
                               q.options().dtype(at::kFloat));
   at::Tensor dv32 = at::empty({p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v},
                               q.options().dtype(at::kFloat));
-  attention_bwd_cpu_fp32(p, fp32_view(q32), fp32_view(k32), fp32_view(v32), fp32_view(dout32),
+  const at::Tensor k_t = k32.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor v_t = v32.permute({0, 2, 3, 1}).contiguous();
+  attention_bwd_cpu_fp32(p, fp32_view(q32), fp32_view(k32), transposed_keys(k_t),
+                         transposed_keys(v_t), fp32_view(dout32),
                          lse32.data_ptr<float>(), delta.data_ptr<float>(), dq_ptrs,
                          bshd_strides(dq_partials[0]), dk32.data_ptr<float>(), bshd_strides(dk32),
                          dv32.data_ptr<float>(), bshd_strides(dv32));
