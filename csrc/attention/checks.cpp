@@ -10,8 +10,15 @@ namespace {
 
 void check_supported_dtype(const at::Tensor& q) {
   const auto dtype = q.scalar_type();
-  DSA_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-                 "q must have dtype float32, bfloat16 or float16 (got ", dtype, ")");
+  const bool low_or_single = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+  if (q.is_cpu()) {
+    // fp64 is accepted on CPU so gradients can be checked numerically.
+    DSA_CHECK_TYPE(low_or_single || dtype == at::kDouble,
+                   "q must have dtype float32, bfloat16, float16 or float64 (got ", dtype, ")");
+  } else {
+    DSA_CHECK_TYPE(low_or_single, "q must have dtype float32, bfloat16 or float16 (got ", dtype,
+                   ")");
+  }
 }
 
 }  // namespace

@@ -21,26 +21,25 @@
 #define DSA_CPU_MULTIVERSION
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+#define DSA_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DSA_ALWAYS_INLINE inline
+#endif
+
 namespace deepseek_attn::cpu {
 
-// A non-owning 2-D fp32 matrix view: rows x cols with leading dimension ld (row-major).
-inline at::Tensor matrix_view(const float* data, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(const_cast<float*>(data), {rows, cols}, {ld, 1},
-                       at::TensorOptions().dtype(at::kFloat));
+// A non-owning 2-D matrix view: rows x cols with leading dimension ld (row-major).
+template <typename T>
+at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
-// Whether ATen's oneDNN micro-kernel GEMM (brgemm) runs on this build and CPU; it is about
-// twice as fast as a BLAS call on attention-sized tiles. Probed once.
-bool brgemm_fp32_available();
-
-// C (m x n) = A (m x k) * B (k x n), or C += A * B when accumulate; all row-major with leading
-// dimensions. Uses brgemm where available, else BLAS through ATen.
-inline void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                    int64_t ldb, bool accumulate, float* c, int64_t ldc) {
-  if (brgemm_fp32_available()) {
-    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
-    return;
-  }
+// C = A * B (+ C when accumulate) through BLAS via ATen; row-major with leading dimensions.
+template <typename T>
+void gemm_nn_blas(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                  int64_t ldb, bool accumulate, T* c, int64_t ldc) {
   at::Tensor c_mat = matrix_view(c, m, n, ldc);
   if (accumulate) {
     c_mat.addmm_(matrix_view(a, m, k, lda), matrix_view(b, k, n, ldb));
@@ -49,14 +48,35 @@ inline void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda
   }
 }
 
+// Whether ATen's oneDNN micro-kernel GEMM (brgemm) runs on this build and CPU; it is about
+// twice as fast as a BLAS call on attention-sized tiles. Probed once.
+bool brgemm_fp32_available();
+
+// fp32 C (m x n) = A (m x k) * B (k x n), or C += A * B when accumulate; all row-major with
+// leading dimensions. Uses brgemm where available, else BLAS through ATen.
+inline void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                    int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+  if (brgemm_fp32_available()) {
+    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
+  } else {
+    gemm_nn_blas(m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+  }
+}
+
+// fp64 (CPU gradcheck precision): BLAS only.
+inline void gemm_nn(int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
+                    const double* b, int64_t ldb, bool accumulate, double* c, int64_t ldc) {
+  gemm_nn_blas(m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+}
+
 // Releases per-thread micro-kernel state once a thread's tiles are done.
 inline void gemm_thread_done() {
   if (brgemm_fp32_available()) at::native::cpublas::brgemm_release(false);
 }
 
 // dst (cols x rows, dense) = src (rows x cols, leading dimension ld_src) transposed.
-inline void transpose_tile(const float* src, int64_t rows, int64_t cols, int64_t ld_src,
-                           float* dst) {
+template <typename T>
+void transpose_tile(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst) {
   constexpr int64_t kBlock = 16;  // cache-friendly blocks
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
@@ -70,7 +90,7 @@ inline void transpose_tile(const float* src, int64_t rows, int64_t cols, int64_t
 }
 
 // 2^x for x <= 0 to fp32 accuracy, exactly 0 below 2^-126; branch-free so loops vectorise.
-inline float exp2_nonpositive(float x) {
+DSA_ALWAYS_INLINE float exp2_nonpositive(float x) {
   const bool underflow = !(x >= -126.f);  // also catches -inf and NaN
   x = underflow ? 0.f : x;
   const float n = std::floor(x + 0.5f);
@@ -89,6 +109,8 @@ inline float exp2_nonpositive(float x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return underflow ? 0.f : p * scale;
 }
+
+inline double exp2_nonpositive(double x) { return std::exp2(x); }
 
 // Runs task(index, thread_slot) for every index, costliest first, over ATen's thread pool.
 // Dynamic scheduling balances causal work; thread_slot indexes per-thread scratch.

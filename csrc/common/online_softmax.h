@@ -26,23 +26,30 @@ DSA_HOST_DEVICE LseMerge merge_lse(float lse_first, float lse_second) {
   return {lse, expf(lse_first - lse), expf(lse_second - lse)};
 }
 
+DSA_HOST_DEVICE float exp2_of(float x) { return exp2f(x); }
+DSA_HOST_DEVICE double exp2_of(double x) { return exp2(x); }
+DSA_HOST_DEVICE float log2_of(float x) { return log2f(x); }
+DSA_HOST_DEVICE double log2_of(double x) { return log2(x); }
+
 // Running state of one query row: max of the scaled scores (log2 domain) and the sum of exp2.
+// T is the accumulation type (fp32; fp64 for fp64 inputs on CPU).
+template <typename T>
 struct OnlineSoftmaxRow {
-  float max_log2 = -INFINITY;
-  float sum = 0.f;
+  T max_log2 = -INFINITY;
+  T sum = 0;
 
   // Folds in a new block maximum; returns the factor that rescales the old accumulator.
-  DSA_HOST_DEVICE float update_max(float block_max_log2) {
-    const float new_max = fmaxf(max_log2, block_max_log2);
-    const float rescale = (max_log2 == -INFINITY) ? 0.f : exp2f(max_log2 - new_max);
+  DSA_HOST_DEVICE T update_max(T block_max_log2) {
+    const T new_max = max_log2 > block_max_log2 ? max_log2 : block_max_log2;
+    const T rescale = (max_log2 == -INFINITY) ? T(0) : exp2_of(max_log2 - new_max);
     max_log2 = new_max;
     sum *= rescale;
     return rescale;
   }
 
   // Natural-log LSE of the row; -inf when it saw no key.
-  DSA_HOST_DEVICE float lse() const {
-    return sum > 0.f ? (max_log2 + log2f(sum)) * kLn2 : -INFINITY;
+  DSA_HOST_DEVICE T lse() const {
+    return sum > 0 ? (max_log2 + log2_of(sum)) * T(kLn2) : T(-INFINITY);
   }
 };
 
