@@ -41,7 +41,7 @@ inline void check_dtype(const at::Tensor& t, const char* name, at::ScalarType ex
 }
 
 inline void check_last_dim_contiguous(const at::Tensor& t, const char* name) {
-  DSA_CHECK(t.size(-1) <= 1 || t.stride(-1) == 1, name,
+  DSA_CHECK(t.numel() == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, name,
             " must be contiguous in its last dimension (got stride ", t.stride(-1),
             "); call .contiguous() first");
 }

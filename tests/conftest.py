@@ -1,0 +1,85 @@
+"""Shared test fixtures: devices, the SPEC §6 tolerance rules, input makers."""
+
+import pytest
+import torch
+
+import deepseek_attn
+from deepseek_attn import _C
+
+
+def _cuda_skip_reason(op_name):
+    """Why CUDA variants of `op_name` cannot run here, or None when they can."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible"
+    if not _C.with_cuda:
+        return "deepseek_attn was built without CUDA sources"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(op_name, "CUDA"):
+        return f"{op_name} has no CUDA kernel in this build"
+    return None
+
+
+def device_params(op_name):
+    """['cpu', 'cuda'] as pytest params; 'cuda' is skipped with the reason when it cannot run."""
+    reason = _cuda_skip_reason(op_name)
+    cuda = pytest.param("cuda", marks=pytest.mark.skipif(reason is not None, reason=reason or ""))
+    return ["cpu", cuda]
+
+
+ATTENTION_DEVICES = device_params("deepseek_attn::flash_attn_fwd")
+
+# Dtypes each device supports for attention (SPEC §0).
+ATTENTION_DTYPES = {"cpu": [torch.float32, torch.bfloat16, torch.float16],
+                    "cuda": [torch.bfloat16, torch.float16]}
+
+
+def skip_unsupported_dtype(device, dtype):
+    if dtype not in ATTENTION_DTYPES[device]:
+        pytest.skip(f"{dtype} is not a supported attention dtype on {device}")
+
+
+def max_abs_diff(a, b):
+    """max |a - b| in fp64, treating equal infinities as equal."""
+    a, b = a.double(), b.double()
+    same_inf = torch.isinf(a) & torch.isinf(b) & (torch.sign(a) == torch.sign(b))
+    diff = torch.where(same_inf, torch.zeros_like(a), (a - b).abs())
+    return diff.max().item() if diff.numel() else 0.0
+
+
+def assert_spec6_close(name, ours, same_dtype_ref, fp64_ref, factor):
+    """SPEC §6: fp32 uses atol=rtol=1e-4 against fp64; bf16/fp16 use the relative rule."""
+    assert not torch.isnan(ours).any(), f"{name} has NaN"
+    if ours.dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(ours.double(), fp64_ref.double(), atol=1e-4, rtol=1e-4,
+                                   msg=lambda m: f"{name}: {m}")
+        return
+    our_err = max_abs_diff(ours, fp64_ref)
+    pytorch_err = max_abs_diff(same_dtype_ref, fp64_ref)
+    bound = factor * pytorch_err + 1e-5
+    assert our_err <= bound, (f"{name}: max error {our_err:.3e} exceeds {factor} x the "
+                              f"same-dtype reference error {pytorch_err:.3e} + 1e-5")
+
+
+def bshd_inputs(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim_v, dtype,
+                device, requires_grad=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def make(*shape):
+        t = torch.randn(*shape, generator=generator, dtype=torch.float32).to(device=device,
+                                                                             dtype=dtype)
+        return t.requires_grad_(requires_grad)
+
+    q = make(batch, seqlen_q, heads_q, head_dim)
+    k = make(batch, seqlen_k, heads_kv, head_dim)
+    v = make(batch, seqlen_k, heads_kv, head_dim_v)
+    return q, k, v
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    torch.manual_seed(0)
+
+
+def pytest_report_header(config):
+    return (f"deepseek_attn {deepseek_attn.__version__}, built with CUDA: {bool(_C.with_cuda)} "
+            f"(archs {_C.cuda_archs or '-'}); torch {torch.__version__}; "
+            f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
