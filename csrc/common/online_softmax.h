@@ -7,8 +7,9 @@
 
 namespace deepseek_attn {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
+// Double constants so fp64 paths keep full precision; always cast to the working type T(...).
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
 
 // Weight of a partial result when merging two disjoint key sets: exp(lse_part - lse_total),
 // with the -inf convention (an empty part weighs 0, two empty parts give lse -inf).

@@ -1,0 +1,173 @@
+"""Shared benchmark harness (SPEC §7): timing, peak memory, result records, table, JSON, plot.
+
+Every script measures our op and its peer in the same run on the same device, then reports
+ratios. GPU timing: CUDA events, warm-up, L2 flushed before every run, median of >= 10 runs.
+CPU timing: median of >= 5 runs after a warm-up.
+"""
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2
+
+
+@dataclasses.dataclass
+class Result:
+    op: str
+    impl: str
+    mode: str
+    dtype: str
+    shape: dict
+    ms: float
+    tflops: float = None
+    gbps: float = None
+    peak_mib: float = None
+    error: str = None  # set when the impl could not run this case (and why)
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            match = re.search(r"model name\s*:\s*(.+)", handle.read())
+        name = match.group(1).strip() if match else platform.processor()
+    except OSError:
+        name = platform.processor() or "cpu"
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def device_slug(device):
+    """File-name form of the device: 'nvidia-h100-80gb-hbm3', 'cpu-amd-epyc-2t'."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        base = re.sub(r"\(.*\)", "", cpu_name()).strip()
+        name = f"cpu {base} {torch.get_num_threads()}t"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+class Timer:
+    """Median wall time of a callable on one device, as SPEC §7 prescribes."""
+
+    def __init__(self, device, warmup=None, repeats=None):
+        self.device = device
+        self.is_cuda = device.type == "cuda"
+        self.warmup = warmup if warmup is not None else (3 if self.is_cuda else 1)
+        self.repeats = repeats if repeats is not None else (10 if self.is_cuda else 5)
+        self.flush_buffer = (torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+                             if self.is_cuda else None)
+
+    def __call__(self, fn):
+        for _ in range(self.warmup):
+            fn()
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+        times = []
+        for _ in range(self.repeats):
+            if self.is_cuda:
+                self.flush_buffer.zero_()
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                begin = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - begin) * 1e3)
+        return statistics.median(times)
+
+
+def _resident_kib(field):
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return None
+
+
+def peak_memory_mib(fn, device):
+    """Extra memory at the peak of one call: CUDA allocator peak, or RSS high-water on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM (the peak RSS) to the current RSS
+    except OSError:
+        return None
+    baseline = _resident_kib("VmRSS")
+    fn()
+    return max(0.0, (_resident_kib("VmHWM") - baseline) / 1024)
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_json(results, device, path, extra=None):
+    payload = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "commit": git_commit(),
+        "date": datetime.date.today().isoformat(),
+        **(extra or {}),
+        "results": [dataclasses.asdict(r) for r in results],
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=1)
+    return path
+
+
+def ratio_rows(results, ours, peers, key_fields):
+    """For every (mode, dtype, shape) case: our result and each peer's, with peer_ms / our_ms."""
+    by_case = {}
+    for r in results:
+        case = (r.mode, r.dtype, tuple(r.shape[f] for f in key_fields))
+        by_case.setdefault(case, {})[r.impl] = r
+    rows = []
+    for case, impls in by_case.items():
+        mine = impls.get(ours)
+        row = {"mode": case[0], "dtype": case[1], **dict(zip(key_fields, case[2])), "ours": mine}
+        for peer in peers:
+            other = impls.get(peer)
+            row[peer] = other
+            usable = mine and other and mine.error is None and other.error is None
+            row[f"speedup_vs_{peer}"] = other.ms / mine.ms if usable else None
+        rows.append(row)
+    return rows
+
+
+def format_table(headers, rows):
+    cells = [[("-" if value is None else (f"{value:.3g}" if isinstance(value, float) else
+                                          str(value))) for value in row] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(c) for c in cells])
