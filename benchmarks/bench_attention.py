@@ -102,8 +102,10 @@ def outputs_agree(shape, dtype, device):
     ours_inputs, ours = make_attention(OURS, shape, dtype, device, shape["causal"])
     with torch.no_grad():
         out = ours(*ours_inputs)
+        # Contiguous (B, H, S, D) copies keep SDPA on its tiled kernels (no S x S matrix).
         reference = F.scaled_dot_product_attention(
-            *(t.transpose(1, 2) for t in ours_inputs), is_causal=shape["causal"]).transpose(1, 2)
+            *(t.transpose(1, 2).contiguous() for t in ours_inputs),
+            is_causal=shape["causal"]).transpose(1, 2)
     tolerance = 1e-3 if dtype == torch.float32 else 3e-2
     error = (out.float() - reference.float()).abs().max().item()
     return error <= tolerance, error
@@ -161,6 +163,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", choices=["fwd", "bwd", "fwd+bwd"])
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--check-up-to", type=int, default=4096,
+                        help="compare our output with SDPA's for S up to this length")
     parser.add_argument("--out", default=None, help="JSON path (default: results/<device>-attention.json)")
     args = parser.parse_args(argv)
 
@@ -185,7 +189,7 @@ def main(argv=None):
     for shape, dtype, mode, impl in tqdm(plan, desc="attention", unit="run", dynamic_ncols=True):
         case_key = (tuple(shape.items()), dtype)
         try:
-            if impl == OURS and case_key not in checked:
+            if impl == OURS and case_key not in checked and shape["S"] <= args.check_up_to:
                 checked.add(case_key)
                 agree, error = outputs_agree(shape, dtype, device)
                 if not agree:

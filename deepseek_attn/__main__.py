@@ -1,0 +1,192 @@
+"""`python -m deepseek_attn`: what was built, a self-check of every op, a short benchmark.
+
+Exit status 0 when every registered op matches its reference on the best available device.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import deepseek_attn
+from deepseek_attn import _C
+from deepseek_attn.reference import attention_ref
+
+NAMESPACE = "deepseek_attn"
+
+
+def registered_ops():
+    return sorted(name for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith(NAMESPACE + "::"))
+
+
+def has_kernel(op_name, dispatch_key):
+    return torch._C._dispatch_has_kernel_for_dispatch_key(op_name, dispatch_key)
+
+
+def best_device(op_name):
+    if torch.cuda.is_available() and has_kernel(op_name, "CUDA"):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def print_table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    print("  ".join(str(h).ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+def build_report():
+    print(f"deepseek_attn {deepseek_attn.__version__}  (torch {torch.__version__}, "
+          f"torch CUDA {torch.version.cuda or 'none'})")
+    if _C.with_cuda:
+        print(f"built with CUDA sources for archs {_C.cuda_archs}")
+    else:
+        print("built CPU-only (no CUDA sources compiled)")
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        print(f"GPU: {torch.cuda.get_device_name()} (sm_{major}{minor})")
+    else:
+        print("GPU: none visible")
+    print(f"CPU threads: {torch.get_num_threads()}")
+    print()
+    rows = [(name, "yes" if has_kernel(name, "CPU") else "no",
+             "yes" if has_kernel(name, "CUDA") else "no") for name in registered_ops()]
+    print_table(["op", "CPU kernel", "CUDA kernel"], rows)
+    print()
+
+
+def _spec6_error_ratio(ours, same_dtype_ref, exact_ref, factor):
+    """Our error over the SPEC §6 bound (<= 1 passes); factor is 2 for values, 3 for grads."""
+    error = (ours.double() - exact_ref.double()).abs().nan_to_num(0.0)
+    if ours.dtype == torch.float32:  # atol = rtol = 1e-4, element by element
+        return (error / (1e-4 + 1e-4 * exact_ref.double().abs())).max().item()
+    pytorch_error = (same_dtype_ref.double() - exact_ref.double()).abs().nan_to_num(0.0)
+    return error.max().item() / (factor * pytorch_error.max().item() + 1e-5)
+
+
+def check_flash_attn(device, backward):
+    """Forward (out, lse) or backward (dq, dk, dv) of flash_attn_func on a few SPEC §1 cases."""
+    dtypes = [torch.bfloat16, torch.float16] if device.type == "cuda" else [torch.float32,
+                                                                             torch.bfloat16]
+    cases = [dict(shape=(2, 77, 4, 2, 64, 64), causal=True, window_size=(-1, -1), softcap=0.0),
+             dict(shape=(1, 130, 6, 3, 128, 128), causal=False, window_size=(32, 16), softcap=0.0),
+             dict(shape=(1, 65, 2, 2, 192, 128), causal=True, window_size=(-1, -1), softcap=5.0)]
+    worst = 0.0
+    for dtype in dtypes:
+        for case in cases:
+            batch, seqlen, heads_q, heads_kv, dim, dim_v = case["shape"]
+            options = {k: case[k] for k in ("causal", "window_size", "softcap")}
+            generator = torch.Generator().manual_seed(0)
+            q, k, v = (torch.randn(batch, seqlen, h, d, generator=generator).to(device, dtype)
+                       .requires_grad_() for h, d in ((heads_q, dim), (heads_kv, dim),
+                                                      (heads_kv, dim_v)))
+            out = deepseek_attn.flash_attn_func(q, k, v, **options)
+            same, _ = attention_ref(q, k, v, **options)
+            exact_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
+            exact, _ = attention_ref(*exact_inputs, **options)
+            if not backward:
+                worst = max(worst, _spec6_error_ratio(out, same, exact, factor=2))
+                continue
+            dout = torch.randn_like(out)
+            ours = torch.autograd.grad(out, (q, k, v), dout)
+            pytorch = torch.autograd.grad(same, (q, k, v), dout)
+            exact_grads = torch.autograd.grad(exact, exact_inputs, dout.double())
+            for a, b, c in zip(ours, pytorch, exact_grads):
+                worst = max(worst, _spec6_error_ratio(a, b, c, factor=3))
+    return worst
+
+
+SELF_CHECKS = {
+    f"{NAMESPACE}::flash_attn_fwd": lambda device: check_flash_attn(device, backward=False),
+    f"{NAMESPACE}::flash_attn_bwd": lambda device: check_flash_attn(device, backward=True),
+}
+
+
+def self_check():
+    rows, all_passed = [], True
+    for name in registered_ops():
+        device = best_device(name)
+        check = SELF_CHECKS.get(name)
+        if check is None:
+            rows.append((name, device.type, "-", "FAIL (no self-check written for this op)"))
+            all_passed = False
+            continue
+        try:
+            ratio = check(device)
+            passed = ratio <= 1.0
+            rows.append((name, device.type, f"{ratio:.3f}", "pass" if passed else "FAIL"))
+        except Exception as error:  # a crash is a failed check, reported in the table
+            passed = False
+            rows.append((name, device.type, "-", f"FAIL ({type(error).__name__}: {error})"))
+        all_passed &= passed
+    print("self-check against deepseek_attn.reference (error / SPEC §6 bound, <= 1 passes)")
+    print_table(["op", "device", "error/bound", "result"], rows)
+    print()
+    return all_passed
+
+
+def _median_ms(fn, device, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        begin = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - begin) * 1e3)
+    return statistics.median(times)
+
+
+def short_benchmark(seqlen):
+    device = best_device(f"{NAMESPACE}::flash_attn_fwd")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    heads, dim = 16, 128
+    batch = max(1, 8192 // seqlen) if device.type == "cuda" else 1
+    make = lambda *shape: torch.randn(*shape, device=device, dtype=dtype, requires_grad=True)
+    ours = [make(batch, seqlen, heads, dim) for _ in range(3)]
+    peer = [make(batch, heads, seqlen, dim) for _ in range(3)]
+    forward_flops = 2 * batch * heads * 2 * dim * seqlen * (seqlen + 1) / 2
+    run_ours = lambda: deepseek_attn.flash_attn_func(*ours, causal=True)
+    run_peer = lambda: F.scaled_dot_product_attention(*peer, is_causal=True)
+    rows = []
+    for mode, factor in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+        def timed(run, inputs):
+            if mode == "fwd":
+                with torch.no_grad():
+                    return _median_ms(run, device, 5)
+            return _median_ms(lambda: run().sum().backward(), device, 5)
+
+        ours_ms, peer_ms = timed(run_ours, ours), timed(run_peer, peer)
+        gflops = lambda ms: f"{forward_flops * factor / ms / 1e6:.1f}"
+        rows.append((mode, f"{ours_ms:.2f}", gflops(ours_ms), f"{peer_ms:.2f}", gflops(peer_ms),
+                     f"{peer_ms / ours_ms:.2f}x"))
+    print(f"short benchmark: causal attention, {device.type}, {str(dtype)[6:]}, B={batch}, "
+          f"S={seqlen}, H={heads}, D={dim} (full sweep: benchmarks/bench_attention.py)")
+    print_table(["mode", "ours ms", "ours GFLOP/s", "SDPA ms", "SDPA GFLOP/s",
+                 "speed-up vs SDPA"], rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m deepseek_attn", description=__doc__)
+    parser.add_argument("--no-bench", action="store_true", help="skip the short benchmark")
+    parser.add_argument("--seqlen", type=int, default=2048, help="benchmark sequence length")
+    args = parser.parse_args(argv)
+    build_report()
+    passed = self_check()
+    if not args.no_bench:
+        short_benchmark(args.seqlen)
+    if not passed:
+        print("SELF-CHECK FAILED", file=sys.stderr)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The command-line tools run: `python -m deepseek_attn` and the attention benchmark script."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, timeout=600):
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_main_command_reports_build_self_checks_and_benchmarks():
+    output = run(["-m", "deepseek_attn", "--seqlen", "256"])
+    assert "deepseek_attn 0.1.0" in output and "CPU threads" in output
+    for op in ("deepseek_attn::flash_attn_fwd", "deepseek_attn::flash_attn_bwd"):
+        assert any(line.startswith(op) and line.rstrip().endswith("pass")
+                   for line in output.splitlines()), output
+    assert "short benchmark" in output and "speed-up vs SDPA" in output
+
+
+def test_attention_benchmark_writes_json_and_plot(tmp_path):
+    path = tmp_path / "bench.json"
+    output = run([os.path.join("benchmarks", "bench_attention.py"), "--quick", "--seqlens", "128",
+                  "--dtypes", "float32", "--out", str(path)])
+    assert "x vs sdpa" in output
+    payload = json.loads(path.read_text())
+    assert {"device", "torch", "cuda", "commit", "date", "results"} <= payload.keys()
+    impls = {(r["impl"], r["mode"]) for r in payload["results"]}
+    assert impls == {("deepseek_attn", "fwd"), ("deepseek_attn", "fwd+bwd"), ("sdpa", "fwd"),
+                     ("sdpa", "fwd+bwd")}
+    for result in payload["results"]:
+        assert result["error"] is None and result["ms"] > 0 and result["tflops"] > 0
+        assert result["shape"]["S"] == 128 and result["dtype"] == "float32"
+    assert (tmp_path / "bench.png").stat().st_size > 0
