@@ -37,8 +37,9 @@ def visible_pairs(seqlen_q, seqlen_k, causal):
 
 
 def attention_flops(shape, mode):
+    seqlen_q = shape.get("Sq", shape["S"])  # decode cases have Sq != S (= Sk)
     forward = (2 * shape["B"] * shape["H"] * (shape["D"] + shape["Dv"])
-               * visible_pairs(shape["S"], shape["S"], shape["causal"]))
+               * visible_pairs(seqlen_q, shape["S"], shape["causal"]))
     return forward * {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}[mode]
 
 
@@ -54,16 +55,19 @@ def sdpa_backend(name):
 def make_attention(impl, shape, dtype, device, causal):
     """Returns (inputs, forward function) for one impl; inputs are in the impl's own layout."""
     batch, seqlen, heads, dim, dim_v = (shape[k] for k in ("B", "S", "H", "D", "Dv"))
+    seqlen_q = shape.get("Sq", seqlen)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def make(*size):
         return torch.randn(*size, generator=generator, device=device, dtype=dtype)
 
     if impl == OURS:
-        inputs = [make(batch, seqlen, heads, d).requires_grad_() for d in (dim, dim, dim_v)]
+        inputs = [make(batch, s, heads, d).requires_grad_()
+                  for s, d in ((seqlen_q, dim), (seqlen, dim), (seqlen, dim_v))]
         return inputs, lambda q, k, v: deepseek_attn.flash_attn_func(q, k, v, causal=causal)
     # The peer gets its preferred contiguous (B, H, S, D) layout.
-    inputs = [make(batch, heads, seqlen, d).requires_grad_() for d in (dim, dim, dim_v)]
+    inputs = [make(batch, heads, s, d).requires_grad_()
+              for s, d in ((seqlen_q, dim), (seqlen, dim), (seqlen, dim_v))]
 
     def sdpa(q, k, v):
         with sdpa_backend(impl):
@@ -117,9 +121,18 @@ def default_plan(device, quick):
         shapes = [dict(B=max(1, 16384 // s), S=s, H=2048 // d, D=d, Dv=d, causal=c)
                   for d in (64, 128) for c in (False, True) for s in seqlens]
         return shapes, [torch.bfloat16], ["fwd", "bwd", "fwd+bwd"], ["sdpa-flash", "sdpa-cudnn"]
+
+
     seqlens = [256, 512] if quick else [512, 1024, 2048, 4096, 8192, 16384]
     shapes = [dict(B=1, S=s, H=16, D=128, Dv=128, causal=True) for s in seqlens]
     return shapes, [torch.float32, torch.bfloat16], ["fwd", "fwd+bwd"], ["sdpa"]
+
+
+def decode_plan(quick):
+    """One new token per sequence against a long cache: what split-KV is for (CUDA only)."""
+    cache_lengths = [4096] if quick else [1024, 4096, 16384, 65536]
+    return [dict(B=b, Sq=1, S=s, H=16, D=128, Dv=128, causal=False)
+            for b in (1, 8) for s in cache_lengths]
 
 
 def plot(rows, peers, path, device_label):
@@ -128,6 +141,7 @@ def plot(rows, peers, path, device_label):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["Sq"] == r["S"]]  # the plot shows training shapes
     panels = sorted({(r["dtype"], r["mode"], r["D"], r["causal"]) for r in rows})
     columns = min(3, len(panels))
     lines = -(-len(panels) // columns)
@@ -185,6 +199,9 @@ def main(argv=None):
     results, disagreements = [], []
     plan = [(shape, dtype, mode, impl) for dtype in dtypes for shape in shapes
             for mode in modes for impl in [OURS] + peers]
+    if device.type == "cuda" and not args.seqlens:
+        plan += [(shape, dtype, "fwd", impl) for dtype in dtypes
+                 for shape in decode_plan(args.quick) for impl in [OURS] + peers]
     checked = set()
     for shape, dtype, mode, impl in tqdm(plan, desc="attention", unit="run", dynamic_ncols=True):
         case_key = (tuple(shape.items()), dtype)
@@ -204,14 +221,16 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    rows = harness.ratio_rows(results, OURS, peers, ["B", "S", "H", "D", "causal"])
-    headers = ["mode", "dtype", "B", "S", "H", "D", "causal", "ours ms", "ours TFLOP/s",
+    for result in results:  # training-shape rows show Sq = S
+        result.shape.setdefault("Sq", result.shape["S"])
+    rows = harness.ratio_rows(results, OURS, peers, ["B", "Sq", "S", "H", "D", "causal"])
+    headers = ["mode", "dtype", "B", "Sq", "S", "H", "D", "causal", "ours ms", "ours TFLOP/s",
                "ours MiB"]
     for peer in peers:
         headers += [f"{peer} ms", f"{peer} TFLOP/s", f"{peer} MiB", f"x vs {peer}"]
     table = []
     for r in rows:
-        line = [r["mode"], r["dtype"], r["B"], r["S"], r["H"], r["D"], r["causal"]]
+        line = [r["mode"], r["dtype"], r["B"], r["Sq"], r["S"], r["H"], r["D"], r["causal"]]
         for impl_key in ["ours"] + peers:
             result = r[impl_key]
             ok = result is not None and result.error is None

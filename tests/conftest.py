@@ -26,6 +26,10 @@ def device_params(op_name):
 
 
 ATTENTION_DEVICES = device_params("deepseek_attn::flash_attn_fwd")
+_ATTENTION_CUDA_SKIP = _cuda_skip_reason("deepseek_attn::flash_attn_fwd")
+# For tests that only make sense on a GPU (graphs, device mixes, CUDA-only limits).
+requires_cuda_attention = pytest.mark.skipif(_ATTENTION_CUDA_SKIP is not None,
+                                             reason=_ATTENTION_CUDA_SKIP or "")
 
 # Dtypes each device supports for attention (SPEC §0).
 ATTENTION_DTYPES = {"cpu": [torch.float32, torch.bfloat16, torch.float16],

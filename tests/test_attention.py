@@ -12,8 +12,8 @@ import deepseek_attn
 from deepseek_attn import FlashAttnFunction, flash_attn_func
 from deepseek_attn.reference import attention_ref, merge_partials, visible_mask
 
-from conftest import (ATTENTION_DEVICES, assert_spec6_close, bshd_inputs, max_abs_diff,
-                      skip_unsupported_dtype)
+from conftest import (ATTENTION_DEVICES, assert_spec6_close, bshd_inputs,
+                      requires_cuda_attention, skip_unsupported_dtype)
 
 _ops = torch.ops.deepseek_attn
 
@@ -64,6 +64,9 @@ CASES = [
     Case(90, window=(-1, 5), causal=False),              # right window only
     Case(129, softcap=1.5, head_dim=128),                # soft-capping
     Case(100, 300, window=(40, 0), softcap=3.0, heads_q=4, heads_kv=2),
+    Case(100, head_dim=256, causal=False),               # widest head dim with CUDA kernels
+    Case(1, 3000, heads_q=8, heads_kv=2, head_dim=128),  # decode: split-KV on CUDA
+    Case(4, 2500, batch=2, heads_q=4, heads_kv=1, head_dim=64, softcap=2.0),
 ]
 
 
@@ -206,7 +209,7 @@ def test_gradcheck_fp64(options):
 @pytest.mark.parametrize("device", ATTENTION_DEVICES)
 def test_opcheck_forward_and_backward_ops(device):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    q, k, v = Case(37, 45, heads_q=4, heads_kv=2, head_dim=32).inputs(dtype, device,
+    q, k, v = Case(37, 45, heads_q=4, heads_kv=2, head_dim=64).inputs(dtype, device,
                                                                       requires_grad=True)
     fwd_args = (q, k, v, 0.2, True, -1, -1, 0.0)
     torch.library.opcheck(_ops.flash_attn_fwd.default, fwd_args)
@@ -221,7 +224,7 @@ def test_opcheck_forward_and_backward_ops(device):
 @pytest.mark.parametrize("device", ATTENTION_DEVICES)
 def test_torch_compile_fullgraph_forward_and_backward(device, backend):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    case = Case(50, 64, heads_q=4, heads_kv=2, head_dim=32)
+    case = Case(50, 64, heads_q=4, heads_kv=2, head_dim=64)
     q, k, v = case.inputs(dtype, device, requires_grad=True)
 
     def block(q, k, v):
@@ -251,6 +254,51 @@ def test_deterministic_gradients_are_bitwise_identical(device):
         runs.append(torch.autograd.grad(out, (q, k, v), dout))
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+
+
+@requires_cuda_attention
+def test_cuda_graph_capture_and_replay():
+    q, k, v = Case(300, heads_q=4, heads_kv=2, head_dim=128).inputs(torch.bfloat16, "cuda",
+                                                                    requires_grad=True)
+    dout = torch.randn(1, 300, 4, 128, dtype=torch.bfloat16, device="cuda")
+
+    def step():
+        out = flash_attn_func(q, k, v, causal=True)
+        return (out, *torch.autograd.grad(out, (q, k, v), dout))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up outside the capture (allocator pools, lazy module loading)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    expected = step()
+    with torch.no_grad():
+        for t in (q, k, v):
+            t.mul_(1.0)  # same values: replay must reproduce the eager results exactly
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(captured, expected):
+        assert torch.equal(got, want)
+
+
+@requires_cuda_attention
+def test_long_sequence_matches_sdpa_on_cuda():
+    seqlen = 16384
+    q, k, v = Case(seqlen, heads_q=4, heads_kv=4, head_dim=128).inputs(torch.bfloat16, "cuda")
+    out = flash_attn_func(q, k, v, causal=True)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        *(t.transpose(1, 2) for t in (q, k, v)), is_causal=True).transpose(1, 2)
+    assert (out.float() - expected.float()).abs().max().item() < 2e-2
+
+
+@requires_cuda_attention
+def test_cuda_rejects_head_dims_without_kernels():
+    q, k, v = bshd_inputs(1, 8, 8, 2, 2, 80, 80, torch.bfloat16, "cuda")
+    with pytest.raises(ValueError, match=r"head dims \(q/k 80, v 80\) are not supported on CUDA"):
+        flash_attn_func(q, k, v)
 
 
 def run_python(code, env_overrides=None, timeout=600):
@@ -354,11 +402,11 @@ def test_fp64_is_cpu_only_and_cuda_rejects_it():
     assert flash_attn_func(q, k, v).dtype == torch.float64
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to check the CUDA dtype message")
-    with pytest.raises(TypeError, match=r"q must have dtype float32, bfloat16 or float16"):
+    with pytest.raises(TypeError, match=r"q must have dtype bfloat16 or float16 on cuda \(got Double\)"):
         flash_attn_func(*(t.cuda() for t in (q, k, v)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for a device mix")
+@requires_cuda_attention
 def test_device_mix_is_rejected():
     q, k, v = _good(torch.bfloat16)
     with pytest.raises(RuntimeError, match=r"k must be on the same device as q \(got cpu and cuda:0\)"):

@@ -16,7 +16,8 @@ void check_supported_dtype(const at::Tensor& q) {
     DSA_CHECK_TYPE(low_or_single || dtype == at::kDouble,
                    "q must have dtype float32, bfloat16, float16 or float64 (got ", dtype, ")");
   } else {
-    DSA_CHECK_TYPE(low_or_single, "q must have dtype float32, bfloat16 or float16 (got ", dtype,
+    DSA_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "q must have dtype bfloat16 or float16 on ", q.device().type(), " (got ", dtype,
                    ")");
   }
 }

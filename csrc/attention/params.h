@@ -36,8 +36,8 @@ struct AttentionFwdParams {
   int64_t window_left = -1;   // -1: unbounded
   int64_t window_right = -1;  // -1: unbounded; causal sets 0
 
-  int64_t heads_per_kv() const { return heads_q / heads_kv; }
-  KeyWindow key_window() const { return {seqlen_q, seqlen_k, window_left, window_right}; }
+  DSA_HOST_DEVICE int64_t heads_per_kv() const { return heads_q / heads_kv; }
+  DSA_HOST_DEVICE KeyWindow key_window() const { return {seqlen_q, seqlen_k, window_left, window_right}; }
 };
 
 struct AttentionBwdParams : AttentionFwdParams {
@@ -48,6 +48,14 @@ struct AttentionBwdParams : AttentionFwdParams {
   void* dv = nullptr;          // (B, Sk, Hkv, Dv)
   BshdStrides dout_strides, dq_strides, dk_strides, dv_strides;
   bool deterministic = false;
+};
+
+// Split-KV forward (decode): where each split's fp32 partial results go, as
+// (num_splits, B, Hq, Sq, Dv) and (num_splits, B, Hq, Sq); merged with the SPEC §0 LSE rule.
+struct SplitKvParams {
+  int num_splits = 1;
+  float* partial_out = nullptr;
+  float* partial_lse = nullptr;
 };
 
 }  // namespace deepseek_attn

@@ -1,0 +1,265 @@
+#pragma once
+// Tiled attention forward on tensor cores (SPEC §1), FlashAttention-2 style, for sm80+:
+// one CTA = 4 warps = 64 query rows of one (batch, head); each warp owns 16 rows. K/V tiles
+// stream through double-buffered shared memory with cp.async; S = Q K^T and O += P V run on
+// mma.sync m16n8k16 (bf16/fp16 in, fp32 accumulate) with ldmatrix loads; the online softmax
+// stays in registers in the log2 domain. Tiles outside the causal/window band are never
+// visited; masking runs only on tiles that cross the band edge or the sequence end.
+//
+// Split-KV (decode): blockIdx.z also enumerates `num_splits` slices of the key blocks; each
+// writes an fp32 partial (out, lse) and flash_fwd_combine_kernel merges them (SPEC §0).
+
+#include <cstdint>
+
+#include "attention/kernels/tile_io.cuh"
+#include "attention/params.h"
+#include "common/online_softmax.h"
+
+namespace deepseek_attn {
+namespace cuda {
+
+template <int kDimQK, int kDimV>
+struct FwdTile {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kBlockM = 16 * kWarps;
+  // Wide heads keep the S/P fragments and the K/V buffers small.
+  static constexpr int kBlockN = (kDimQK > 128 || kDimV > 128) ? 32 : 64;
+  static constexpr int kPitchQK = TilePitch<kDimQK>::value;
+  static constexpr int kPitchV = TilePitch<kDimV>::value;
+  static constexpr int kQElements = kBlockM * kPitchQK;
+  static constexpr int kOElements = kBlockM * kPitchV;  // output staging reuses the Q buffer
+  static constexpr int kQRegion = kQElements > kOElements ? kQElements : kOElements;
+  static constexpr int kKElements = kBlockN * kPitchQK;
+  static constexpr int kVElements = kBlockN * kPitchV;
+  static constexpr int kSmemBytes = (kQRegion + 2 * (kKElements + kVElements)) * 2;
+  static_assert(kDimQK % 16 == 0 && kDimV % 16 == 0, "head dims must be multiples of 16");
+};
+
+template <int kDimQK, int kDimV, bool kIsBf16, bool kSplit>
+__global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
+    flash_fwd_kernel(const AttentionFwdParams p, const SplitKvParams split) {
+  using Tile = FwdTile<kDimQK, kDimV>;
+  using T = typename Element16<kIsBf16>::type;
+  constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
+  constexpr int kAccN = kBlockN / 8, kAccV = kDimV / 8;
+
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  T* q_tile = reinterpret_cast<T*>(shared_bytes);
+  T* k_tiles = q_tile + Tile::kQRegion;               // two stages
+  T* v_tiles = k_tiles + 2 * Tile::kKElements;        // two stages
+
+  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int64_t m_block = blockIdx.x, head = blockIdx.y;
+  const int64_t batch = blockIdx.z / split.num_splits;
+  const int split_index = blockIdx.z % split.num_splits;
+  const int64_t kv_head = head / p.heads_per_kv();
+  const KeyWindow window = p.key_window();
+
+  const int64_t row_begin = m_block * kBlockM;
+  const int64_t row_end = row_begin + kBlockM < p.seqlen_q ? row_begin + kBlockM : p.seqlen_q;
+  // The band of keys any row of this tile sees (both bounds are monotone in the row).
+  const int64_t key_begin = window.first_key(row_begin);
+  const int64_t key_end = window.end_key(row_end - 1);
+  int64_t n_begin = key_begin / kBlockN;
+  int64_t n_end = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_begin;
+  if (kSplit) {
+    const int64_t per_split = (n_end - n_begin + split.num_splits - 1) / split.num_splits;
+    const int64_t first = n_begin + split_index * per_split;
+    n_end = first + per_split < n_end ? first + per_split : n_end;
+    n_begin = first < n_end ? first : n_end;
+  }
+
+  const T* q = static_cast<const T*>(p.q) + batch * p.q_strides.batch + head * p.q_strides.head;
+  const T* k = static_cast<const T*>(p.k) + batch * p.k_strides.batch + kv_head * p.k_strides.head;
+  const T* v = static_cast<const T*>(p.v) + batch * p.v_strides.batch + kv_head * p.v_strides.head;
+
+  float out_acc[kAccV][4] = {};
+  OnlineSoftmaxRow<float> rows[2];  // rows `group` and `group + 8` of this warp's 16
+  float partial_sum[2] = {0.f, 0.f};
+
+  if (n_begin < n_end) {
+    load_tile_async<kBlockM, kDimQK, Tile::kThreads>(q_tile, q, p.q_strides.row, row_begin,
+                                                     p.seqlen_q, thread);
+    auto load_kv = [&](int stage, int64_t n_block) {
+      load_tile_async<kBlockN, kDimQK, Tile::kThreads>(k_tiles + stage * Tile::kKElements, k,
+                                                       p.k_strides.row, n_block * kBlockN,
+                                                       p.seqlen_k, thread);
+      load_tile_async<kBlockN, kDimV, Tile::kThreads>(v_tiles + stage * Tile::kVElements, v,
+                                                      p.v_strides.row, n_block * kBlockN,
+                                                      p.seqlen_k, thread);
+    };
+    load_kv(0, n_begin);
+    cp_async_commit();
+
+    const float scale_log2 = p.softmax_scale * float(kLog2e);
+    const float cap_inverse = p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f;
+    const float cap_log2 = p.softcap * float(kLog2e);
+    const int warp_row = warp * 16 + lane / 4;
+
+    for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
+      const int stage = int((n_block - n_begin) % 2);
+      if (n_block + 1 < n_end) {  // prefetch the next K/V tile while this one is used
+        load_kv(stage ^ 1, n_block + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+
+      float scores[kAccN][4] = {};
+      mma_a_bt<kIsBf16, kDimQK, kBlockN>(scores, q_tile, warp * 16,
+                                         k_tiles + stage * Tile::kKElements, lane);
+
+      const int64_t key0 = n_block * kBlockN;
+      const int64_t key_last = key0 + kBlockN < p.seqlen_k ? key0 + kBlockN : p.seqlen_k;
+      const bool needs_mask = key0 + kBlockN > p.seqlen_k ||
+                              !window.tile_fully_visible(row_begin, row_end, key0, key_last);
+#pragma unroll
+      for (int n = 0; n < kAccN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float s = scores[n][e];
+          s = p.softcap > 0.f ? cap_log2 * tanhf(s * cap_inverse) : s * scale_log2;
+          if (needs_mask) {
+            const int64_t row = row_begin + warp_row + (e >= 2 ? 8 : 0);
+            const int64_t key = key0 + n * 8 + (lane % 4) * 2 + (e & 1);
+            if (key >= p.seqlen_k || !window.visible(row, key)) s = -INFINITY;
+          }
+          scores[n][e] = s;
+        }
+      }
+
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float block_max = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kAccN; ++n) {
+          block_max = fmaxf(block_max, fmaxf(scores[n][2 * r], scores[n][2 * r + 1]));
+        }
+        const float rescale = rows[r].update_max(quad_max(block_max));
+        // A row that has seen only masked keys keeps max -inf: use 0 so exp2 gives exact zeros.
+        const float shift = rows[r].max_log2 == -INFINITY ? 0.f : rows[r].max_log2;
+        partial_sum[r] *= rescale;
+#pragma unroll
+        for (int n = 0; n < kAccN; ++n) {
+          scores[n][2 * r] = exp2f(scores[n][2 * r] - shift);
+          scores[n][2 * r + 1] = exp2f(scores[n][2 * r + 1] - shift);
+          partial_sum[r] += scores[n][2 * r] + scores[n][2 * r + 1];
+        }
+#pragma unroll
+        for (int d = 0; d < kAccV; ++d) {
+          out_acc[d][2 * r] *= rescale;
+          out_acc[d][2 * r + 1] *= rescale;
+        }
+      }
+
+      uint32_t probs[kBlockN / 16][4];
+      accumulators_to_a_fragments<kIsBf16, kBlockN>(scores, probs);
+      mma_a_regs_b<kIsBf16, kBlockN, kDimV, Tile::kPitchV>(
+          out_acc, probs, v_tiles + stage * Tile::kVElements, 0, lane);
+      __syncthreads();  // this stage is refilled by the prefetch two iterations on
+    }
+  }
+
+  // Epilogue: normalise, then write (out, lse) or the split's fp32 partials.
+  float lse[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    rows[r].sum = quad_sum(partial_sum[r]);
+    lse[r] = rows[r].lse();
+    const float inverse = rows[r].sum > 0.f ? 1.f / rows[r].sum : 0.f;
+#pragma unroll
+    for (int d = 0; d < kAccV; ++d) {
+      out_acc[d][2 * r] *= inverse;
+      out_acc[d][2 * r + 1] *= inverse;
+    }
+  }
+
+  const int row_in_tile = warp * 16 + lane / 4;
+  if constexpr (kSplit) {
+    const int64_t row_stride = p.head_dim_v;
+    const int64_t rows_base =
+        ((int64_t(split_index) * p.batch + batch) * p.heads_q + head) * p.seqlen_q;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = row_begin + row_in_tile + 8 * r;
+      if (row >= p.seqlen_q) continue;
+      float* out_row = split.partial_out + (rows_base + row) * row_stride;
+#pragma unroll
+      for (int d = 0; d < kAccV; ++d) {
+        *reinterpret_cast<float2*>(out_row + d * 8 + (lane % 4) * 2) =
+            make_float2(out_acc[d][2 * r], out_acc[d][2 * r + 1]);
+      }
+      if (lane % 4 == 0) split.partial_lse[rows_base + row] = lse[r];
+    }
+    return;
+  } else {
+    // Stage the tile in shared memory (the Q buffer) so global stores are 16-byte and coalesced.
+    T* out_tile = q_tile;
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int d = 0; d < kAccV; ++d) {
+        *reinterpret_cast<uint32_t*>(out_tile + (row_in_tile + 8 * r) * Tile::kPitchV + d * 8 +
+                                     (lane % 4) * 2) =
+            pack_pair<kIsBf16>(out_acc[d][2 * r], out_acc[d][2 * r + 1]);
+      }
+      const int64_t row = row_begin + row_in_tile + 8 * r;
+      if (lane % 4 == 0 && row < p.seqlen_q) {
+        p.lse[(batch * p.heads_q + head) * p.seqlen_q + row] = lse[r];
+      }
+    }
+    __syncthreads();
+    T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch + head * p.out_strides.head;
+    constexpr int kChunksPerRow = kDimV / 8;
+    for (int chunk = thread; chunk < kBlockM * kChunksPerRow; chunk += Tile::kThreads) {
+      const int row = chunk / kChunksPerRow, column = (chunk % kChunksPerRow) * 8;
+      if (row_begin + row < p.seqlen_q) {
+        *reinterpret_cast<uint4*>(out + (row_begin + row) * p.out_strides.row + column) =
+            *reinterpret_cast<const uint4*>(out_tile + row * Tile::kPitchV + column);
+      }
+    }
+  }
+}
+
+// Merges the split partials of one (batch, head, row) per block (SPEC §0 LSE merge).
+template <bool kIsBf16>
+__global__ void flash_fwd_combine_kernel(const AttentionFwdParams p, const SplitKvParams split) {
+  using T = typename Element16<kIsBf16>::type;
+  const int64_t flat_row = blockIdx.x;  // (batch * Hq + head) * Sq + row
+  const int64_t rows_per_split = p.batch * p.heads_q * p.seqlen_q;
+  float max_lse = -INFINITY;
+  for (int s = 0; s < split.num_splits; ++s) {
+    max_lse = fmaxf(max_lse, split.partial_lse[s * rows_per_split + flat_row]);
+  }
+  float total = 0.f;
+  if (max_lse != -INFINITY) {
+    for (int s = 0; s < split.num_splits; ++s) {
+      total += expf(split.partial_lse[s * rows_per_split + flat_row] - max_lse);
+    }
+  }
+  const float lse = total > 0.f ? max_lse + logf(total) : -INFINITY;
+
+  const int64_t row = flat_row % p.seqlen_q;
+  const int64_t head = (flat_row / p.seqlen_q) % p.heads_q;
+  const int64_t batch = flat_row / (p.seqlen_q * p.heads_q);
+  T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch + head * p.out_strides.head +
+           row * p.out_strides.row;
+  for (int64_t d = threadIdx.x; d < p.head_dim_v; d += blockDim.x) {
+    float value = 0.f;
+    if (lse != -INFINITY) {
+      for (int s = 0; s < split.num_splits; ++s) {
+        const float weight = expf(split.partial_lse[s * rows_per_split + flat_row] - lse);
+        value += weight * split.partial_out[(s * rows_per_split + flat_row) * p.head_dim_v + d];
+      }
+    }
+    out[d] = T(value);
+  }
+  if (threadIdx.x == 0) p.lse[flat_row] = lse;
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn

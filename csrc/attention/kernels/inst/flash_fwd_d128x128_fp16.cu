@@ -1,0 +1,8 @@
+// Explicit instantiation: flash attention fwd, Dqk=128, Dv=128, fp16.
+#include "attention/launch.cuh"
+
+namespace deepseek_attn {
+namespace cuda {
+template cudaError_t launch_flash_fwd<128, 128, false>(const AttentionFwdParams&, const SplitKvParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace deepseek_attn

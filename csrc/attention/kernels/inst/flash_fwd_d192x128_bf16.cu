@@ -1,0 +1,8 @@
+// Explicit instantiation: flash attention fwd, Dqk=192, Dv=128, bf16.
+#include "attention/launch.cuh"
+
+namespace deepseek_attn {
+namespace cuda {
+template cudaError_t launch_flash_fwd<192, 128, true>(const AttentionFwdParams&, const SplitKvParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace deepseek_attn

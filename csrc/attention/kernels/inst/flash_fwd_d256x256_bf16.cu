@@ -1,0 +1,8 @@
+// Explicit instantiation: flash attention fwd, Dqk=256, Dv=256, bf16.
+#include "attention/launch.cuh"
+
+namespace deepseek_attn {
+namespace cuda {
+template cudaError_t launch_flash_fwd<256, 256, true>(const AttentionFwdParams&, const SplitKvParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace deepseek_attn

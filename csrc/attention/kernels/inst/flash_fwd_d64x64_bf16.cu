@@ -1,0 +1,8 @@
+// Explicit instantiation: flash attention fwd, Dqk=64, Dv=64, bf16.
+#include "attention/launch.cuh"
+
+namespace deepseek_attn {
+namespace cuda {
+template cudaError_t launch_flash_fwd<64, 64, true>(const AttentionFwdParams&, const SplitKvParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace deepseek_attn

@@ -1,0 +1,78 @@
+#pragma once
+// Grid, block and shared-memory choice of the attention kernels; included by kernels/inst/*.cu.
+
+#include "attention/kernels/flash_bwd.cuh"
+#include "attention/kernels/flash_fwd.cuh"
+#include "attention/launch.h"
+
+namespace deepseek_attn {
+namespace cuda {
+
+inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+// Opts a kernel into more than 48 KiB of dynamic shared memory, then launches it.
+template <typename Kernel, typename... Args>
+cudaError_t launch_with_smem(Kernel kernel, dim3 grid, int threads, int smem_bytes,
+                             cudaStream_t stream, const Args&... args) {
+  if (smem_bytes > 48 * 1024) {
+    const cudaError_t status = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    if (status != cudaSuccess) return status;
+  }
+  kernel<<<grid, threads, smem_bytes, stream>>>(args...);
+  return cudaGetLastError();
+}
+
+template <int kDimQK, int kDimV, bool kIsBf16>
+cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split,
+                             cudaStream_t stream) {
+  using Tile = FwdTile<kDimQK, kDimV>;
+  static_assert(Tile::kBlockN == fwd_block_n(kDimQK, kDimV), "launch.h must match the tile");
+  const dim3 grid(ceil_div(p.seqlen_q, Tile::kBlockM), static_cast<unsigned>(p.heads_q),
+                  static_cast<unsigned>(p.batch * split.num_splits));
+  if (split.num_splits == 1) {
+    return launch_with_smem(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, false>, grid,
+                            Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+  }
+  const cudaError_t status =
+      launch_with_smem(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, true>, grid, Tile::kThreads,
+                       Tile::kSmemBytes, stream, p, split);
+  if (status != cudaSuccess) return status;
+  const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
+  flash_fwd_combine_kernel<kIsBf16><<<rows, kDimV < 128 ? kDimV : 128, 0, stream>>>(p, split);
+  return cudaGetLastError();
+}
+
+template <int kDimQK, int kDimV, bool kIsBf16>
+cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStream_t stream) {
+  const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
+  flash_bwd_delta_kernel<kIsBf16><<<ceil_div(rows, 4), 128, 0, stream>>>(p, delta);
+  cudaError_t status = cudaGetLastError();
+  if (status != cudaSuccess) return status;
+
+  AttentionBwdParams with_delta = p;
+  with_delta.delta = delta;
+  using DkDv = DkDvTile<kDimQK, kDimV>;
+  const dim3 dkdv_grid(ceil_div(p.seqlen_k, DkDv::kBlockN), static_cast<unsigned>(p.heads_kv),
+                       static_cast<unsigned>(p.batch));
+  if constexpr (DkDv::kTwoPasses) {
+    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true>,
+                              dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+    if (status != cudaSuccess) return status;
+    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false>,
+                              dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+  } else {
+    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true>,
+                              dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+  }
+  if (status != cudaSuccess) return status;
+
+  using Dq = DqTile<kDimQK, kDimV>;
+  const dim3 dq_grid(ceil_div(p.seqlen_q, Dq::kBlockM), static_cast<unsigned>(p.heads_q),
+                     static_cast<unsigned>(p.batch));
+  return launch_with_smem(flash_bwd_dq_kernel<kDimQK, kDimV, kIsBf16>, dq_grid, Dq::kThreads,
+                          Dq::kSmemBytes, stream, with_delta);
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn
