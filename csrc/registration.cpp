@@ -12,6 +12,13 @@ TORCH_LIBRARY(deepseek_attn, m) {
   m.def("flash_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "float softmax_scale, bool causal, int window_left, int window_right, float softcap, "
         "bool deterministic) -> (Tensor, Tensor, Tensor)");
+  // SPEC §2 activations: (e4m3 payload like x, fp32 scales (..., ceil(K/group_size))).
+  m.def("quantize_act(Tensor x, int group_size, bool ue8m0) -> (Tensor, Tensor)");
+  // SPEC §2 weights (N, K): (e4m3 payload, fp32 scales (ceil(N/block), ceil(K/block))).
+  m.def("quantize_weight(Tensor w, int block_size, bool ue8m0) -> (Tensor, Tensor)");
+  // SPEC §2 block-scaled "NT" GEMM a @ b.T; b_scales per 128x128 block or per 1x128 row.
+  m.def("fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype) "
+        "-> Tensor");
 }
 
 #ifndef DEEPSEEK_ATTN_CUDA_ARCHS

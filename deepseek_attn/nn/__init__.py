@@ -1,0 +1,5 @@
+"""nn.Modules built from the functional API."""
+
+from deepseek_attn.nn.fp8_linear import Fp8Linear, Fp8LinearFunction
+
+__all__ = ["Fp8Linear", "Fp8LinearFunction"]

@@ -1,5 +1,8 @@
 """Readable PyTorch references of SPEC.md, one module per family."""
 
 from deepseek_attn.reference.attention import attention_ref, merge_partials, visible_mask
+from deepseek_attn.reference.fp8 import (dequantize_act_ref, dequantize_weight_ref, fp8_gemm_ref,
+                                         quantize_act_ref, quantize_weight_ref)
 
-__all__ = ["attention_ref", "merge_partials", "visible_mask"]
+__all__ = ["attention_ref", "merge_partials", "visible_mask", "quantize_act_ref",
+           "quantize_weight_ref", "dequantize_act_ref", "dequantize_weight_ref", "fp8_gemm_ref"]
