@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 import deepseek_attn
 from deepseek_attn import _C
-from deepseek_attn.reference import attention_ref
+from deepseek_attn.reference import (attention_ref, fp8_gemm_ref, quantize_act_ref,
+                                     quantize_weight_ref)
 
 NAMESPACE = "deepseek_attn"
 
@@ -102,7 +103,47 @@ def check_flash_attn(device, backward):
     return worst
 
 
+def _bitwise_mismatch_ratio(payload, scales, expected_payload, expected_scales):
+    """0 when the e4m3 payload and the scales match the reference bit for bit, else inf."""
+    same_payload = torch.equal(payload.cpu().view(torch.uint8), expected_payload.view(torch.uint8))
+    same_scales = torch.equal(scales.cpu(), expected_scales)
+    return 0.0 if same_payload and same_scales else float("inf")
+
+
+def check_quantize_act(device):
+    worst = 0.0
+    for dtype in (torch.float32, torch.bfloat16):
+        for ue8m0 in (False, True):
+            x = torch.randn(37, 1000, generator=torch.Generator().manual_seed(1)).to(dtype)
+            payload, scales = deepseek_attn.quantize_act(x.to(device), 128,
+                                                         "ue8m0" if ue8m0 else None)
+            worst = max(worst, _bitwise_mismatch_ratio(payload, scales,
+                                                       *quantize_act_ref(x, 128, ue8m0)))
+    return worst
+
+
+def check_quantize_weight(device):
+    w = torch.randn(300, 520, generator=torch.Generator().manual_seed(2)) * 0.02
+    payload, scales = deepseek_attn.quantize_weight(w.to(device))
+    return _bitwise_mismatch_ratio(payload, scales, *quantize_weight_ref(w))
+
+
+def check_fp8_gemm(device):
+    """SPEC §6 FP8 rule against the dequantised reference: difference / 1e-3."""
+    generator = torch.Generator().manual_seed(3)
+    a, a_scales = quantize_act_ref(torch.randn(70, 1000, generator=generator))
+    b, b_scales = quantize_weight_ref(torch.randn(300, 1000, generator=generator))
+    out = deepseek_attn.fp8_gemm(a.to(device), a_scales.to(device), b.to(device),
+                                 b_scales.to(device), torch.float32).cpu().double()
+    reference = fp8_gemm_ref(a, a_scales, b, b_scales, torch.float32).double()
+    difference = 1 - 2 * (out * reference).sum() / (out * out + reference * reference).sum()
+    return difference.item() / 1e-3
+
+
 SELF_CHECKS = {
+    f"{NAMESPACE}::quantize_act": check_quantize_act,
+    f"{NAMESPACE}::quantize_weight": check_quantize_weight,
+    f"{NAMESPACE}::fp8_gemm": check_fp8_gemm,
     f"{NAMESPACE}::flash_attn_fwd": lambda device: check_flash_attn(device, backward=False),
     f"{NAMESPACE}::flash_attn_bwd": lambda device: check_flash_attn(device, backward=True),
 }

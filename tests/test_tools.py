@@ -18,7 +18,9 @@ def run(args, timeout=600):
 def test_main_command_reports_build_self_checks_and_benchmarks():
     output = run(["-m", "deepseek_attn", "--seqlen", "256"])
     assert "deepseek_attn 0.1.0" in output and "CPU threads" in output
-    for op in ("deepseek_attn::flash_attn_fwd", "deepseek_attn::flash_attn_bwd"):
+    for op in ("deepseek_attn::flash_attn_fwd", "deepseek_attn::flash_attn_bwd",
+               "deepseek_attn::quantize_act", "deepseek_attn::quantize_weight",
+               "deepseek_attn::fp8_gemm"):
         assert any(line.startswith(op) and line.rstrip().endswith("pass")
                    for line in output.splitlines()), output
     assert "short benchmark" in output and "speed-up vs SDPA" in output

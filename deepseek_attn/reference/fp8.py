@@ -40,7 +40,7 @@ def quantize_act_ref(x, group_size=128, ue8m0=False):
     padded = torch.nn.functional.pad(x.float(), (0, groups * group_size - k))
     grouped = padded.unflatten(-1, (groups, group_size))
     scales = scale_from_amax(grouped.abs().amax(dim=-1), ue8m0)
-    payload = cast_to_e4m3(grouped / scales.unsqueeze(-1)).flatten(-2)[..., :k]
+    payload = cast_to_e4m3(grouped / scales.unsqueeze(-1)).flatten(-2)[..., :k].contiguous()
     return payload, scales
 
 
@@ -52,7 +52,7 @@ def quantize_weight_ref(w, block_size=128, ue8m0=False):
                                                  0, blocks_n * block_size - n))
     blocks = padded.reshape(blocks_n, block_size, blocks_k, block_size)
     scales = scale_from_amax(blocks.abs().amax(dim=(1, 3)), ue8m0)
-    payload = cast_to_e4m3(blocks / scales[:, None, :, None]).reshape(padded.shape)[:n, :k]
+    payload = cast_to_e4m3(blocks / scales[:, None, :, None]).reshape(padded.shape)[:n, :k].contiguous()
     return payload, scales
 
 
