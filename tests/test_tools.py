@@ -40,3 +40,15 @@ def test_attention_benchmark_writes_json_and_plot(tmp_path):
         assert result["error"] is None and result["ms"] > 0 and result["tflops"] > 0
         assert result["shape"]["S"] == 128 and result["dtype"] == "float32"
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_fp8_benchmark_writes_json_and_plot(tmp_path):
+    path = tmp_path / "fp8.json"
+    output = run([os.path.join("benchmarks", "bench_fp8.py"), "--quick", "--out", str(path)])
+    assert "x vs torch.matmul-fp32" in output and "of copy" in output
+    payload = json.loads(path.read_text())
+    ops = {(r["op"], r["impl"]) for r in payload["results"]}
+    assert {("fp8_gemm", "deepseek_attn"), ("fp8_gemm", "torch.matmul-fp32"),
+            ("quantize_act", "deepseek_attn"), ("quantize_act", "device-copy")} <= ops
+    assert payload["checks"]["64x576x7168"]["difference_vs_reference"] < 1e-3
+    assert (tmp_path / "fp8.png").stat().st_size > 0
