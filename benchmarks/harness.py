@@ -129,6 +129,16 @@ def git_commit():
         return "unknown"
 
 
+def cpu_gemm_gflops():
+    """fp32 2048^3 matmul throughput now: shared CPUs vary, so CPU results carry this probe."""
+    a = torch.randn(2048, 2048)
+    a @ a
+    begin = time.perf_counter()
+    for _ in range(3):
+        a @ a
+    return round(3 * 2 * 2048**3 / (time.perf_counter() - begin) / 1e9, 1)
+
+
 def write_json(results, device, path, extra=None):
     payload = {
         "device": device_name(device),
@@ -136,6 +146,7 @@ def write_json(results, device, path, extra=None):
         "cuda": torch.version.cuda,
         "commit": git_commit(),
         "date": datetime.date.today().isoformat(),
+        **({"cpu_fp32_matmul_gflops": cpu_gemm_gflops()} if device.type == "cpu" else {}),
         **(extra or {}),
         "results": [dataclasses.asdict(r) for r in results],
     }

@@ -5,12 +5,18 @@ import os
 import subprocess
 import sys
 
+import deepseek_attn
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tools must run the same deepseek_attn these tests import, installed or built in place.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(deepseek_attn.__file__)))
 
 
 def run(args, timeout=600):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-                            timeout=timeout)
+                            env=env, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

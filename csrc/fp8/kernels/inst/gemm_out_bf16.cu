@@ -1,0 +1,8 @@
+// Explicit instantiation: block-scaled FP8 GEMM with bf16 output.
+#include "fp8/launch.cuh"
+
+namespace deepseek_attn {
+namespace cuda {
+template cudaError_t launch_fp8_gemm<Fp8GemmOut::kBFloat16>(const Fp8GemmParams&, cudaStream_t);
+}  // namespace cuda
+}  // namespace deepseek_attn

@@ -1,0 +1,53 @@
+#pragma once
+// Grid, block and shared-memory choice of the FP8 kernels; included by kernels/inst/*.cu.
+
+#include "fp8/kernels/gemm.cuh"
+#include "fp8/kernels/quantize.cuh"
+#include "fp8/launch.h"
+
+namespace deepseek_attn {
+namespace cuda {
+
+// Vector loads need every group to start on a 4-element boundary.
+inline bool fp8_rows_allow_vector_loads(const Fp8QuantizeParams& p) {
+  return p.cols % 4 == 0 && p.group % 4 == 0;
+}
+
+template <Fp8Source kSource>
+cudaError_t launch_quantize_act(const Fp8QuantizeParams& p, cudaStream_t stream) {
+  const int64_t tasks = p.rows * ((p.cols + p.group - 1) / p.group);
+  const unsigned blocks = static_cast<unsigned>((tasks + kQuantizeWarps - 1) / kQuantizeWarps);
+  if (fp8_rows_allow_vector_loads(p)) {
+    quantize_act_kernel<kSource, 4><<<blocks, kQuantizeWarps * 32, 0, stream>>>(p);
+  } else {
+    quantize_act_kernel<kSource, 1><<<blocks, kQuantizeWarps * 32, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <Fp8Source kSource>
+cudaError_t launch_quantize_weight(const Fp8QuantizeParams& p, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(((p.rows + p.group - 1) / p.group) *
+                                                ((p.cols + p.group - 1) / p.group));
+  if (fp8_rows_allow_vector_loads(p)) {
+    quantize_weight_kernel<kSource, 4><<<blocks, kWeightThreads, 0, stream>>>(p);
+  } else {
+    quantize_weight_kernel<kSource, 1><<<blocks, kWeightThreads, 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+template <Fp8GemmOut kOut>
+cudaError_t launch_fp8_gemm(const Fp8GemmParams& p, cudaStream_t stream) {
+  using Tile = Fp8GemmTile;
+  const cudaError_t status = cudaFuncSetAttribute(
+      fp8_gemm_kernel<kOut>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  if (status != cudaSuccess) return status;
+  const dim3 grid(static_cast<unsigned>((p.m + Tile::kBlockM - 1) / Tile::kBlockM),
+                  static_cast<unsigned>((p.n + Tile::kBlockN - 1) / Tile::kBlockN));
+  fp8_gemm_kernel<kOut><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn
