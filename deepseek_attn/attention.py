@@ -89,6 +89,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     causal is bottom-right aligned; window_size=(left, right) with -1 unbounded; softcap > 0
     applies c·tanh(s/c) to the scaled scores. Returns out (batch, seqlen_q, heads_q, head_dim_v),
     or (out, softmax_lse (batch, heads_q, seqlen_q) fp32, None) with return_attn_probs=True.
+    deterministic=True makes the CUDA backward avoid float atomics (bitwise reproducible
+    gradients, somewhat slower); the CPU backward is always deterministic.
     """
     if dropout_p != 0.0:
         raise NotImplementedError(

@@ -163,8 +163,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cuda(
   p.dq_strides = bshd_strides(dq);
   p.dk_strides = bshd_strides(dk);
   p.dv_strides = bshd_strides(dv);
-  p.deterministic = deterministic;  // every CUDA path is atomic-free, hence deterministic
+  p.deterministic = deterministic;
   at::Tensor delta = at::empty({p.batch, p.heads_q, p.seqlen_q}, q.options().dtype(at::kFloat));
+  at::Tensor dq_accum;  // O(S·D) fp32 scratch of the atomic dQ path
+  if (!deterministic) {
+    dq_accum = at::zeros({p.batch, p.heads_q, p.seqlen_q, p.head_dim_qk},
+                         q.options().dtype(at::kFloat));
+    p.dq_accum = dq_accum.data_ptr<float>();
+  }
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   C10_CUDA_CHECK(dispatch_head_dims(p, q.scalar_type() == at::kBFloat16, [&](auto qk, auto dv_dim,

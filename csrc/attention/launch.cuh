@@ -55,14 +55,34 @@ cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStre
   using DkDv = DkDvTile<kDimQK, kDimV>;
   const dim3 dkdv_grid(ceil_div(p.seqlen_k, DkDv::kBlockN), static_cast<unsigned>(p.heads_kv),
                        static_cast<unsigned>(p.batch));
+  if (!p.deterministic) {  // dQ by atomics in the dK pass, then one conversion
+    if constexpr (DkDv::kTwoPasses) {
+      status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
+                                dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+      if (status != cudaSuccess) return status;
+      status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, true>,
+                                dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
+                                with_delta);
+    } else {
+      status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, true>,
+                                dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
+                                with_delta);
+    }
+    if (status != cudaSuccess) return status;
+    const int64_t pairs = p.batch * p.heads_q * p.seqlen_q * kDimQK / 2;
+    const unsigned blocks = ceil_div(pairs, 256) < 65535u ? ceil_div(pairs, 256) : 65535u;
+    flash_bwd_dq_convert_kernel<kIsBf16><<<blocks, 256, 0, stream>>>(with_delta);
+    return cudaGetLastError();
+  }
+
   if constexpr (DkDv::kTwoPasses) {
-    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true>,
+    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
                               dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
     if (status != cudaSuccess) return status;
-    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false>,
+    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, false>,
                               dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
   } else {
-    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true>,
+    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, false>,
                               dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
   }
   if (status != cudaSuccess) return status;

@@ -47,7 +47,8 @@ struct AttentionBwdParams : AttentionFwdParams {
   void* dk = nullptr;          // (B, Sk, Hkv, Dqk)
   void* dv = nullptr;          // (B, Sk, Hkv, Dv)
   BshdStrides dout_strides, dq_strides, dk_strides, dv_strides;
-  bool deterministic = false;
+  bool deterministic = false;  // CUDA: true avoids float atomics (separate dQ kernel)
+  float* dq_accum = nullptr;   // (B, Hq, Sq, Dqk) fp32, zeroed: dQ by atomics when !deterministic
 };
 
 // Split-KV forward (decode): where each split's fp32 partial results go, as

@@ -5,9 +5,12 @@
 //                            its GQA group and the query blocks that see the keys;
 //                            dV += Pᵀ dO, dK += dSᵀ Q, summed in registers (no reduction).
 //                            Wide heads run it twice (dV pass, dK pass) to bound registers.
-//   flash_bwd_dq_kernel      per 64-query block: loops over its key band; dQ += dS K.
-// No float atomics anywhere: gradients are bit-identical run to run (deterministic=True holds
-// for both settings of the flag).
+//                            Default (deterministic=False): the dK pass also adds dS K into an
+//                            fp32 dQ buffer with atomics (FlashAttention-2's scheme), then
+//   flash_bwd_dq_convert_kernel scales and rounds that buffer into dQ.
+//   flash_bwd_dq_kernel      deterministic=True instead: per 64-query block, loops over its key
+//                            band, dQ += dS K in registers — no float atomics, so gradients are
+//                            bit-identical run to run, at the price of recomputing P and dP.
 
 #include <cstdint>
 
@@ -85,10 +88,59 @@ struct DkDvTile {
       (kKElements + kVElements + 2 * kStageElements) * 2 + 2 * 2 * kBlockM * 4;
   // dK and dV accumulators together exceed the register budget past 256 columns.
   static constexpr bool kTwoPasses = kDimQK + kDimV > 256;
+  // The atomic-dQ variant keeps dSᵀ of one step in shared memory to read it transposed.
+  static constexpr int kDsPitch = kBlockM + 8;
+  static constexpr int kSmemBytesWithDq = kSmemBytes + kBlockN * kDsPitch * 2;
 };
 
-// One pass of the dK/dV kernel computes dV (kDv), dK (kDk) or both.
-template <int kDimQK, int kDimV, bool kIsBf16, bool kDk, bool kDv>
+// dQ_accum[rows of the step] += dS K for one step of the dK/dV kernel. `ds_frags` is this warp's
+// dSᵀ (16 keys x kBlockM rows) as A fragments; it goes through shared memory because dQ needs dS
+// itself as the A operand. Warp w then owns query rows (w % 2) * 16 and half of the columns.
+template <int kDimQK, int kDimV, bool kIsBf16, typename T>
+__device__ __forceinline__ void accumulate_dq_atomic(
+    const AttentionBwdParams& p, const uint32_t (&ds_frags)[DkDvTile<kDimQK, kDimV>::kBlockM / 16][4],
+    T* ds_tile, const T* k_tile, int64_t rows_base, int64_t row0, int warp, int lane) {
+  using Tile = DkDvTile<kDimQK, kDimV>;
+  constexpr int kPitch = Tile::kDsPitch;
+  uint32_t* ds_words = reinterpret_cast<uint32_t*>(ds_tile);
+  const int key = warp * 16 + lane / 4, row_pair = 2 * (lane % 4);
+#pragma unroll
+  for (int k = 0; k < Tile::kBlockM / 16; ++k) {
+    ds_words[(key * kPitch + 16 * k + row_pair) / 2] = ds_frags[k][0];
+    ds_words[((key + 8) * kPitch + 16 * k + row_pair) / 2] = ds_frags[k][1];
+    ds_words[(key * kPitch + 16 * k + 8 + row_pair) / 2] = ds_frags[k][2];
+    ds_words[((key + 8) * kPitch + 16 * k + 8 + row_pair) / 2] = ds_frags[k][3];
+  }
+  __syncthreads();
+
+  const int warp_row = (warp % 2) * 16, warp_col = (warp / 2) * (kDimQK / 2);
+  const int64_t row = row0 + warp_row + lane / 4;  // this lane's rows: row and row + 8
+  const bool row_valid[2] = {row < p.seqlen_q, row + 8 < p.seqlen_q};
+  float* dq_row = p.dq_accum + (rows_base + row) * kDimQK + warp_col + row_pair;
+#pragma unroll 1  // one chunk at a time: hoisting loads across chunks spills beside dK/dV
+  for (int column0 = 0; column0 < kDimQK / 2; column0 += 16) {
+    float part[2][4] = {};
+#pragma unroll
+    for (int k = 0; k < Tile::kBlockN / 16; ++k) {
+      uint32_t ds_a[1][4];
+      ldmatrix_x4_trans(ds_a[0], ds_tile + (k * 16 + (lane / 16) * 8 + lane % 8) * kPitch +
+                                     warp_row + ((lane / 8) % 2) * 8);
+      mma_a_regs_b<kIsBf16, 16, 16, Tile::kPitchQK>(part, ds_a, k_tile + k * 16 * Tile::kPitchQK,
+                                                    warp_col + column0, lane);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (!row_valid[e / 2]) continue;
+      float* target = dq_row + (e / 2) * 8 * kDimQK + column0 + (e & 1);
+      atomicAdd(target, part[0][e]);
+      atomicAdd(target + 8, part[1][e]);
+    }
+  }
+}
+
+// One pass of the dK/dV kernel computes dV (kDv), dK (kDk) or both, and with kDq (needs kDk)
+// adds dQ into p.dq_accum.
+template <int kDimQK, int kDimV, bool kIsBf16, bool kDk, bool kDv, bool kDq>
 __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
     flash_bwd_dkdv_kernel(const AttentionBwdParams p) {
   using Tile = DkDvTile<kDimQK, kDimV>;
@@ -101,6 +153,8 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
   T* v_tile = k_tile + Tile::kKElements;
   T* stages = v_tile + Tile::kVElements;  // 2 x (Q tile, dO tile)
   float* row_stats = reinterpret_cast<float*>(stages + 2 * Tile::kStageElements);  // 2 x (lse2, Δ)
+  T* ds_tile = reinterpret_cast<T*>(row_stats + 2 * 2 * kBlockM);  // kDq only
+  static_assert(!kDq || kDk, "dQ is accumulated from the dS of the dK pass");
 
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
   const int64_t n_block = blockIdx.x, kv_head = blockIdx.y, batch = blockIdx.z;
@@ -214,8 +268,14 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
       uint32_t ds_frags[kBlockM / 16][4];
       accumulators_to_a_fragments<kIsBf16, kBlockM>(dp, ds_frags);
       mma_a_regs_b<kIsBf16, kBlockM, kDimQK, Tile::kPitchQK>(dk_acc, ds_frags, q_tile, 0, lane);
+      if constexpr (kDq) {
+        const int64_t head = kv_head * group + step / steps_per_head;
+        accumulate_dq_atomic<kDimQK, kDimV, kIsBf16>(p, ds_frags, ds_tile, k_tile,
+                                                     (batch * p.heads_q + head) * p.seqlen_q,
+                                                     row0, warp, lane);
+      }
     }
-    __syncthreads();  // the stage is refilled two steps on
+    __syncthreads();  // the stage (and the dS tile) is refilled by a later step
   }
   cp_async_wait<0>();  // nothing may stay in flight when there was no step at all
 
@@ -242,6 +302,24 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
             pack_pair<kIsBf16>(dv_acc[d][2 * r], dv_acc[d][2 * r + 1]);
       }
     }
+  }
+}
+
+// dQ = scale · dq_accum, rounded to the input dtype (after the atomic dK/dQ pass).
+template <bool kIsBf16>
+__global__ void flash_bwd_dq_convert_kernel(const AttentionBwdParams p) {
+  using T = typename Element16<kIsBf16>::type;
+  const int64_t pairs = p.batch * p.heads_q * p.seqlen_q * p.head_dim_qk / 2;
+  for (int64_t pair = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; pair < pairs;
+       pair += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t column = (2 * pair) % p.head_dim_qk, flat_row = (2 * pair) / p.head_dim_qk;
+    const int64_t row = flat_row % p.seqlen_q, head = (flat_row / p.seqlen_q) % p.heads_q;
+    const int64_t batch = flat_row / (p.seqlen_q * p.heads_q);
+    const float2 value = reinterpret_cast<const float2*>(p.dq_accum)[pair];
+    T* dq = static_cast<T*>(p.dq) + batch * p.dq_strides.batch + head * p.dq_strides.head +
+            row * p.dq_strides.row + column;
+    *reinterpret_cast<uint32_t*>(dq) =
+        pack_pair<kIsBf16>(value.x * p.softmax_scale, value.y * p.softmax_scale);
   }
 }
 
