@@ -13,6 +13,7 @@ Prints a table, writes benchmarks/results/<device>-attention.json and a PNG besi
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 
@@ -26,6 +27,8 @@ import harness  # noqa: E402
 import deepseek_attn  # noqa: E402
 
 OURS = "deepseek_attn"
+# Our op with the Hopper (wgmma/TMA) forward switched off: shows what that path adds on sm90.
+OURS_SM80 = "deepseek_attn-sm80"
 
 
 def visible_pairs(seqlen_q, seqlen_k, causal):
@@ -61,7 +64,7 @@ def make_attention(impl, shape, dtype, device, causal):
     def make(*size):
         return torch.randn(*size, generator=generator, device=device, dtype=dtype)
 
-    if impl == OURS:
+    if impl in (OURS, OURS_SM80):
         inputs = [make(batch, s, heads, d).requires_grad_()
                   for s, d in ((seqlen_q, dim), (seqlen, dim), (seqlen, dim_v))]
         return inputs, lambda q, k, v: deepseek_attn.flash_attn_func(q, k, v, causal=causal)
@@ -77,6 +80,13 @@ def make_attention(impl, shape, dtype, device, causal):
 
 
 def run_case(impl, shape, dtype, device, mode, timer, with_memory):
+    if impl == OURS_SM80:  # the switch is read at every launch
+        os.environ["DEEPSEEK_ATTN_DISABLE_HOPPER"] = "1"
+        try:
+            result = run_case(OURS, shape, dtype, device, mode, timer, with_memory)
+            return dataclasses.replace(result, impl=impl)
+        finally:
+            del os.environ["DEEPSEEK_ATTN_DISABLE_HOPPER"]
     inputs, forward = make_attention(impl, shape, dtype, device, shape["causal"])
     dout = torch.randn_like(forward(*inputs))
 
@@ -120,7 +130,10 @@ def default_plan(device, quick):
         seqlens = [512, 1024] if quick else [512, 1024, 2048, 4096, 8192, 16384]
         shapes = [dict(B=max(1, 16384 // s), S=s, H=2048 // d, D=d, Dv=d, causal=c)
                   for d in (64, 128) for c in (False, True) for s in seqlens]
-        return shapes, [torch.bfloat16], ["fwd", "bwd", "fwd+bwd"], ["sdpa-flash", "sdpa-cudnn"]
+        peers = ["sdpa-flash", "sdpa-cudnn"]
+        if torch.cuda.get_device_capability(device) == (9, 0):
+            peers.append(OURS_SM80)
+        return shapes, [torch.bfloat16], ["fwd", "bwd", "fwd+bwd"], peers
 
 
     seqlens = [256, 512] if quick else [512, 1024, 2048, 4096, 8192, 16384]
@@ -198,7 +211,8 @@ def main(argv=None):
     print(f"device: {harness.device_name(device)}; torch {torch.__version__}")
     results, disagreements = [], []
     plan = [(shape, dtype, mode, impl) for dtype in dtypes for shape in shapes
-            for mode in modes for impl in [OURS] + peers]
+            for mode in modes for impl in [OURS] + peers
+            if impl != OURS_SM80 or mode == "fwd"]  # the switch only changes the forward
     if device.type == "cuda" and not args.seqlens:
         plan += [(shape, dtype, "fwd", impl) for dtype in dtypes
                  for shape in decode_plan(args.quick) for impl in [OURS] + peers]

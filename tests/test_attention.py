@@ -306,6 +306,34 @@ def test_cuda_graph_capture_and_replay(deterministic):
             torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
 
 
+HOPPER_CASES = [
+    Case(1, 1, head_dim=128),
+    Case(113, heads_q=4, heads_kv=2, head_dim=128),
+    Case(1025, heads_q=2, heads_kv=1, head_dim=128, batch=2),
+    Case(300, 200, head_dim=128),                        # Sq > Sk: rows without keys
+    Case(200, 700, head_dim=128, causal=False),
+    Case(520, window=(100, 0), head_dim=128, softcap=2.0),
+    Case(384, window=(64, 64), head_dim=128, causal=False),
+]
+
+
+@requires_cuda_attention
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the wgmma/TMA forward runs on sm90 only")
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=repr)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_hopper_forward_matches_reference_and_sm80_kernel(case, dtype, monkeypatch):
+    q, k, v = case.inputs(dtype, "cuda")
+    out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **case.kwargs())
+    (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+    monkeypatch.setenv("DEEPSEEK_ATTN_DISABLE_HOPPER", "1")
+    out_sm80, lse_sm80, _ = flash_attn_func(q, k, v, return_attn_probs=True, **case.kwargs())
+    torch.testing.assert_close(out, out_sm80, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse, lse_sm80, atol=1e-3, rtol=1e-4)
+
+
 @requires_cuda_attention
 def test_long_sequence_matches_sdpa_on_cuda():
     seqlen = 16384

@@ -3,6 +3,7 @@
 
 #include "attention/kernels/flash_bwd.cuh"
 #include "attention/kernels/flash_fwd.cuh"
+#include "attention/kernels/flash_fwd_hopper.cuh"
 #include "attention/launch.h"
 
 namespace deepseek_attn {
@@ -26,6 +27,13 @@ cudaError_t launch_with_smem(Kernel kernel, dim3 grid, int threads, int smem_byt
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split,
                              cudaStream_t stream) {
+  if constexpr (kDimQK == HopperFwdTile::kDim && kDimV == HopperFwdTile::kDim) {
+    cudaError_t status = cudaSuccess;
+    if (split.num_splits == 1 && hopper_kernels_enabled() &&
+        try_launch_flash_fwd_hopper<kIsBf16>(p, stream, &status)) {
+      return status;
+    }
+  }
   using Tile = FwdTile<kDimQK, kDimV>;
   static_assert(Tile::kBlockN == fwd_block_n(kDimQK, kDimV), "launch.h must match the tile");
   const dim3 grid(ceil_div(p.seqlen_q, Tile::kBlockM), static_cast<unsigned>(p.heads_q),

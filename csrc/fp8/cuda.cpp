@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <tuple>
 
 #include "common/checks.h"
@@ -79,10 +80,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& w_in, 
   return {payload, scales};
 }
 
-// Zero columns appended to K keep every row 16-byte aligned for cp.async; zeros add nothing.
-at::Tensor pad_k_to_16(const at::Tensor& t) {
+// Zero columns appended to K keep every row 16-byte aligned for cp.async and TMA (zeros add
+// nothing); a misaligned start gets an aligned copy too.
+at::Tensor aligned_with_k_padded_to_16(const at::Tensor& t) {
   const int64_t pad = (16 - t.size(1) % 16) % 16;
-  if (pad == 0) return t;
+  if (pad == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0) return t;
   at::Tensor padded = at::zeros({t.size(0), t.size(1) + pad}, t.options());
   padded.narrow(1, 0, t.size(1)).copy_(t);
   return padded;
@@ -92,14 +94,14 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a_in, const at::Tensor& a_scales_in,
                          const at::Tensor& b_in, const at::Tensor& b_scales_in,
                          at::ScalarType out_dtype) {
   const Fp8GemmShape shape = check_fp8_gemm_inputs(a_in, a_scales_in, b_in, b_scales_in, out_dtype);
-  DSA_CHECK_VALUE((shape.n + 127) / 128 <= 65535,
-                  "fp8_gemm supports N up to 65535 * 128 on CUDA (got ", shape.n, ")");
+  DSA_CHECK_VALUE((shape.n + 63) / 64 <= 65535,
+                  "fp8_gemm supports N up to 65535 * 64 on CUDA (got ", shape.n, ")");
   const c10::cuda::CUDAGuard device_guard(a_in.device());
   at::Tensor out = at::empty({shape.m, shape.n}, a_in.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   if (shape.k == 0) return out.zero_();
-  const at::Tensor a = pad_k_to_16(a_in);
-  const at::Tensor b = pad_k_to_16(b_in);
+  const at::Tensor a = aligned_with_k_padded_to_16(a_in);
+  const at::Tensor b = aligned_with_k_padded_to_16(b_in);
   const at::Tensor a_scales = a_scales_in.contiguous();
   const at::Tensor b_scales = b_scales_in.contiguous();
 

@@ -2,6 +2,7 @@
 // Grid, block and shared-memory choice of the FP8 kernels; included by kernels/inst/*.cu.
 
 #include "fp8/kernels/gemm.cuh"
+#include "fp8/kernels/gemm_hopper.cuh"
 #include "fp8/kernels/quantize.cuh"
 #include "fp8/launch.h"
 
@@ -39,6 +40,10 @@ cudaError_t launch_quantize_weight(const Fp8QuantizeParams& p, cudaStream_t stre
 
 template <Fp8GemmOut kOut>
 cudaError_t launch_fp8_gemm(const Fp8GemmParams& p, cudaStream_t stream) {
+  cudaError_t hopper_status = cudaSuccess;
+  if (hopper_kernels_enabled() && try_launch_fp8_gemm_hopper<kOut>(p, stream, &hopper_status)) {
+    return hopper_status;
+  }
   using Tile = Fp8GemmTile;
   const cudaError_t status = cudaFuncSetAttribute(
       fp8_gemm_kernel<kOut>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);

@@ -18,6 +18,83 @@
 namespace deepseek_attn {
 namespace cuda {
 
+// Log2-domain logits of one warp's 16 x (8·kAccN) score fragment (scaled, soft-capped), with
+// -inf outside the visible band when the tile crosses its edge. `row` is the fragment's row
+// `group`; `key0` the tile's first key.
+template <int kAccN>
+__device__ __forceinline__ void scores_to_logits(float (&scores)[kAccN][4],
+                                                 const AttentionFwdParams& p,
+                                                 const KeyWindow& window, bool needs_mask,
+                                                 int64_t row, int64_t key0, int lane) {
+  const float scale_log2 = p.softmax_scale * float(kLog2e);
+  const float cap_inverse = p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f;
+  const float cap_log2 = p.softcap * float(kLog2e);
+#pragma unroll
+  for (int n = 0; n < kAccN; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float s = scores[n][e];
+      s = p.softcap > 0.f ? cap_log2 * tanhf(s * cap_inverse) : s * scale_log2;
+      if (needs_mask) {
+        const int64_t key = key0 + n * 8 + (lane % 4) * 2 + (e & 1);
+        if (key >= p.seqlen_k || !window.visible(row + (e >= 2 ? 8 : 0), key)) s = -INFINITY;
+      }
+      scores[n][e] = s;
+    }
+  }
+}
+
+// One online-softmax step on a warp's fragment (rows `group` and `group + 8`): folds the tile's
+// row maxima into `rows`, turns the logits into probabilities and rescales the output.
+template <int kAccN, int kAccV>
+__device__ __forceinline__ void online_softmax_step(float (&scores)[kAccN][4],
+                                                    OnlineSoftmaxRow<float> (&rows)[2],
+                                                    float (&partial_sum)[2],
+                                                    float (&out_acc)[kAccV][4]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float block_max = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < kAccN; ++n) {
+      block_max = fmaxf(block_max, fmaxf(scores[n][2 * r], scores[n][2 * r + 1]));
+    }
+    const float rescale = rows[r].update_max(quad_max(block_max));
+    // A row that has seen only masked keys keeps max -inf: use 0 so exp2 gives exact zeros.
+    const float shift = rows[r].max_log2 == -INFINITY ? 0.f : rows[r].max_log2;
+    partial_sum[r] *= rescale;
+#pragma unroll
+    for (int n = 0; n < kAccN; ++n) {
+      scores[n][2 * r] = exp2f(scores[n][2 * r] - shift);
+      scores[n][2 * r + 1] = exp2f(scores[n][2 * r + 1] - shift);
+      partial_sum[r] += scores[n][2 * r] + scores[n][2 * r + 1];
+    }
+#pragma unroll
+    for (int d = 0; d < kAccV; ++d) {
+      out_acc[d][2 * r] *= rescale;
+      out_acc[d][2 * r + 1] *= rescale;
+    }
+  }
+}
+
+// End of the key loop: row sums across the quad, natural-log LSE, output divided by the sum
+// (rows that saw no key keep output 0 and get lse -inf).
+template <int kAccV>
+__device__ __forceinline__ void finish_rows(OnlineSoftmaxRow<float> (&rows)[2],
+                                            const float (&partial_sum)[2],
+                                            float (&out_acc)[kAccV][4], float (&lse)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    rows[r].sum = quad_sum(partial_sum[r]);
+    lse[r] = rows[r].lse();
+    const float inverse = rows[r].sum > 0.f ? 1.f / rows[r].sum : 0.f;
+#pragma unroll
+    for (int d = 0; d < kAccV; ++d) {
+      out_acc[d][2 * r] *= inverse;
+      out_acc[d][2 * r + 1] *= inverse;
+    }
+  }
+}
+
 template <int kDimQK, int kDimV>
 struct FwdTile {
   static constexpr int kWarps = 4;
@@ -92,9 +169,6 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
     load_kv(0, n_begin);
     cp_async_commit();
 
-    const float scale_log2 = p.softmax_scale * float(kLog2e);
-    const float cap_inverse = p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f;
-    const float cap_log2 = p.softcap * float(kLog2e);
     const int warp_row = warp * 16 + lane / 4;
 
     for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
@@ -116,44 +190,8 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
       const int64_t key_last = key0 + kBlockN < p.seqlen_k ? key0 + kBlockN : p.seqlen_k;
       const bool needs_mask = key0 + kBlockN > p.seqlen_k ||
                               !window.tile_fully_visible(row_begin, row_end, key0, key_last);
-#pragma unroll
-      for (int n = 0; n < kAccN; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float s = scores[n][e];
-          s = p.softcap > 0.f ? cap_log2 * tanhf(s * cap_inverse) : s * scale_log2;
-          if (needs_mask) {
-            const int64_t row = row_begin + warp_row + (e >= 2 ? 8 : 0);
-            const int64_t key = key0 + n * 8 + (lane % 4) * 2 + (e & 1);
-            if (key >= p.seqlen_k || !window.visible(row, key)) s = -INFINITY;
-          }
-          scores[n][e] = s;
-        }
-      }
-
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float block_max = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < kAccN; ++n) {
-          block_max = fmaxf(block_max, fmaxf(scores[n][2 * r], scores[n][2 * r + 1]));
-        }
-        const float rescale = rows[r].update_max(quad_max(block_max));
-        // A row that has seen only masked keys keeps max -inf: use 0 so exp2 gives exact zeros.
-        const float shift = rows[r].max_log2 == -INFINITY ? 0.f : rows[r].max_log2;
-        partial_sum[r] *= rescale;
-#pragma unroll
-        for (int n = 0; n < kAccN; ++n) {
-          scores[n][2 * r] = exp2f(scores[n][2 * r] - shift);
-          scores[n][2 * r + 1] = exp2f(scores[n][2 * r + 1] - shift);
-          partial_sum[r] += scores[n][2 * r] + scores[n][2 * r + 1];
-        }
-#pragma unroll
-        for (int d = 0; d < kAccV; ++d) {
-          out_acc[d][2 * r] *= rescale;
-          out_acc[d][2 * r + 1] *= rescale;
-        }
-      }
+      scores_to_logits(scores, p, window, needs_mask, row_begin + warp_row, key0, lane);
+      online_softmax_step(scores, rows, partial_sum, out_acc);
 
       uint32_t probs[kBlockN / 16][4];
       accumulators_to_a_fragments<kIsBf16, kBlockN>(scores, probs);
@@ -165,17 +203,7 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
 
   // Epilogue: normalise, then write (out, lse) or the split's fp32 partials.
   float lse[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    rows[r].sum = quad_sum(partial_sum[r]);
-    lse[r] = rows[r].lse();
-    const float inverse = rows[r].sum > 0.f ? 1.f / rows[r].sum : 0.f;
-#pragma unroll
-    for (int d = 0; d < kAccV; ++d) {
-      out_acc[d][2 * r] *= inverse;
-      out_acc[d][2 * r + 1] *= inverse;
-    }
-  }
+  finish_rows(rows, partial_sum, out_acc, lse);
 
   const int row_in_tile = warp * 16 + lane / 4;
   if constexpr (kSplit) {

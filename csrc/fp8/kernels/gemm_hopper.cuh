@@ -1,0 +1,181 @@
+#pragma once
+// Block-scaled FP8 "NT" GEMM of SPEC §2 on Hopper (sm90a), DeepGEMM's recipe:
+// one CTA = 3 warpgroups over a 128 x 128 output tile.
+//   warpgroup 0  producer: one thread streams the e4m3 A and B tiles of each 128-wide K block
+//                through a 4-stage ring by TMA (128-byte swizzle, zeros past M, N and K);
+//   warpgroups 1, 2  consumers, 64 rows each: per K block, 4 FP8 wgmma (m64n128k32) into a
+//                fresh fp32 block accumulator, then the block is promoted into the running
+//                total with its scales — (partial · sa) · sb, the SPEC §2 order.
+// The mma.sync kernel (gemm.cuh) remains for sm80/sm89 and DEEPSEEK_ATTN_DISABLE_HOPPER=1.
+
+#include <cstdint>
+
+#include "common/cuda_hopper.cuh"
+#include "fp8/kernels/gemm.cuh"
+
+namespace deepseek_attn {
+namespace cuda {
+
+struct Fp8GemmHopperTile {
+  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 128;
+  static constexpr int kThreads = 3 * 128;
+  static constexpr int kStages = 4;
+  static constexpr int kTileBytes = 128 * 128;  // one e4m3 tile of A or B per K block
+  static constexpr int kStageBytes = 2 * kTileBytes;
+  static constexpr int kBarrierOffset = kStages * kStageBytes;
+  static constexpr int kSmemBytes = kBarrierOffset + 8 * 2 * kStages + 1024;  // +1024: alignment
+  static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+};
+
+template <Fp8GemmOut kOut>
+__global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
+    fp8_gemm_hopper_kernel(const __grid_constant__ CUtensorMap a_map,
+                           const __grid_constant__ CUtensorMap b_map, const Fp8GemmParams p) {
+#if defined(DSA_HOPPER_DEVICE)
+  using Tile = Fp8GemmHopperTile;
+  using Out = typename GemmOutType<kOut>::type;
+  extern __shared__ unsigned char shared_raw[];
+  unsigned char* shared = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(shared + Tile::kBarrierOffset);  // [kStages]
+  uint64_t* empty = full + Tile::kStages;  // [kStages], one arrival per consumer warp
+
+  const int thread = threadIdx.x, warpgroup = thread / 128;
+  const int64_t m0 = int64_t(blockIdx.x) * Tile::kBlockM;
+  const int64_t n0 = int64_t(blockIdx.y) * Tile::kBlockN;
+
+  if (thread == 0) {
+    for (int s = 0; s < Tile::kStages; ++s) {
+      mbarrier_init(&full[s], 1);
+      mbarrier_init(&empty[s], 8);
+    }
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {  // producer
+    warpgroup_registers_decrease<Tile::kProducerRegisters>();
+    if (thread == 0) {
+      for (int64_t kb = 0; kb < p.k_blocks; ++kb) {
+        const int stage = int(kb % Tile::kStages);
+        if (kb >= Tile::kStages) {
+          mbarrier_wait(&empty[stage], uint32_t((kb / Tile::kStages - 1) & 1));
+        }
+        unsigned char* a_tile = shared + stage * Tile::kStageBytes;
+        mbarrier_arrive_expect_bytes(&full[stage], Tile::kStageBytes);
+        tma_load_2d(a_tile, &a_map, &full[stage], int(kb * Tile::kBlockK), int(m0));
+        tma_load_2d(a_tile + Tile::kTileBytes, &b_map, &full[stage], int(kb * Tile::kBlockK),
+                    int(n0));
+      }
+    }
+    return;
+  }
+
+  warpgroup_registers_increase<Tile::kConsumerRegisters>();
+  const int consumer = warpgroup - 1, warp = (thread / 32) % 4, lane = thread % 32;
+  const int64_t row = m0 + consumer * 64 + warp * 16 + lane / 4;  // and row + 8
+  float total[16][4] = {};
+  for (int64_t kb = 0; kb < p.k_blocks; ++kb) {
+    const int stage = int(kb % Tile::kStages);
+    const unsigned char* a_tile = shared + stage * Tile::kStageBytes;
+    const unsigned char* b_tile = a_tile + Tile::kTileBytes;
+    mbarrier_wait(&full[stage], uint32_t((kb / Tile::kStages) & 1));
+
+    float block[16][4] = {};
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < Tile::kBlockK / 32; ++k) {  // 32 bytes of K per step in a swizzle row
+      const uint64_t desc_a = swizzle128_descriptor(a_tile + consumer * 64 * 128 + k * 32, 16, 1024);
+      const uint64_t desc_b = swizzle128_descriptor(b_tile + k * 32, 16, 1024);
+      wgmma_m64n128k32_e4m3(block, desc_a, desc_b, k > 0);
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    wgmma_pin(block);
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(&empty[stage]);  // the tiles are free once in registers
+
+    // Promotion, (partial · sa) · sb as SPEC §2 orders it. Block-scaled B has one scale per
+    // 128 columns, i.e. one for the whole tile; row-scaled B (weight gradients) one per column.
+    const float a_scale_low = row < p.m ? p.a_scales[row * p.k_blocks + kb] : 0.f;
+    const float a_scale_high = row + 8 < p.m ? p.a_scales[(row + 8) * p.k_blocks + kb] : 0.f;
+    if (!p.b_row_scaled) {
+      const float b_scale = p.b_scales[(n0 / 128) * p.k_blocks + kb];
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+        total[n][0] += block[n][0] * a_scale_low * b_scale;
+        total[n][1] += block[n][1] * a_scale_low * b_scale;
+        total[n][2] += block[n][2] * a_scale_high * b_scale;
+        total[n][3] += block[n][3] * a_scale_high * b_scale;
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < 16; ++n) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int64_t column = n0 + n * 8 + (lane % 4) * 2 + j;
+          const float b_scale = column < p.n ? p.b_scales[column * p.k_blocks + kb] : 0.f;
+          total[n][j] += block[n][j] * a_scale_low * b_scale;
+          total[n][2 + j] += block[n][2 + j] * a_scale_high * b_scale;
+        }
+      }
+    }
+  }
+
+  Out* out = static_cast<Out*>(p.out);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t r = row + 8 * half;
+    if (r >= p.m) continue;
+#pragma unroll
+    for (int n = 0; n < 16; ++n) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int64_t column = n0 + n * 8 + (lane % 4) * 2 + j;
+        if (column < p.n) out[r * p.n + column] = Out(total[n][2 * half + j]);
+      }
+    }
+  }
+#else
+  __trap();  // launched only where the sm90a image exists (hopper_kernels_enabled)
+#endif
+}
+
+// A (rows, k) row-major e4m3 matrix as a 2-D tensor map with 128 x 128 boxes, 128-byte swizzled.
+inline bool encode_fp8_tensor_map(CUtensorMap* map, const uint8_t* base, int64_t rows,
+                                  int64_t k) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0 || k % 16 != 0) return false;
+  const cuuint64_t dims[2] = {cuuint64_t(k), cuuint64_t(rows)};
+  const cuuint64_t byte_strides[1] = {cuuint64_t(k)};
+  const cuuint32_t box[2] = {128, 128};
+  const cuuint32_t element_strides[2] = {1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(base), dims,
+                byte_strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// Launches the Hopper GEMM; false (nothing launched) when TMA cannot address the operands.
+template <Fp8GemmOut kOut>
+bool try_launch_fp8_gemm_hopper(const Fp8GemmParams& p, cudaStream_t stream,
+                                cudaError_t* status) {
+  using Tile = Fp8GemmHopperTile;
+  CUtensorMap a_map, b_map;
+  if (!encode_fp8_tensor_map(&a_map, p.a, p.m, p.k) ||
+      !encode_fp8_tensor_map(&b_map, p.b, p.n, p.k)) {
+    return false;
+  }
+  *status = cudaFuncSetAttribute(fp8_gemm_hopper_kernel<kOut>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  if (*status != cudaSuccess) return true;
+  const dim3 grid(static_cast<unsigned>((p.m + Tile::kBlockM - 1) / Tile::kBlockM),
+                  static_cast<unsigned>((p.n + Tile::kBlockN - 1) / Tile::kBlockN));
+  fp8_gemm_hopper_kernel<kOut><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(a_map, b_map,
+                                                                                  p);
+  *status = cudaGetLastError();
+  return true;
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn
