@@ -5,24 +5,10 @@
 #include "attention/kernels/flash_fwd.cuh"
 #include "attention/kernels/flash_fwd_hopper.cuh"
 #include "attention/launch.h"
+#include "common/cuda_launch.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
-
-inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
-
-// Opts a kernel into more than 48 KiB of dynamic shared memory, then launches it.
-template <typename Kernel, typename... Args>
-cudaError_t launch_with_smem(Kernel kernel, dim3 grid, int threads, int smem_bytes,
-                             cudaStream_t stream, const Args&... args) {
-  if (smem_bytes > 48 * 1024) {
-    const cudaError_t status = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-    if (status != cudaSuccess) return status;
-  }
-  kernel<<<grid, threads, smem_bytes, stream>>>(args...);
-  return cudaGetLastError();
-}
 
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split,
@@ -35,7 +21,6 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
     }
   }
   using Tile = FwdTile<kDimQK, kDimV>;
-  static_assert(Tile::kBlockN == fwd_block_n(kDimQK, kDimV), "launch.h must match the tile");
   const dim3 grid(ceil_div(p.seqlen_q, Tile::kBlockM), static_cast<unsigned>(p.heads_q),
                   static_cast<unsigned>(p.batch * split.num_splits));
   if (split.num_splits == 1) {

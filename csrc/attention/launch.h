@@ -22,7 +22,8 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStream_t stream);
 
-// Key-block width of the forward kernel for these head dims (the split-KV heuristic needs it).
+// Key-block width of the forward (and dQ) kernels for these head dims; wide heads take 32 keys
+// to keep the S/P fragments and the K/V buffers small. The split-KV heuristic needs it too.
 constexpr int fwd_block_n(int dim_qk, int dim_v) { return dim_qk > 128 || dim_v > 128 ? 32 : 64; }
 
 }  // namespace cuda

@@ -4,6 +4,7 @@
 #include "fp8/kernels/gemm.cuh"
 #include "fp8/kernels/gemm_hopper.cuh"
 #include "fp8/kernels/quantize.cuh"
+#include "common/cuda_launch.cuh"
 #include "fp8/launch.h"
 
 namespace deepseek_attn {
@@ -17,7 +18,7 @@ inline bool fp8_rows_allow_vector_loads(const Fp8QuantizeParams& p) {
 template <Fp8Source kSource>
 cudaError_t launch_quantize_act(const Fp8QuantizeParams& p, cudaStream_t stream) {
   const int64_t tasks = p.rows * ((p.cols + p.group - 1) / p.group);
-  const unsigned blocks = static_cast<unsigned>((tasks + kQuantizeWarps - 1) / kQuantizeWarps);
+  const unsigned blocks = ceil_div(tasks, kQuantizeWarps);
   if (fp8_rows_allow_vector_loads(p)) {
     quantize_act_kernel<kSource, 4><<<blocks, kQuantizeWarps * 32, 0, stream>>>(p);
   } else {
@@ -28,8 +29,7 @@ cudaError_t launch_quantize_act(const Fp8QuantizeParams& p, cudaStream_t stream)
 
 template <Fp8Source kSource>
 cudaError_t launch_quantize_weight(const Fp8QuantizeParams& p, cudaStream_t stream) {
-  const unsigned blocks = static_cast<unsigned>(((p.rows + p.group - 1) / p.group) *
-                                                ((p.cols + p.group - 1) / p.group));
+  const unsigned blocks = ceil_div(p.rows, p.group) * ceil_div(p.cols, p.group);
   if (fp8_rows_allow_vector_loads(p)) {
     quantize_weight_kernel<kSource, 4><<<blocks, kWeightThreads, 0, stream>>>(p);
   } else {
@@ -45,13 +45,8 @@ cudaError_t launch_fp8_gemm(const Fp8GemmParams& p, cudaStream_t stream) {
     return hopper_status;
   }
   using Tile = Fp8GemmTile;
-  const cudaError_t status = cudaFuncSetAttribute(
-      fp8_gemm_kernel<kOut>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  if (status != cudaSuccess) return status;
-  const dim3 grid(static_cast<unsigned>((p.m + Tile::kBlockM - 1) / Tile::kBlockM),
-                  static_cast<unsigned>((p.n + Tile::kBlockN - 1) / Tile::kBlockN));
-  fp8_gemm_kernel<kOut><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  const dim3 grid(ceil_div(p.m, Tile::kBlockM), ceil_div(p.n, Tile::kBlockN));
+  return launch_with_smem(fp8_gemm_kernel<kOut>, grid, Tile::kThreads, Tile::kSmemBytes, stream, p);
 }
 
 }  // namespace cuda

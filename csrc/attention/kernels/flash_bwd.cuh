@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "attention/kernels/tile_io.cuh"
+#include "attention/launch.h"
 #include "attention/params.h"
 #include "common/online_softmax.h"
 
@@ -287,20 +288,12 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
     if constexpr (kDk) {
       T* dk = static_cast<T*>(p.dk) + batch * p.dk_strides.batch + kv_head * p.dk_strides.head +
               key * p.dk_strides.row;
-#pragma unroll
-      for (int d = 0; d < kDimQK / 8; ++d) {
-        *reinterpret_cast<uint32_t*>(dk + d * 8 + (lane % 4) * 2) = pack_pair<kIsBf16>(
-            dk_acc[d][2 * r] * p.softmax_scale, dk_acc[d][2 * r + 1] * p.softmax_scale);
-      }
+      store_fragment_row<kIsBf16>(dk, dk_acc, r, p.softmax_scale, lane);
     }
     if constexpr (kDv) {
       T* dv = static_cast<T*>(p.dv) + batch * p.dv_strides.batch + kv_head * p.dv_strides.head +
               key * p.dv_strides.row;
-#pragma unroll
-      for (int d = 0; d < kDimV / 8; ++d) {
-        *reinterpret_cast<uint32_t*>(dv + d * 8 + (lane % 4) * 2) =
-            pack_pair<kIsBf16>(dv_acc[d][2 * r], dv_acc[d][2 * r + 1]);
-      }
+      store_fragment_row<kIsBf16>(dv, dv_acc, r, 1.f, lane);
     }
   }
 }
@@ -328,7 +321,7 @@ struct DqTile {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kBlockM = 16 * kWarps;
-  static constexpr int kBlockN = (kDimQK > 128 || kDimV > 128) ? 32 : 64;
+  static constexpr int kBlockN = fwd_block_n(kDimQK, kDimV);  // the forward's rule
   static constexpr int kPitchQK = TilePitch<kDimQK>::value;
   static constexpr int kPitchV = TilePitch<kDimV>::value;
   static constexpr int kQElements = kBlockM * kPitchQK;
@@ -389,12 +382,9 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
     load_tile_async<kBlockM, kDimV, Tile::kThreads>(do_tile, dout, p.dout_strides.row, row_begin,
                                                     p.seqlen_q, thread);
     auto load_kv = [&](int stage, int64_t n_block) {
-      load_tile_async<kBlockN, kDimQK, Tile::kThreads>(k_tiles + stage * Tile::kKElements, k,
-                                                       p.k_strides.row, n_block * kBlockN,
-                                                       p.seqlen_k, thread);
-      load_tile_async<kBlockN, kDimV, Tile::kThreads>(v_tiles + stage * Tile::kVElements, v,
-                                                      p.v_strides.row, n_block * kBlockN,
-                                                      p.seqlen_k, thread);
+      load_kv_block_async<kBlockN, kDimQK, kDimV, Tile::kThreads>(
+          k_tiles + stage * Tile::kKElements, v_tiles + stage * Tile::kVElements, k, v, p, n_block,
+          thread);
     };
     load_kv(0, n_begin);
     cp_async_commit();
@@ -453,12 +443,7 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row_begin + warp_row + 8 * r;
     if (row >= p.seqlen_q) continue;
-#pragma unroll
-    for (int d = 0; d < kDimQK / 8; ++d) {
-      *reinterpret_cast<uint32_t*>(dq + row * p.dq_strides.row + d * 8 + (lane % 4) * 2) =
-          pack_pair<kIsBf16>(dq_acc[d][2 * r] * p.softmax_scale,
-                             dq_acc[d][2 * r + 1] * p.softmax_scale);
-    }
+    store_fragment_row<kIsBf16>(dq + row * p.dq_strides.row, dq_acc, r, p.softmax_scale, lane);
   }
 }
 

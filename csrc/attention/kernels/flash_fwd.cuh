@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "attention/kernels/tile_io.cuh"
+#include "attention/launch.h"
 #include "attention/params.h"
 #include "common/online_softmax.h"
 
@@ -100,8 +101,7 @@ struct FwdTile {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kBlockM = 16 * kWarps;
-  // Wide heads keep the S/P fragments and the K/V buffers small.
-  static constexpr int kBlockN = (kDimQK > 128 || kDimV > 128) ? 32 : 64;
+  static constexpr int kBlockN = fwd_block_n(kDimQK, kDimV);
   static constexpr int kPitchQK = TilePitch<kDimQK>::value;
   static constexpr int kPitchV = TilePitch<kDimV>::value;
   static constexpr int kQElements = kBlockM * kPitchQK;
@@ -159,12 +159,9 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
     load_tile_async<kBlockM, kDimQK, Tile::kThreads>(q_tile, q, p.q_strides.row, row_begin,
                                                      p.seqlen_q, thread);
     auto load_kv = [&](int stage, int64_t n_block) {
-      load_tile_async<kBlockN, kDimQK, Tile::kThreads>(k_tiles + stage * Tile::kKElements, k,
-                                                       p.k_strides.row, n_block * kBlockN,
-                                                       p.seqlen_k, thread);
-      load_tile_async<kBlockN, kDimV, Tile::kThreads>(v_tiles + stage * Tile::kVElements, v,
-                                                      p.v_strides.row, n_block * kBlockN,
-                                                      p.seqlen_k, thread);
+      load_kv_block_async<kBlockN, kDimQK, kDimV, Tile::kThreads>(
+          k_tiles + stage * Tile::kKElements, v_tiles + stage * Tile::kVElements, k, v, p, n_block,
+          thread);
     };
     load_kv(0, n_begin);
     cp_async_commit();
@@ -229,12 +226,8 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
     __syncthreads();
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-#pragma unroll
-      for (int d = 0; d < kAccV; ++d) {
-        *reinterpret_cast<uint32_t*>(out_tile + (row_in_tile + 8 * r) * Tile::kPitchV + d * 8 +
-                                     (lane % 4) * 2) =
-            pack_pair<kIsBf16>(out_acc[d][2 * r], out_acc[d][2 * r + 1]);
-      }
+      store_fragment_row<kIsBf16>(out_tile + (row_in_tile + 8 * r) * Tile::kPitchV, out_acc, r,
+                                  1.f, lane);
       const int64_t row = row_begin + row_in_tile + 8 * r;
       if (lane % 4 == 0 && row < p.seqlen_q) {
         p.lse[(batch * p.heads_q + head) * p.seqlen_q + row] = lse[r];

@@ -16,6 +16,7 @@
 
 #include "attention/kernels/flash_fwd.cuh"
 #include "common/cuda_hopper.cuh"
+#include "common/cuda_launch.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
@@ -181,11 +182,7 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row_begin + row_in_tile + 8 * r;
     if (row >= p.seqlen_q) continue;
-#pragma unroll
-    for (int d = 0; d < kAccV; ++d) {
-      *reinterpret_cast<uint32_t*>(out + row * p.out_strides.row + d * 8 + (lane % 4) * 2) =
-          pack_pair<kIsBf16>(out_acc[d][2 * r], out_acc[d][2 * r + 1]);
-    }
+    store_fragment_row<kIsBf16>(out + row * p.out_strides.row, out_acc, r, 1.f, lane);
     if (lane % 4 == 0) p.lse[(batch * p.heads_q + head) * p.seqlen_q + row] = lse[r];
   }
 #else
@@ -228,16 +225,10 @@ bool try_launch_flash_fwd_hopper(const AttentionFwdParams& p, cudaStream_t strea
                                        p.v_strides)) {
     return false;
   }
-  const auto kernel = flash_fwd_hopper_kernel<kIsBf16>;
-  *status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 HopperFwdTile::kSmemBytes);
-  if (*status != cudaSuccess) return true;
-  const dim3 grid(static_cast<unsigned>((p.seqlen_q + HopperFwdTile::kBlockM - 1) /
-                                        HopperFwdTile::kBlockM),
-                  static_cast<unsigned>(p.heads_q), static_cast<unsigned>(p.batch));
-  kernel<<<grid, HopperFwdTile::kThreads, HopperFwdTile::kSmemBytes, stream>>>(q_map, k_map,
-                                                                              v_map, p);
-  *status = cudaGetLastError();
+  const dim3 grid(ceil_div(p.seqlen_q, HopperFwdTile::kBlockM), static_cast<unsigned>(p.heads_q),
+                  static_cast<unsigned>(p.batch));
+  *status = launch_with_smem(flash_fwd_hopper_kernel<kIsBf16>, grid, HopperFwdTile::kThreads,
+                             HopperFwdTile::kSmemBytes, stream, q_map, k_map, v_map, p);
   return true;
 }
 

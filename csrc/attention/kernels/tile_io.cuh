@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "attention/params.h"
 #include "common/cuda_mma.cuh"
 
 namespace deepseek_attn {
@@ -30,6 +31,29 @@ __device__ __forceinline__ void load_tile_async(T* shared, const T* global, int6
     const bool valid = source_row < seqlen;
     const T* source = valid ? global + source_row * row_stride + column : global;
     cp_async_16(shared + row * kPitch + column, source, valid);
+  }
+}
+
+// Issues the cp.async copies of key block `n_block` (kBlockN rows) of both K and V.
+template <int kBlockN, int kDimQK, int kDimV, int kThreads, typename T>
+__device__ __forceinline__ void load_kv_block_async(T* k_tile, T* v_tile, const T* k, const T* v,
+                                                    const AttentionFwdParams& p, int64_t n_block,
+                                                    int thread) {
+  load_tile_async<kBlockN, kDimQK, kThreads>(k_tile, k, p.k_strides.row, n_block * kBlockN,
+                                             p.seqlen_k, thread);
+  load_tile_async<kBlockN, kDimV, kThreads>(v_tile, v, p.v_strides.row, n_block * kBlockN,
+                                            p.seqlen_k, thread);
+}
+
+// Writes this lane's part of one C-fragment row (`half` 0: row `group`, 1: row `group + 8`) of
+// a 16 x (8·kTiles) accumulator, times `scale`, as 16-bit pairs; `row` points at column 0.
+template <bool kIsBf16, int kTiles, typename T>
+__device__ __forceinline__ void store_fragment_row(T* row, const float (&acc)[kTiles][4], int half,
+                                                   float scale, int lane) {
+#pragma unroll
+  for (int d = 0; d < kTiles; ++d) {
+    *reinterpret_cast<uint32_t*>(row + d * 8 + (lane % 4) * 2) =
+        pack_pair<kIsBf16>(acc[d][2 * half] * scale, acc[d][2 * half + 1] * scale);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "common/cuda_hopper.cuh"
+#include "common/cuda_launch.cuh"
 #include "fp8/kernels/gemm.cuh"
 
 namespace deepseek_attn {
@@ -166,14 +167,9 @@ bool try_launch_fp8_gemm_hopper(const Fp8GemmParams& p, cudaStream_t stream,
       !encode_fp8_tensor_map(&b_map, p.b, p.n, p.k)) {
     return false;
   }
-  *status = cudaFuncSetAttribute(fp8_gemm_hopper_kernel<kOut>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
-  if (*status != cudaSuccess) return true;
-  const dim3 grid(static_cast<unsigned>((p.m + Tile::kBlockM - 1) / Tile::kBlockM),
-                  static_cast<unsigned>((p.n + Tile::kBlockN - 1) / Tile::kBlockN));
-  fp8_gemm_hopper_kernel<kOut><<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(a_map, b_map,
-                                                                                  p);
-  *status = cudaGetLastError();
+  const dim3 grid(ceil_div(p.m, Tile::kBlockM), ceil_div(p.n, Tile::kBlockN));
+  *status = launch_with_smem(fp8_gemm_hopper_kernel<kOut>, grid, Tile::kThreads, Tile::kSmemBytes,
+                             stream, a_map, b_map, p);
   return true;
 }
 
