@@ -47,6 +47,24 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
+// One step of a two-stage cp.async pipeline over steps [first, end): starts loading step + 1
+// into the other stage (when there is one), waits for `step`'s stage and syncs the block so
+// every thread sees it. Returns the stage that holds `step`.
+template <class LoadStage>
+__device__ __forceinline__ int cp_async_double_buffer_step(int64_t step, int64_t first,
+                                                           int64_t end, LoadStage&& load_stage) {
+  const int stage = int((step - first) % 2);
+  if (step + 1 < end) {  // prefetch the next step while this one is used
+    load_stage(stage ^ 1, step + 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+  return stage;
+}
+
 // Four 8x8 b16 matrices; lane i gives the address of row (i % 8) of matrix (i / 8).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&regs)[4], const void* shared) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"

@@ -213,16 +213,8 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
   const int warp_key = warp * 16 + lane / 4;  // this lane's key rows: warp_key and warp_key + 8
 
   for (int64_t step = 0; step < total_steps; ++step) {
-    const int stage = int(step % 2);
-    load_row_stats(stage, step);
-    if (step + 1 < total_steps) {
-      load_step(stage ^ 1, step + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    load_row_stats(int(step % 2), step);  // the stage the pipeline step below hands back
+    const int stage = cp_async_double_buffer_step(step, 0, total_steps, load_step);
     const T* q_tile = stages + stage * Tile::kStageElements;
     const T* do_tile = q_tile + Tile::kQElements;
     const float* lse2 = row_stats + stage * 2 * kBlockM;
@@ -390,15 +382,7 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
     cp_async_commit();
 
     for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
-      const int stage = int((n_block - n_begin) % 2);
-      if (n_block + 1 < n_end) {
-        load_kv(stage ^ 1, n_block + 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
+      const int stage = cp_async_double_buffer_step(n_block, n_begin, n_end, load_kv);
       const T* k_tile = k_tiles + stage * Tile::kKElements;
       const T* v_tile = v_tiles + stage * Tile::kVElements;
 

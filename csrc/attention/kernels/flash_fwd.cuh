@@ -169,15 +169,7 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
     const int warp_row = warp * 16 + lane / 4;
 
     for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
-      const int stage = int((n_block - n_begin) % 2);
-      if (n_block + 1 < n_end) {  // prefetch the next K/V tile while this one is used
-        load_kv(stage ^ 1, n_block + 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
+      const int stage = cp_async_double_buffer_step(n_block, n_begin, n_end, load_kv);
 
       float scores[kAccN][4] = {};
       mma_a_bt<kIsBf16, kDimQK, kBlockN>(scores, q_tile, warp * 16,

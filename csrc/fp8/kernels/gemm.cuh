@@ -105,15 +105,7 @@ __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const F
   cp_async_commit();
 
   for (int64_t kb = 0; kb < p.k_blocks; ++kb) {
-    const int stage = int(kb % 2);
-    if (kb + 1 < p.k_blocks) {
-      load_stage(stage ^ 1, kb + 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    const int stage = cp_async_double_buffer_step(kb, 0, p.k_blocks, load_stage);
     const uint8_t* a_tile = shared + stage * Tile::kStageBytes;
     const uint8_t* b_tile = a_tile + Tile::kBlockM * Tile::kPitch;
 
