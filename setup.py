@@ -113,8 +113,10 @@ def relative_sources(pattern):
 def make_extension(cuda_root):
     from torch.utils import cpp_extension
 
+    # csrc/emulation/ is the CPU emulator of the CUDA kernels: test-only (tests/emulation/).
     cpu_sources = [path for path in relative_sources("csrc/**/*.cpp")
-                   if os.path.basename(path) != "cuda.cpp" and "/tests/" not in path]
+                   if os.path.basename(path) != "cuda.cpp" and "/tests/" not in path
+                   and not path.startswith("csrc/emulation/")]
     # ATen's parallel_for is an inline OpenMP loop: without -fopenmp it silently runs serially.
     # The libgomp.so.1 that torch loads first is the one used.
     cxx_flags = ["-O3", "-fopenmp"]

@@ -3,7 +3,9 @@
 
 #include "attention/kernels/flash_bwd.cuh"
 #include "attention/kernels/flash_fwd.cuh"
+#if !defined(DSA_EMULATION)  // the emulator runs the mma.sync kernels; Hopper is issue 12
 #include "attention/kernels/flash_fwd_hopper.cuh"
+#endif
 #include "attention/launch.h"
 #include "common/cuda_launch.cuh"
 
@@ -13,6 +15,7 @@ namespace cuda {
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split,
                              cudaStream_t stream) {
+#if !defined(DSA_EMULATION)
   if constexpr (kDimQK == HopperFwdTile::kDim && kDimV == HopperFwdTile::kDim) {
     cudaError_t status = cudaSuccess;
     if (split.num_splits == 1 && hopper_kernels_enabled() &&
@@ -20,27 +23,28 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
       return status;
     }
   }
+#endif
   using Tile = FwdTile<kDimQK, kDimV>;
   const dim3 grid(ceil_div(p.seqlen_q, Tile::kBlockM), static_cast<unsigned>(p.heads_q),
                   static_cast<unsigned>(p.batch * split.num_splits));
   if (split.num_splits == 1) {
-    return launch_with_smem(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, false>, grid,
-                            Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+    return launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, false>, grid, Tile::kThreads,
+                         Tile::kSmemBytes, stream, p, split);
   }
   const cudaError_t status =
-      launch_with_smem(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, true>, grid, Tile::kThreads,
-                       Tile::kSmemBytes, stream, p, split);
+      launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, true>, grid, Tile::kThreads,
+                    Tile::kSmemBytes, stream, p, split);
   if (status != cudaSuccess) return status;
   const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
-  flash_fwd_combine_kernel<kIsBf16><<<rows, kDimV < 128 ? kDimV : 128, 0, stream>>>(p, split);
-  return cudaGetLastError();
+  return launch_kernel(flash_fwd_combine_kernel<kIsBf16>, dim3(rows), kDimV < 128 ? kDimV : 128, 0,
+                       stream, p, split);
 }
 
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStream_t stream) {
   const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
-  flash_bwd_delta_kernel<kIsBf16><<<ceil_div(rows, 4), 128, 0, stream>>>(p, delta);
-  cudaError_t status = cudaGetLastError();
+  cudaError_t status =
+      launch_kernel(flash_bwd_delta_kernel<kIsBf16>, dim3(ceil_div(rows, 4)), 128, 0, stream, p, delta);
   if (status != cudaSuccess) return status;
 
   AttentionBwdParams with_delta = p;
@@ -50,32 +54,32 @@ cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStre
                        static_cast<unsigned>(p.batch));
   if (!p.deterministic) {  // dQ by atomics in the dK pass, then one conversion
     if constexpr (DkDv::kTwoPasses) {
-      status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
+      status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
                                 dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
       if (status != cudaSuccess) return status;
-      status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, true>,
+      status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, true>,
                                 dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
                                 with_delta);
     } else {
-      status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, true>,
+      status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, true>,
                                 dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
                                 with_delta);
     }
     if (status != cudaSuccess) return status;
     const int64_t pairs = p.batch * p.heads_q * p.seqlen_q * kDimQK / 2;
     const unsigned blocks = ceil_div(pairs, 256) < 65535u ? ceil_div(pairs, 256) : 65535u;
-    flash_bwd_dq_convert_kernel<kIsBf16><<<blocks, 256, 0, stream>>>(with_delta);
-    return cudaGetLastError();
+    return launch_kernel(flash_bwd_dq_convert_kernel<kIsBf16>, dim3(blocks), 256, 0, stream,
+                         with_delta);
   }
 
   if constexpr (DkDv::kTwoPasses) {
-    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
+    status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
                               dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
     if (status != cudaSuccess) return status;
-    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, false>,
+    status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, false>,
                               dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
   } else {
-    status = launch_with_smem(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, false>,
+    status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, false>,
                               dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
   }
   if (status != cudaSuccess) return status;
@@ -83,7 +87,7 @@ cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStre
   using Dq = DqTile<kDimQK, kDimV>;
   const dim3 dq_grid(ceil_div(p.seqlen_q, Dq::kBlockM), static_cast<unsigned>(p.heads_q),
                      static_cast<unsigned>(p.batch));
-  return launch_with_smem(flash_bwd_dq_kernel<kDimQK, kDimV, kIsBf16>, dq_grid, Dq::kThreads,
+  return launch_kernel(flash_bwd_dq_kernel<kDimQK, kDimV, kIsBf16>, dq_grid, Dq::kThreads,
                           Dq::kSmemBytes, stream, with_delta);
 }
 

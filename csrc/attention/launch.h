@@ -4,14 +4,13 @@
 
 #include <cuda_runtime_api.h>
 
+#include <type_traits>
+
+#include "attention/head_dims.h"
 #include "attention/params.h"
 
 namespace deepseek_attn {
 namespace cuda {
-
-// (Dqk, Dv) pairs with compiled kernels; anything else is rejected with this list.
-#define DSA_ATTENTION_HEAD_DIMS(X) X(64, 64) X(96, 96) X(128, 128) X(192, 128) X(256, 256)
-constexpr const char* kSupportedHeadDims = "64/64, 96/96, 128/128, 192/128, 256/256";
 
 // Forward; split.num_splits > 1 runs the split-KV kernel and the combine kernel.
 template <int kDimQK, int kDimV, bool kIsBf16>
@@ -22,9 +21,38 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStream_t stream);
 
-// Key-block width of the forward (and dQ) kernels for these head dims; wide heads take 32 keys
-// to keep the S/P fragments and the K/V buffers small. The split-KV heuristic needs it too.
-constexpr int fwd_block_n(int dim_qk, int dim_v) { return dim_qk > 128 || dim_v > 128 ? 32 : 64; }
+// Calls launch(integral_constant<Dqk>, integral_constant<Dv>, bool_constant<is_bf16>) for the
+// compiled instantiation matching the params (head dims checked before).
+template <typename Launch>
+cudaError_t dispatch_head_dims(const AttentionFwdParams& p, bool is_bf16, Launch&& launch) {
+#define DSA_DISPATCH(QK, V)                                                                 \
+  if (p.head_dim_qk == QK && p.head_dim_v == V) {                                           \
+    return is_bf16 ? launch(std::integral_constant<int, QK>(), std::integral_constant<int, V>(), \
+                            std::true_type())                                               \
+                   : launch(std::integral_constant<int, QK>(), std::integral_constant<int, V>(), \
+                            std::false_type());                                             \
+  }
+  DSA_ATTENTION_HEAD_DIMS(DSA_DISPATCH)
+#undef DSA_DISPATCH
+  return cudaErrorInvalidValue;  // unreachable: the head dims were checked first
+}
+
+// The forward and backward launches of the instantiation matching the params.
+inline cudaError_t launch_flash_fwd_for(const AttentionFwdParams& p, bool is_bf16,
+                                        const SplitKvParams& split, cudaStream_t stream) {
+  return dispatch_head_dims(p, is_bf16, [&](auto qk, auto v, auto bf16) {
+    return launch_flash_fwd<decltype(qk)::value, decltype(v)::value, decltype(bf16)::value>(
+        p, split, stream);
+  });
+}
+
+inline cudaError_t launch_flash_bwd_for(const AttentionBwdParams& p, bool is_bf16, float* delta,
+                                        cudaStream_t stream) {
+  return dispatch_head_dims(p, is_bf16, [&](auto qk, auto v, auto bf16) {
+    return launch_flash_bwd<decltype(qk)::value, decltype(v)::value, decltype(bf16)::value>(
+        p, delta, stream);
+  });
+}
 
 }  // namespace cuda
 }  // namespace deepseek_attn

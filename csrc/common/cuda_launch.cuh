@@ -1,5 +1,8 @@
 #pragma once
-// Host-side launch helpers shared by every family's launch.cuh (compiled by nvcc only).
+// Host-side launch helpers shared by every family's launch.cuh. Launches go through
+// cudaLaunchKernelEx rather than <<<>>>, so this code also compiles as plain C++ against the
+// CPU emulator's runtime (csrc/emulation/include/cuda_runtime.h) and the emulated tests run the
+// real launch path.
 
 #include <cuda_runtime.h>
 
@@ -10,17 +13,22 @@ namespace cuda {
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
-// Opts a kernel into more than 48 KiB of dynamic shared memory, then launches it.
-template <typename Kernel, typename... Args>
-cudaError_t launch_with_smem(Kernel kernel, dim3 grid, int threads, int smem_bytes,
-                             cudaStream_t stream, const Args&... args) {
+// Launches `kernel(args...)` on `stream`; opts the kernel into more than 48 KiB of dynamic
+// shared memory first when it asks for that much.
+template <typename... Parameters, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Parameters...), dim3 grid, int threads, int smem_bytes,
+                          cudaStream_t stream, const Args&... args) {
   if (smem_bytes > 48 * 1024) {
     const cudaError_t status = cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (status != cudaSuccess) return status;
   }
-  kernel<<<grid, threads, smem_bytes, stream>>>(args...);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(threads, 1, 1);
+  config.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
+  config.stream = stream;
+  return cudaLaunchKernelEx(&config, kernel, args...);
 }
 
 }  // namespace cuda

@@ -2,7 +2,9 @@
 // Grid, block and shared-memory choice of the FP8 kernels; included by kernels/inst/*.cu.
 
 #include "fp8/kernels/gemm.cuh"
+#if !defined(DSA_EMULATION)  // the emulator runs the mma.sync GEMM; Hopper is issue 12
 #include "fp8/kernels/gemm_hopper.cuh"
+#endif
 #include "fp8/kernels/quantize.cuh"
 #include "common/cuda_launch.cuh"
 #include "fp8/launch.h"
@@ -20,33 +22,35 @@ cudaError_t launch_quantize_act(const Fp8QuantizeParams& p, cudaStream_t stream)
   const int64_t tasks = p.rows * ((p.cols + p.group - 1) / p.group);
   const unsigned blocks = ceil_div(tasks, kQuantizeWarps);
   if (fp8_rows_allow_vector_loads(p)) {
-    quantize_act_kernel<kSource, 4><<<blocks, kQuantizeWarps * 32, 0, stream>>>(p);
-  } else {
-    quantize_act_kernel<kSource, 1><<<blocks, kQuantizeWarps * 32, 0, stream>>>(p);
+    return launch_kernel(quantize_act_kernel<kSource, 4>, dim3(blocks), kQuantizeWarps * 32, 0,
+                         stream, p);
   }
-  return cudaGetLastError();
+  return launch_kernel(quantize_act_kernel<kSource, 1>, dim3(blocks), kQuantizeWarps * 32, 0,
+                       stream, p);
 }
 
 template <Fp8Source kSource>
 cudaError_t launch_quantize_weight(const Fp8QuantizeParams& p, cudaStream_t stream) {
   const unsigned blocks = ceil_div(p.rows, p.group) * ceil_div(p.cols, p.group);
   if (fp8_rows_allow_vector_loads(p)) {
-    quantize_weight_kernel<kSource, 4><<<blocks, kWeightThreads, 0, stream>>>(p);
-  } else {
-    quantize_weight_kernel<kSource, 1><<<blocks, kWeightThreads, 0, stream>>>(p);
+    return launch_kernel(quantize_weight_kernel<kSource, 4>, dim3(blocks), kWeightThreads, 0,
+                         stream, p);
   }
-  return cudaGetLastError();
+  return launch_kernel(quantize_weight_kernel<kSource, 1>, dim3(blocks), kWeightThreads, 0, stream,
+                       p);
 }
 
 template <Fp8GemmOut kOut>
 cudaError_t launch_fp8_gemm(const Fp8GemmParams& p, cudaStream_t stream) {
+#if !defined(DSA_EMULATION)
   cudaError_t hopper_status = cudaSuccess;
   if (hopper_kernels_enabled() && try_launch_fp8_gemm_hopper<kOut>(p, stream, &hopper_status)) {
     return hopper_status;
   }
+#endif
   using Tile = Fp8GemmTile;
   const dim3 grid(ceil_div(p.m, Tile::kBlockM), ceil_div(p.n, Tile::kBlockN));
-  return launch_with_smem(fp8_gemm_kernel<kOut>, grid, Tile::kThreads, Tile::kSmemBytes, stream, p);
+  return launch_kernel(fp8_gemm_kernel<kOut>, grid, Tile::kThreads, Tile::kSmemBytes, stream, p);
 }
 
 }  // namespace cuda

@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccM = kBlockM / 8;
 
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
   T* k_tile = reinterpret_cast<T*>(shared_bytes);
   T* v_tile = k_tile + Tile::kKElements;
   T* stages = v_tile + Tile::kVElements;  // 2 x (Q tile, dO tile)
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccN = kBlockN / 8;
 
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
   T* q_tile = reinterpret_cast<T*>(shared_bytes);
   T* do_tile = q_tile + Tile::kQElements;
   T* k_tiles = do_tile + Tile::kDoElements;      // two stages

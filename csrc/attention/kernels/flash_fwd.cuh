@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccN = kBlockN / 8, kAccV = kDimV / 8;
 
-  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
   T* q_tile = reinterpret_cast<T*>(shared_bytes);
   T* k_tiles = q_tile + Tile::kQRegion;               // two stages
   T* v_tiles = k_tiles + 2 * Tile::kKElements;        // two stages

@@ -44,19 +44,6 @@ struct GemmOutType<Fp8GemmOut::kFloat32> {
   using type = float;
 };
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-// acc += A (16x32 e4m3) * B (32x8 e4m3), fp32 accumulation (sm89+ FP8 tensor cores). Fragments:
-// a0/a2 row `group`, a1/a3 row `group + 8`; a0/a1 hold k 4quad..+3, a2/a3 k 16+4quad..+3;
-// b0 holds k 4quad..+3 and b1 k 16+4quad..+3 of column `group`.
-__device__ __forceinline__ void mma_16x8x32_e4m3(float (&acc)[4], const uint32_t (&a)[4],
-                                                 uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-#endif
 
 // Two adjacent e4m3 bytes widened (exactly) to an fp16 pair, the first in the low half.
 __device__ __forceinline__ uint32_t e4m3_pair_to_half2(const uint8_t* pair) {
@@ -86,7 +73,7 @@ template <Fp8GemmOut kOut>
 __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const Fp8GemmParams p) {
   using Tile = Fp8GemmTile;
   using Out = typename GemmOutType<kOut>::type;
-  extern __shared__ __align__(16) uint8_t shared[];
+  DSA_DYNAMIC_SHARED_MEMORY(uint8_t, shared);
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
   const int group = lane / 4, quad = lane % 4;
   const int64_t m0 = int64_t(blockIdx.x) * Tile::kBlockM;

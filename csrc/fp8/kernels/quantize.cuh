@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "common/cuda_intrinsics.cuh"
 #include "common/fp8.h"
 #include "fp8/params.h"
 
@@ -121,7 +122,7 @@ constexpr int kWeightThreads = 256;
 template <Fp8Source kSource, int kVec>
 __global__ void __launch_bounds__(kWeightThreads) quantize_weight_kernel(const Fp8QuantizeParams p) {
   using T = typename SourceType<kSource>::type;
-  __shared__ float warp_maxima[kWeightThreads / 32];
+  DSA_STATIC_SHARED_ARRAY(float, warp_maxima, kWeightThreads / 32);
   const int64_t block_cols = (p.cols + p.group - 1) / p.group;
   const int64_t r0 = int64_t(blockIdx.x / block_cols) * p.group;
   const int64_t c0 = int64_t(blockIdx.x % block_cols) * p.group;

@@ -1,0 +1,184 @@
+// The test-only extension behind tests/test_emulated_*.py: deepseek_attn's CUDA ops running the
+// real kernels and launch code (csrc/*/launch.cuh, kernels/inst/*.cu compiled as host C++) on
+// the CPU emulator (csrc/emulation/), over CPU tensors. The torch-facing half is the CUDA back
+// end's own (device_call.cpp); only the device guard and stream differ.
+
+#include <torch/extension.h>
+
+#include <map>
+#include <string>
+#include <tuple>
+
+#include "attention/device_call.h"
+#include "attention/launch.h"
+#include "emulation/runtime.h"
+#include "fp8/device_call.h"
+#include "fp8/launch.h"
+
+namespace deepseek_attn {
+namespace {
+
+// The tensors a launch may touch, registered as its global memory (whole storages, as a
+// cudaMalloc'd buffer would be) for the lifetime of this object.
+class DeviceMemory {
+ public:
+  void add(const at::Tensor& t, const std::string& name, bool read_only) {
+    if (!t.defined() || t.storage().nbytes() == 0) return;
+    const void* base = t.storage().data();
+    auto [entry, inserted] = regions_.try_emplace(base, Region{name, read_only, t.storage().nbytes()});
+    if (!inserted) {  // views of one buffer (q, k, v of a packed qkv) share an allocation
+      entry->second.name += "/" + name;
+      entry->second.read_only = entry->second.read_only && read_only;
+    }
+  }
+  ~DeviceMemory() {
+    for (const auto& [base, region] : regions_) dsa_emu::unregister_allocation(base);
+  }
+  void register_all() const {
+    for (const auto& [base, region] : regions_) {
+      dsa_emu::register_allocation(base, region.bytes, region.name, region.read_only);
+    }
+  }
+
+ private:
+  struct Region {
+    std::string name;
+    bool read_only;
+    size_t bytes;
+  };
+  std::map<const void*, Region> regions_;
+};
+
+cudaStream_t emulated_stream() { return nullptr; }
+
+void check_launch(cudaError_t status) {
+  TORCH_CHECK(status == cudaSuccess, "emulated launch failed: ", cudaGetErrorString(status));
+}
+
+void check_cuda_dtype(const at::Tensor& q) {
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
+              "the emulated CUDA attention takes bfloat16 or float16 (got ", q.scalar_type(), ")");
+}
+
+std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, double softmax_scale,
+                                                  bool causal, int64_t window_left,
+                                                  int64_t window_right, double softcap,
+                                                  int64_t sm_count) {
+  check_cuda_dtype(q);
+  const FlashFwdCall call = prepare_flash_attn_fwd(q, k, v, softmax_scale, causal, window_left,
+                                                   window_right, softcap, int(sm_count));
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(call.q, "q", true);
+    memory.add(call.k, "k", true);
+    memory.add(call.v, "v", true);
+    memory.add(call.out, "out", false);
+    memory.add(call.lse, "lse", false);
+    memory.add(call.partial_out, "partial_out", false);
+    memory.add(call.partial_lse, "partial_lse", false);
+    memory.register_all();
+    check_launch(cuda::launch_flash_fwd_for(call.params, q.scalar_type() == at::kBFloat16,
+                                            call.split, emulated_stream()));
+  }
+  return {call.out, call.lse};
+}
+
+int64_t num_splits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal,
+                   int64_t sm_count) {
+  const FlashFwdCall call = prepare_flash_attn_fwd(q, k, v, 1.0, causal, -1, causal ? 0 : -1,
+                                                   0.0, int(sm_count));
+  return call.split.num_splits;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, double softmax_scale, bool causal,
+    int64_t window_left, int64_t window_right, double softcap, bool deterministic) {
+  check_cuda_dtype(q);
+  const FlashBwdCall call = prepare_flash_attn_bwd(dout, q, k, v, out, lse, softmax_scale, causal,
+                                                   window_left, window_right, softcap,
+                                                   deterministic);
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(call.q, "q", true);
+    memory.add(call.k, "k", true);
+    memory.add(call.v, "v", true);
+    memory.add(call.out, "out", true);
+    memory.add(call.dout, "dout", true);
+    memory.add(call.lse, "lse", true);
+    memory.add(call.dq, "dq", false);
+    memory.add(call.dk, "dk", false);
+    memory.add(call.dv, "dv", false);
+    memory.add(call.delta, "delta", false);
+    memory.add(call.dq_accum, "dq_accum", false);
+    memory.register_all();
+    check_launch(cuda::launch_flash_bwd_for(call.params, q.scalar_type() == at::kBFloat16,
+                                            call.delta.data_ptr<float>(), emulated_stream()));
+  }
+  return {call.dq, call.dk, call.dv};
+}
+
+std::tuple<at::Tensor, at::Tensor> run_quantizer(const Fp8QuantizeCall& call, bool weight) {
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(call.x, "x", true);
+    memory.add(call.payload, "payload", false);
+    memory.add(call.scales, "scales", false);
+    memory.register_all();
+    check_launch(weight ? cuda::launch_quantize_weight_for(call.source, call.params, emulated_stream())
+                        : cuda::launch_quantize_act_for(call.source, call.params, emulated_stream()));
+  }
+  return {call.payload, call.scales};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_act(const at::Tensor& x, int64_t group_size,
+                                                bool ue8m0) {
+  return run_quantizer(prepare_quantize_act(x, group_size, ue8m0), false);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_weight(const at::Tensor& w, int64_t block_size,
+                                                   bool ue8m0) {
+  return run_quantizer(prepare_quantize_weight(w, block_size, ue8m0), true);
+}
+
+at::Tensor fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
+                    const at::Tensor& b_scales, at::ScalarType out_dtype) {
+  const Fp8GemmCall call = prepare_fp8_gemm(a, a_scales, b, b_scales, out_dtype);
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(call.a, "a", true);
+    memory.add(call.b, "b", true);
+    memory.add(call.a_scales, "a_scales", true);
+    memory.add(call.b_scales, "b_scales", true);
+    memory.add(call.out, "out", false);
+    memory.register_all();
+    check_launch(cuda::launch_fp8_gemm_for(call.out_type, call.params, emulated_stream()));
+  }
+  return call.out;
+}
+
+}  // namespace
+}  // namespace deepseek_attn
+
+// Called by the module's PYBIND11_MODULE (tests/emulation/build.py writes it per module name).
+void define_emulated_ops(pybind11::module_& m, int arch) {
+  using namespace deepseek_attn;
+  dsa_emu::DeviceProperties device = dsa_emu::device_properties();
+  device.arch = arch;
+  device.max_shared_bytes_optin = arch == 89 ? 99 * 1024 : 163 * 1024;
+  dsa_emu::set_device_properties(device);
+  m.attr("arch") = arch;
+  m.def("flash_attn_fwd", &flash_attn_fwd);
+  m.def("flash_attn_bwd", &flash_attn_bwd);
+  m.def("num_splits", &num_splits);
+  m.def("quantize_act", &quantize_act);
+  m.def("quantize_weight", &quantize_weight);
+  m.def("fp8_gemm", &fp8_gemm);
+  m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
+  m.def("counters", [] {
+    const dsa_emu::Counters c = dsa_emu::counters();
+    return std::map<std::string, uint64_t>{{"launches", c.launches}, {"ctas", c.ctas},
+                                           {"mma", c.mma}, {"fiber_switches", c.fiber_switches}};
+  });
+}

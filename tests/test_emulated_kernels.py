@@ -1,0 +1,227 @@
+"""The CUDA kernels executed on the CPU emulator (csrc/emulation/), every check on, against the
+same references and SPEC §6 tolerances as the CUDA tests. The kernels, launch code (grid sizes,
+split-KV heuristic, shared-memory sizes) and torch-facing preparation are the real ones: only the
+device is emulated. `pytest -k emulated` runs this file with the layout and mutation tests.
+"""
+
+import os
+
+import pytest
+import torch
+
+from deepseek_attn.reference import (fp8_gemm_ref, quantize_act_ref, quantize_weight_ref)
+
+from conftest import assert_spec6_close
+from test_attention import CASES, Case, reference_pair
+from test_fp8 import assert_fp8_close, assert_same_fp8, assert_same_scales
+
+A100_SMS = 108
+
+
+def _build(arch):
+    from emulation.build import build_module
+
+    try:
+        return build_module(arch)
+    except (OSError, RuntimeError) as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"the emulated extension could not be built here: {error}")
+
+
+@pytest.fixture(scope="session")
+def sm80():
+    return _build(80)
+
+
+@pytest.fixture(scope="session")
+def sm89():
+    return _build(89)
+
+
+@pytest.fixture(params=[0, 7], ids=["in_order", "shuffled"])
+def schedule(request, sm80, sm89):
+    """Runs a test with the threads in index order, then in a shuffled order between barriers."""
+    for module in (sm80, sm89):
+        module.set_schedule_seed(request.param)
+    yield request.param
+    for module in (sm80, sm89):
+        module.set_schedule_seed(0)
+
+
+def emulated_forward(module, case, q, k, v, sm_count=A100_SMS):
+    window_left, window_right = case.window
+    return module.flash_attn_fwd(q, k, v, case.head_dim ** -0.5, case.causal, window_left,
+                                 window_right, case.softcap, sm_count)
+
+
+def emulated_backward(module, case, dout, q, k, v, out, lse, deterministic):
+    window_left, window_right = case.window
+    return module.flash_attn_bwd(dout, q, k, v, out, lse, case.head_dim ** -0.5, case.causal,
+                                 window_left, window_right, case.softcap, deterministic)
+
+
+# The CUDA tests' cases minus the two longest (minutes under the emulator), plus tails for the
+# 32-key tiles of the wide heads and every head-dim instantiation in both dtypes below.
+EMULATED_CASES = [case for case in CASES if case.seqlen_q * case.seqlen_k < 1_000_000] + [
+    Case(1, 700, heads_q=4, heads_kv=1, head_dim=256),        # split-KV with 32-key tiles
+    Case(45, 77, heads_q=3, heads_kv=1, head_dim=96, window=(20, 3)),
+]
+HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)]
+
+
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=repr)
+def test_emulated_sm80_attention_forward_and_backward(sm80, case):
+    dtype = torch.bfloat16
+    q, k, v = case.inputs(dtype, "cpu", requires_grad=True)
+    out, lse = emulated_forward(sm80, case, q.detach(), k.detach(), v.detach())
+    (out_pt, lse_pt), (out_64, lse_64), inputs_64 = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+
+    dout = torch.randn_like(out)
+    grads_pt = torch.autograd.grad(out_pt, (q, k, v), dout)
+    grads_64 = torch.autograd.grad(out_64, inputs_64, dout.double())
+    for deterministic in (False, True):
+        grads = emulated_backward(sm80, case, dout, q.detach(), k.detach(), v.detach(), out, lse,
+                                  deterministic)
+        for name, ours, same, exact in zip(("dq", "dk", "dv"), grads, grads_pt, grads_64):
+            assert_spec6_close(f"{name} (deterministic={deterministic})", ours, same, exact,
+                               factor=3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("head_dims", HEAD_DIMS, ids=lambda d: f"d{d[0]}x{d[1]}")
+def test_emulated_sm80_every_instantiation(sm80, head_dims, dtype, schedule):
+    case = Case(75, 90, heads_q=4, heads_kv=2, head_dim=head_dims[0], head_dim_v=head_dims[1],
+                window=(50, 3), causal=False, softcap=2.0)
+    q, k, v = case.inputs(dtype, "cpu", requires_grad=True)
+    out, lse = emulated_forward(sm80, case, q.detach(), k.detach(), v.detach())
+    (out_pt, _), (out_64, lse_64), inputs_64 = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+    dout = torch.randn_like(out)
+    grads_pt = torch.autograd.grad(out_pt, (q, k, v), dout)
+    grads_64 = torch.autograd.grad(out_64, inputs_64, dout.double())
+    grads = emulated_backward(sm80, case, dout, q.detach(), k.detach(), v.detach(), out, lse,
+                              deterministic=schedule == 0)
+    for name, ours, same, exact in zip(("dq", "dk", "dv"), grads, grads_pt, grads_64):
+        assert_spec6_close(name, ours, same, exact, factor=3)
+
+
+@pytest.mark.parametrize("case", [Case(1, 3000, heads_q=8, heads_kv=2, head_dim=128),
+                                  Case(3, 500, batch=2, heads_q=2, heads_kv=1, head_dim=192,
+                                       head_dim_v=128)], ids=repr)
+def test_emulated_sm80_split_kv_matches_one_split(sm80, case):
+    q, k, v = case.inputs(torch.float16, "cpu")
+    assert sm80.num_splits(q, k, v, case.causal, A100_SMS) > 1, "the case must split on an A100"
+    assert sm80.num_splits(q, k, v, case.causal, 1) == 1
+    split_out, split_lse = emulated_forward(sm80, case, q, k, v, A100_SMS)
+    whole_out, whole_lse = emulated_forward(sm80, case, q, k, v, sm_count=1)
+    torch.testing.assert_close(split_out, whole_out, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(split_lse, whole_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_emulated_sm80_deterministic_backward_is_bitwise_reproducible(sm80, schedule):
+    case = Case(140, heads_q=4, heads_kv=2, head_dim=64)
+    q, k, v = case.inputs(torch.bfloat16, "cpu")
+    out, lse = emulated_forward(sm80, case, q, k, v)
+    dout = torch.randn_like(out)
+    first = emulated_backward(sm80, case, dout, q, k, v, out, lse, True)
+    second = emulated_backward(sm80, case, dout, q, k, v, out, lse, True)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_emulated_sm80_strided_and_packed_inputs(sm80):
+    # q, k, v as views of one packed (B, S, 3, H, D) buffer: strided rows, one allocation.
+    packed = torch.randn(2, 97, 3, 4, 64, dtype=torch.bfloat16)
+    q, k, v = packed.unbind(2)
+    case = Case(97, batch=2, heads_q=4, head_dim=64)
+    out, lse = emulated_forward(sm80, case, q, k, v)
+    (out_pt, _), (out_64, _), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+
+
+def test_emulated_attention_rejects_fp32(sm80):
+    q, k, v = Case(8).inputs(torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match=r"takes bfloat16 or float16 \(got Float\)"):
+        emulated_forward(sm80, Case(8), q, k, v)
+
+
+# ------------------------------------------------------------------------------- FP8
+
+
+@pytest.mark.parametrize("ue8m0", [False, True], ids=["fp32_scale", "ue8m0"])
+@pytest.mark.parametrize("shape", [(1,), (129,), (3, 300), (2, 3, 130), (4, 1024)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_emulated_quantize_act_is_bit_exact(sm80, dtype, shape, ue8m0):
+    x = (torch.randn(shape) * torch.logspace(-3, 3, shape[-1])).to(dtype)
+    payload, scales = sm80.quantize_act(x, 128, ue8m0)
+    ref_payload, ref_scales = quantize_act_ref(x, 128, ue8m0)
+    assert_same_fp8(payload, ref_payload)
+    assert_same_scales(scales, ref_scales)
+
+
+@pytest.mark.parametrize("ue8m0", [False, True], ids=["fp32_scale", "ue8m0"])
+@pytest.mark.parametrize("shape", [(1, 1), (129, 300), (17, 130), (256, 128)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_emulated_quantize_weight_is_bit_exact(sm80, dtype, shape, ue8m0):
+    w = (torch.randn(shape) * 0.02).to(dtype)
+    w[0, 0] = 3.0
+    payload, scales = sm80.quantize_weight(w, 128, ue8m0)
+    ref_payload, ref_scales = quantize_weight_ref(w, 128, ue8m0)
+    assert_same_fp8(payload, ref_payload)
+    assert_same_scales(scales, ref_scales)
+
+
+GEMM_SHAPES = [(1, 128, 128), (17, 257, 384), (130, 70, 200), (5, 33, 16)]
+
+
+@pytest.mark.parametrize("row_scaled_b", [False, True], ids=["block_b", "row_b"])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("mnk", GEMM_SHAPES, ids=str)
+@pytest.mark.parametrize("arch", [80, 89], ids=["sm80_fp16_mma", "sm89_fp8_mma"])
+def test_emulated_fp8_gemm_matches_dequantised_reference(sm80, sm89, arch, mnk, out_dtype,
+                                                         row_scaled_b):
+    module = sm80 if arch == 80 else sm89
+    m, n, k = mnk
+    a_fp8, a_scales = quantize_act_ref(torch.randn(m, k), 128)
+    b = torch.randn(n, k) * 0.05
+    b_fp8, b_scales = quantize_act_ref(b, 128) if row_scaled_b else quantize_weight_ref(b, 128)
+    out = module.fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, out_dtype)
+    reference = fp8_gemm_ref(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    assert out.shape == (m, n) and out.dtype == out_dtype
+    assert_fp8_close(out.float(), reference)
+    if out_dtype == torch.float32:  # exact e4m3 products: only fp32 summation order differs
+        torch.testing.assert_close(out, reference, atol=1e-4 * reference.abs().max().item(),
+                                   rtol=1e-4)
+
+
+def test_emulated_fp8_gemm_propagates_nan_and_inf(sm89):
+    a = torch.randn(4, 256)
+    a[1, 3] = float("nan")
+    a_fp8, a_scales = quantize_act_ref(a, 128)
+    b_fp8, b_scales = quantize_weight_ref(torch.randn(130, 256), 128)
+    b_scales[1, 0] = float("inf")
+    out = sm89.fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    reference = fp8_gemm_ref(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    assert_fp8_close(out, reference)
+    assert torch.isnan(out[1]).all()
+
+
+def test_emulated_mma_throughput(sm80):
+    """The issue's speed aim (>= 200k emulated mma/s on one core), measured, not asserted hard:
+    a regression by 10x means the fiber switch or the checker lost its fast path."""
+    import time
+
+    case = Case(128, heads_q=2, head_dim=128, causal=False)
+    q, k, v = case.inputs(torch.bfloat16, "cpu")
+    emulated_forward(sm80, case, q, k, v)  # warm-up (fiber stacks, shadow memory)
+    before = sm80.counters()["mma"]
+    start = time.perf_counter()
+    emulated_forward(sm80, case, q, k, v)
+    seconds = time.perf_counter() - start
+    rate = (sm80.counters()["mma"] - before) / seconds
+    print(f"emulated mma.sync per second (attention forward, all checks on): {rate:,.0f}")
+    assert rate > 20_000

@@ -1,0 +1,149 @@
+"""Mutation tests: deliberately broken variants of our kernels that the emulator must catch, by
+a report (race, missing wait, out of bounds, deadlock, misalignment, uninitialised read) or by
+a wrong answer against the reference. Each mutant is the real source with one edit, built into
+its own module (tests/emulation/build.py recompiles only the named instantiation).
+"""
+
+import os
+
+import pytest
+import torch
+
+from conftest import assert_spec6_close
+from test_attention import Case, reference_pair
+from deepseek_attn.reference import fp8_gemm_ref, quantize_weight_ref
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+WRONG_ANSWER = "wrong answer"
+
+
+class Mutation:
+    def __init__(self, name, path, old, new, rebuild, run, expect, arch=80):
+        self.name, self.path, self.old, self.new = name, path, old, new
+        self.rebuild, self.run, self.expect, self.arch = rebuild, run, expect, arch
+
+    def __repr__(self):
+        return self.name
+
+    def source(self):
+        with open(os.path.join(CSRC, self.path)) as handle:
+            text = handle.read()
+        assert text.count(self.old) == 1, f"{self.name}: the mutated text must occur once in {self.path}"
+        return text.replace(self.old, self.new)
+
+
+def run_attention_forward(module, case=Case(200, 300, heads_q=4, heads_kv=2, head_dim=64)):
+    q, k, v = case.inputs(torch.bfloat16, "cpu")
+    # One SM: no split-KV, so the kernel's own epilogue runs (split-KV runs under test_emulated_kernels).
+    out, lse = module.flash_attn_fwd(q, k, v, 64 ** -0.5, case.causal, -1, -1, 0.0, 1)
+    (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+
+
+def run_attention_backward(module):
+    case = Case(150, 200, heads_q=4, heads_kv=2, head_dim=64, causal=True)
+    q, k, v = case.inputs(torch.bfloat16, "cpu", requires_grad=True)
+    out, lse = module.flash_attn_fwd(q.detach(), k.detach(), v.detach(), 64 ** -0.5, True, -1, -1,
+                                     0.0, 108)
+    (out_pt, _), (out_64, _), inputs_64 = reference_pair(case, q, k, v)
+    dout = torch.randn_like(out)
+    grads = module.flash_attn_bwd(dout, q.detach(), k.detach(), v.detach(), out, lse, 64 ** -0.5,
+                                  True, -1, -1, 0.0, False)
+    grads_pt = torch.autograd.grad(out_pt, (q, k, v), dout)
+    grads_64 = torch.autograd.grad(out_64, inputs_64, dout.double())
+    for name, ours, same, exact in zip(("dq", "dk", "dv"), grads, grads_pt, grads_64):
+        assert_spec6_close(name, ours, same, exact, factor=3)
+
+
+def run_fp8_gemm(module):
+    a_fp8, a_scales = quantize_weight_ref(torch.randn(130, 384), 128)
+    a_scales = a_scales.repeat_interleave(128, 0)[:130]  # 1x128 activation scales per row
+    b_fp8, b_scales = quantize_weight_ref(torch.randn(70, 384) * 0.05, 128)
+    out = module.fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    reference = fp8_gemm_ref(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    torch.testing.assert_close(out, reference, atol=1e-4 * reference.abs().max().item(), rtol=1e-4)
+
+
+def run_quantize_weight(module):
+    w = torch.randn(300, 200)
+    payload, scales = module.quantize_weight(w, 128, False)
+    ref_payload, ref_scales = quantize_weight_ref(w, 128)
+    assert torch.equal(scales, ref_scales)
+    assert torch.equal(payload.view(torch.uint8), ref_payload.view(torch.uint8))
+
+
+FWD = "flash_fwd_d64x64_bf16.cu"
+BWD = "flash_bwd_d64x64_bf16.cu"
+MUTATIONS = [
+    Mutation("missing_syncthreads_before_stage_refill", "attention/kernels/flash_fwd.cuh",
+             "      __syncthreads();  // this stage is refilled by the prefetch two iterations on\n",
+             "", FWD, run_attention_forward, r"shared-memory race: cp\.async overwrites"),
+    Mutation("wait_group_1_where_0_is_needed", "common/cuda_mma.cuh",
+             "  } else {\n    cp_async_wait<0>();", "  } else {\n    cp_async_wait<1>();",
+             FWD, run_attention_forward, r"destination of a cp\.async .* has not landed"),
+    Mutation("tile_load_reads_one_row_past_the_end", "attention/kernels/tile_io.cuh",
+             "const bool valid = source_row < seqlen;", "const bool valid = source_row <= seqlen;",
+             FWD, run_attention_forward, r"runs past its end|outside every allocation"),
+    Mutation("tail_mask_off_by_one", "attention/kernels/flash_fwd.cuh",
+             "const bool needs_mask = key0 + kBlockN > p.seqlen_k ||",
+             "const bool needs_mask = key0 + kBlockN > p.seqlen_k + 1 ||", FWD,
+             lambda module: run_attention_forward(module, Case(100, 64 * 4 + 63, causal=False)),
+             WRONG_ANSWER),
+    Mutation("wrong_fragment_index", "attention/kernels/tile_io.cuh",
+             "a[k][1] = pack_pair<kIsBf16>(acc[2 * k][2], acc[2 * k][3]);",
+             "a[k][1] = pack_pair<kIsBf16>(acc[2 * k + 1][0], acc[2 * k + 1][1]);",
+             FWD, run_attention_forward, WRONG_ANSWER),
+    Mutation("barrier_in_divergent_code", "attention/kernels/flash_fwd.cuh",
+             "    T* out_tile = q_tile;\n    __syncthreads();",
+             "    T* out_tile = q_tile;\n    if (warp == 0) __syncthreads();",
+             FWD, run_attention_forward, r"barrier divergence"),
+    Mutation("early_exit_before_a_barrier", "attention/kernels/flash_fwd.cuh",
+             "    T* out_tile = q_tile;\n    __syncthreads();",
+             "    T* out_tile = q_tile;\n    if (warp == 3) return;\n    __syncthreads();",
+             FWD, run_attention_forward, r"deadlock: __syncthreads is not reached by every thread"),
+    Mutation("tile_pitch_breaks_16_byte_alignment", "attention/kernels/tile_io.cuh",
+             "static constexpr int value = kDim + 8;", "static constexpr int value = kDim + 4;",
+             FWD, run_attention_forward, r"misaligned"),
+    Mutation("q_tile_never_loaded", "attention/kernels/flash_fwd.cuh",
+             "    load_tile_async<kBlockM, kDimQK, Tile::kThreads>(q_tile, q, p.q_strides.row, row_begin,\n"
+             "                                                     p.seqlen_q, thread);\n",
+             "", FWD, run_attention_forward, r"which no thread has written"),
+    Mutation("dq_accumulated_without_atomics", "attention/kernels/flash_bwd.cuh",
+             "      atomicAdd(target, part[0][e]);", "      *target += part[0][e];",
+             BWD, run_attention_backward, r"global-memory race"),
+    Mutation("gemm_missing_syncthreads_before_stage_refill", "fp8/kernels/gemm.cuh",
+             "    __syncthreads();  // the stage is refilled by the prefetch of the next iteration\n",
+             "", "gemm_out_fp32.cu", run_fp8_gemm, r"shared-memory race", arch=89),
+    Mutation("gemm_sm80_wrong_k_half", "fp8/kernels/gemm.cuh",
+             "        a[mt][2] = e4m3_pair_to_half2(row + 8);",
+             "        a[mt][2] = e4m3_pair_to_half2(row + 16);",
+             "gemm_out_fp32.cu", run_fp8_gemm, r"reads dynamic shared memory\+0x[0-9a-f]+, which no thread has written",
+             arch=80),
+    Mutation("quantizer_reads_warp_maxima_before_the_barrier", "fp8/kernels/quantize.cuh",
+             "  if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = amax;\n  __syncthreads();",
+             "  if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = amax;",
+             "quantize_fp32.cu", run_quantize_weight, r"shared-memory race|which no thread has written"),
+]
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=repr)
+def test_emulated_mutation_is_caught(mutation):
+    from emulation.build import build_module
+
+    try:
+        module = build_module(mutation.arch, name=f"deepseek_attn_mutant_{mutation.name}",
+                              overlay={mutation.path: mutation.source()},
+                              rebuild=[mutation.rebuild])
+    except (OSError, RuntimeError) as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"the emulated extension could not be built here: {error}")
+    if mutation.expect == WRONG_ANSWER:
+        with pytest.raises(AssertionError):
+            mutation.run(module)
+    else:
+        with pytest.raises(RuntimeError, match=mutation.expect) as caught:
+            mutation.run(module)
+        assert "deepseek_attn emulator:" in str(caught.value)
+        assert "block (" in str(caught.value) and "thread (" in str(caught.value)
