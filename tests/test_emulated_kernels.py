@@ -61,6 +61,22 @@ def emulated_backward(module, case, dout, q, k, v, out, lse, deterministic):
                                  window_left, window_right, case.softcap, deterministic)
 
 
+def check_forward_and_backward(module, case, dtype, deterministic):
+    """The emulated forward, then backward, against the SPEC §6 rules (as the CUDA tests do)."""
+    q, k, v = case.inputs(dtype, "cpu", requires_grad=True)
+    out, lse = emulated_forward(module, case, q.detach(), k.detach(), v.detach())
+    (out_pt, _), (out_64, lse_64), inputs_64 = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+    dout = torch.randn_like(out)
+    grads_pt = torch.autograd.grad(out_pt, (q, k, v), dout)
+    grads_64 = torch.autograd.grad(out_64, inputs_64, dout.double())
+    grads = emulated_backward(module, case, dout, q.detach(), k.detach(), v.detach(), out, lse,
+                              deterministic)
+    for name, ours, same, exact in zip(("dq", "dk", "dv"), grads, grads_pt, grads_64):
+        assert_spec6_close(f"{name} (deterministic={deterministic})", ours, same, exact, factor=3)
+
+
 # The CUDA tests' cases minus the two longest (minutes under the emulator), plus tails for the
 # 32-key tiles of the wide heads and every head-dim instantiation in both dtypes below.
 EMULATED_CASES = [case for case in CASES if case.seqlen_q * case.seqlen_k < 1_000_000] + [
@@ -72,22 +88,8 @@ HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)]
 
 @pytest.mark.parametrize("case", EMULATED_CASES, ids=repr)
 def test_emulated_sm80_attention_forward_and_backward(sm80, case):
-    dtype = torch.bfloat16
-    q, k, v = case.inputs(dtype, "cpu", requires_grad=True)
-    out, lse = emulated_forward(sm80, case, q.detach(), k.detach(), v.detach())
-    (out_pt, lse_pt), (out_64, lse_64), inputs_64 = reference_pair(case, q, k, v)
-    assert_spec6_close("out", out, out_pt, out_64, factor=2)
-    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
-
-    dout = torch.randn_like(out)
-    grads_pt = torch.autograd.grad(out_pt, (q, k, v), dout)
-    grads_64 = torch.autograd.grad(out_64, inputs_64, dout.double())
-    for deterministic in (False, True):
-        grads = emulated_backward(sm80, case, dout, q.detach(), k.detach(), v.detach(), out, lse,
-                                  deterministic)
-        for name, ours, same, exact in zip(("dq", "dk", "dv"), grads, grads_pt, grads_64):
-            assert_spec6_close(f"{name} (deterministic={deterministic})", ours, same, exact,
-                               factor=3)
+    for deterministic in (False, True):  # the atomic dQ and the deterministic dQ kernel
+        check_forward_and_backward(sm80, case, torch.bfloat16, deterministic)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -95,18 +97,7 @@ def test_emulated_sm80_attention_forward_and_backward(sm80, case):
 def test_emulated_sm80_every_instantiation(sm80, head_dims, dtype, schedule):
     case = Case(75, 90, heads_q=4, heads_kv=2, head_dim=head_dims[0], head_dim_v=head_dims[1],
                 window=(50, 3), causal=False, softcap=2.0)
-    q, k, v = case.inputs(dtype, "cpu", requires_grad=True)
-    out, lse = emulated_forward(sm80, case, q.detach(), k.detach(), v.detach())
-    (out_pt, _), (out_64, lse_64), inputs_64 = reference_pair(case, q, k, v)
-    assert_spec6_close("out", out, out_pt, out_64, factor=2)
-    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
-    dout = torch.randn_like(out)
-    grads_pt = torch.autograd.grad(out_pt, (q, k, v), dout)
-    grads_64 = torch.autograd.grad(out_64, inputs_64, dout.double())
-    grads = emulated_backward(sm80, case, dout, q.detach(), k.detach(), v.detach(), out, lse,
-                              deterministic=schedule == 0)
-    for name, ours, same, exact in zip(("dq", "dk", "dv"), grads, grads_pt, grads_64):
-        assert_spec6_close(name, ours, same, exact, factor=3)
+    check_forward_and_backward(sm80, case, dtype, deterministic=schedule == 0)
 
 
 @pytest.mark.parametrize("case", [Case(1, 3000, heads_q=8, heads_kv=2, head_dim=128),
@@ -159,6 +150,15 @@ def test_emulated_quantize_act_is_bit_exact(sm80, dtype, shape, ue8m0):
     x = (torch.randn(shape) * torch.logspace(-3, 3, shape[-1])).to(dtype)
     payload, scales = sm80.quantize_act(x, 128, ue8m0)
     ref_payload, ref_scales = quantize_act_ref(x, 128, ue8m0)
+    assert_same_fp8(payload, ref_payload)
+    assert_same_scales(scales, ref_scales)
+
+
+@pytest.mark.parametrize("group_size", [16, 64, 256, 1024])
+def test_emulated_quantize_act_other_group_sizes(sm80, group_size):
+    x = torch.randn(7, 1333, dtype=torch.bfloat16)
+    payload, scales = sm80.quantize_act(x, group_size, False)
+    ref_payload, ref_scales = quantize_act_ref(x, group_size)
     assert_same_fp8(payload, ref_payload)
     assert_same_scales(scales, ref_scales)
 

@@ -175,6 +175,7 @@ DeviceProperties g_device;
 uint64_t g_schedule_seed = 0;
 Counters g_counters;
 std::map<uintptr_t, Allocation> g_allocations;
+Allocation* g_last_allocation = nullptr;  // the one allocation_of found last
 std::map<const void*, int> g_max_dynamic_shared;  // cudaFuncSetAttribute opt-ins
 
 // The running launch.
@@ -190,6 +191,9 @@ Dim3 g_grid, g_block, g_block_idx;
 int g_cta = 0;
 uint32_t g_epoch = 1;  // barrier interval + 1
 std::vector<uint16_t> g_syncwarps;  // per warp
+std::vector<int> g_warp_arrivals;   // per warp: lanes waiting at a warp collective
+int g_barrier_arrivals = 0;         // threads waiting at __syncthreads
+std::mt19937_64 g_shuffle;          // picks the next fiber when the schedule is shuffled
 std::string g_kernel_name;
 uint64_t g_launch_id = 0;
 std::string g_fault;  // the first report of the launch
@@ -230,8 +234,9 @@ std::string kernel_name_of(const void* kernel) {
   char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
   std::string name = status == 0 && demangled ? demangled : info.dli_sname;
   std::free(demangled);
-  const std::string prefix = "deepseek_attn::cuda::";
-  if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  for (const std::string prefix : {"void ", "deepseek_attn::cuda::"}) {  // template return type, namespace
+    if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+  }
   const size_t arguments = name.find('(');  // the template arguments say enough
   return arguments == std::string::npos ? name : name.substr(0, arguments);
 }
@@ -254,26 +259,28 @@ std::string hex(uintptr_t value) {
 }
 
 // Names the nearest known memory for an address that is in none.
-std::string describe_wild_address(uintptr_t address, size_t bytes) {
+std::string describe_wild_address(uintptr_t address, size_t bytes, const char* what) {
   std::ostringstream s;
-  s << bytes << "-byte access at " << hex(address) << " is outside every allocation";
+  s << bytes << "-byte " << what << " at " << hex(address);
   std::vector<const SharedRegion*> regions = {&g_dynamic_shared};
   for (const auto& region : g_static_shared) regions.push_back(region.get());
   for (const SharedRegion* region : regions) {
     const uintptr_t base = reinterpret_cast<uintptr_t>(region->base);
     if (region->base != nullptr && address >= base && address < base + region->bytes + 4096) {
-      s << " (" << address - base << " bytes into " << region->name << " of " << region->bytes
-        << " bytes)";
+      s << " is " << address - base - region->bytes << " bytes past the end of " << region->name
+        << " (" << region->bytes << " bytes)";
       return s.str();
     }
   }
   auto next = g_allocations.upper_bound(address);
   if (next != g_allocations.begin()) {
     const Allocation& before = std::prev(next)->second;
-    s << " (" << address - before.base << " bytes from the start of '" << before.name << "', "
-      << before.bytes << " bytes)";
+    s << " is " << address - before.base - before.bytes << " bytes past the end of '" << before.name
+      << "' (" << before.bytes << " bytes)";
   } else if (next != g_allocations.end()) {
-    s << " (" << next->second.base - address << " bytes before '" << next->second.name << "')";
+    s << " is " << next->second.base - address << " bytes before '" << next->second.name << "'";
+  } else {
+    s << " is outside every allocation";
   }
   return s.str();
 }
@@ -315,6 +322,8 @@ std::string check_shared(SharedRegion& region, uintptr_t address, size_t bytes, 
            shared_location(region, address) + " runs past the end of " + region.name + " (" +
            std::to_string(region.bytes) + " bytes)";
   }
+  // A fault ends the launch, so each byte is checked and then recorded in one pass.
+  const uint16_t syncwarps = syncwarps_of(thread);
   for (size_t i = 0; i < bytes; ++i) {
     SharedByte& s = region.shadow[address - base + i];
     const auto location = [&] { return shared_location(region, address + i); };
@@ -331,25 +340,22 @@ std::string check_shared(SharedRegion& region, uintptr_t address, size_t bytes, 
       return std::string("shared-memory race: ") + what + " at " + location() + " and a write by " +
              thread_name(s.writer) + " in the same barrier interval (no __syncthreads between)";
     }
-    if (write && s.read_epoch == g_epoch && s.reader != thread &&
-        (s.reader == kManyThreads || !warp_synchronised(s.reader, s.reader_syncwarps, thread))) {
-      return std::string("shared-memory race: ") + what + " overwrites " + location() +
-             " read by " + (s.reader == kManyThreads ? "other threads" : thread_name(s.reader)) +
-             " in the same barrier interval (no __syncthreads between)";
-    }
-  }
-  for (size_t i = 0; i < bytes; ++i) {
-    SharedByte& s = region.shadow[address - base + i];
     if (write) {
+      if (s.read_epoch == g_epoch && s.reader != thread &&
+          (s.reader == kManyThreads || !warp_synchronised(s.reader, s.reader_syncwarps, thread))) {
+        return std::string("shared-memory race: ") + what + " overwrites " + location() +
+               " read by " + (s.reader == kManyThreads ? "other threads" : thread_name(s.reader)) +
+               " in the same barrier interval (no __syncthreads between)";
+      }
       s.write_epoch = g_epoch;
       s.writer = uint16_t(thread);
-      s.writer_syncwarps = syncwarps_of(thread);
+      s.writer_syncwarps = syncwarps;
     } else if (s.read_epoch == g_epoch && s.reader != thread) {
       s.reader = kManyThreads;
     } else {
       s.read_epoch = g_epoch;
       s.reader = uint16_t(thread);
-      s.reader_syncwarps = syncwarps_of(thread);
+      s.reader_syncwarps = syncwarps;
     }
   }
   return {};
@@ -358,10 +364,16 @@ std::string check_shared(SharedRegion& region, uintptr_t address, size_t bytes, 
 // --- Global-memory checks ------------------------------------------------------------------
 
 Allocation* allocation_of(uintptr_t address) {
+  const auto contains = [address](const Allocation* a) {
+    return a != nullptr && address >= a->base && address < a->base + a->bytes;
+  };
+  if (contains(g_last_allocation)) return g_last_allocation;  // accesses come in runs
   auto next = g_allocations.upper_bound(address);
   if (next == g_allocations.begin()) return nullptr;
-  Allocation& candidate = std::prev(next)->second;
-  return address < candidate.base + candidate.bytes ? &candidate : nullptr;
+  Allocation* candidate = &std::prev(next)->second;
+  if (!contains(candidate)) return nullptr;
+  g_last_allocation = candidate;
+  return candidate;
 }
 
 // Another thread's access conflicts unless it is this CTA's and a barrier separates the two.
@@ -379,7 +391,7 @@ enum class GlobalAccess { kRead, kWrite, kAtomic };
 std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int thread,
                          const char* what) {
   Allocation* allocation = allocation_of(address);
-  if (allocation == nullptr) return std::string(what) + ": " + describe_wild_address(address, bytes);
+  if (allocation == nullptr) return describe_wild_address(address, bytes, what);
   if (address + bytes > allocation->base + allocation->bytes) {
     return std::string(what) + " of " + std::to_string(bytes) + " bytes at offset " +
            std::to_string(address - allocation->base) + " of '" + allocation->name +
@@ -394,6 +406,7 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
     allocation->shadow_launch = g_launch_id;
   }
   const size_t offset = address - allocation->base;
+  // A fault ends the launch, so each byte is checked and then recorded in one pass.
   for (size_t i = 0; i < bytes; ++i) {
     GlobalByte& s = allocation->shadow[offset + i];
     const auto location = [&] {
@@ -405,26 +418,23 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
              (s.atomic ? "atomic " : "") + "write by " + cta_thread_name(s.writer_cta, s.writer) +
              " in the same launch";
     }
-    if (kind != GlobalAccess::kRead && s.reader_cta >= 0 &&
-        (s.many_reader_ctas || conflicts(s.reader_cta, s.reader, s.reader_epoch, thread))) {
-      return std::string("global-memory race: ") + what + " writes " + location() + " read by " +
-             (s.many_reader_ctas ? std::string("other blocks") : cta_thread_name(s.reader_cta, s.reader)) +
-             " in the same launch";
-    }
-  }
-  for (size_t i = 0; i < bytes; ++i) {
-    GlobalByte& s = allocation->shadow[offset + i];
     if (kind == GlobalAccess::kRead) {
       if (s.reader_cta >= 0 && s.reader_cta != g_cta) s.many_reader_ctas = true;
       s.reader_cta = g_cta;
       s.reader = uint16_t(thread);
       s.reader_epoch = g_epoch;
-    } else {
-      s.writer_cta = g_cta;
-      s.writer = uint16_t(thread);
-      s.writer_epoch = g_epoch;
-      s.atomic = kind == GlobalAccess::kAtomic;
+      continue;
     }
+    if (s.reader_cta >= 0 &&
+        (s.many_reader_ctas || conflicts(s.reader_cta, s.reader, s.reader_epoch, thread))) {
+      return std::string("global-memory race: ") + what + " writes " + location() + " read by " +
+             (s.many_reader_ctas ? std::string("other blocks") : cta_thread_name(s.reader_cta, s.reader)) +
+             " in the same launch";
+    }
+    s.writer_cta = g_cta;
+    s.writer = uint16_t(thread);
+    s.writer_epoch = g_epoch;
+    s.atomic = kind == GlobalAccess::kAtomic;
   }
   return {};
 }
@@ -573,7 +583,7 @@ void complete_ldmatrix(Fiber* const* lanes) {
       if (address % 16 != 0) {
         report = "ldmatrix row address " + hex(address) + " is not 16-byte aligned";
       } else if (region == nullptr) {
-        report = "ldmatrix: " + describe_wild_address(address, 16) + " (must be shared memory)";
+        report = describe_wild_address(address, 16, "ldmatrix row") + " (must be shared memory)";
       } else {
         report = check_shared(*region, address, 16, false, source.index, "ldmatrix");
       }
@@ -631,12 +641,21 @@ void complete_mma(Fiber* const* lanes) {
       c[at.row][at.col] = f.accumulators[v];
     }
   }
+  // Products of bf16, fp16 or e4m3 values are exact in fp32, so a multiply and an add give
+  // the fused result; each sum runs in k order, rounded to fp32 at every step (the loop over n
+  // is the one the compiler vectorises, which keeps that order).
+  for (int m = 0; m < 16; ++m) {
+    float row[8];  // kept in registers across the k loop
+    for (int n = 0; n < 8; ++n) row[n] = c[m][n];
+    for (int k = 0; k < kK; ++k) {
+      for (int n = 0; n < 8; ++n) row[n] += a[m][k] * b[k][n];
+    }
+    for (int n = 0; n < 8; ++n) c[m][n] = row[n];
+  }
   for (int lane = 0; lane < kWarpSize; ++lane) {
     for (int v = 0; v < 4; ++v) {
       const FragmentCoord at = mma_m16n8_c(lane, v);
-      float sum = c[at.row][at.col];
-      for (int k = 0; k < kK; ++k) sum = std::fma(a[at.row][k], b[k][at.col], sum);
-      lanes[lane]->accumulators[v] = sum;
+      lanes[lane]->accumulators[v] = c[at.row][at.col];
     }
   }
   ++g_counters.mma;
@@ -716,7 +735,10 @@ void complete_collective(int warp, int lanes_in_warp) {
       break;
   }
   for (int lane = 0; lane < lanes_in_warp; ++lane) {
-    if (mask >> lane & 1u) lanes[lane]->state = State::kRunnable;
+    if (mask >> lane & 1u) {
+      lanes[lane]->state = State::kRunnable;
+      --g_warp_arrivals[warp];
+    }
   }
 }
 
@@ -767,53 +789,62 @@ void reset_shared(SharedRegion& region) {
 }
 
 // Runs one CTA to completion; returns false when it faulted (g_fault holds the report).
-bool run_cta(std::mt19937_64& shuffle) {
+// Collectives and barriers complete as their last participant arrives (see join_collective
+// and syncthreads); the scheduler only starts fibers and diagnoses a block that cannot move.
+bool run_cta() {
   reset_shared(g_dynamic_shared);
   for (const auto& region : g_static_shared) reset_shared(*region);
   g_epoch = 1;
-  g_syncwarps.assign((g_threads + kWarpSize - 1) / kWarpSize, 0);
+  const int warps = (g_threads + kWarpSize - 1) / kWarpSize;
+  g_syncwarps.assign(warps, 0);
+  g_warp_arrivals.assign(warps, 0);
+  g_barrier_arrivals = 0;
   for (int t = 0; t < g_threads; ++t) reset_fiber(*g_fibers[t], t);
   std::vector<int> order(g_threads);
   for (int t = 0; t < g_threads; ++t) order[t] = t;
 
   while (true) {
-    if (g_schedule_seed != 0) std::shuffle(order.begin(), order.end(), shuffle);
+    if (g_schedule_seed != 0) std::shuffle(order.begin(), order.end(), g_shuffle);
+    bool ran = false;
     for (int t : order) {
       Fiber& fiber = *g_fibers[t];
       if (fiber.state != State::kRunnable) continue;
       run_fiber(fiber);
+      ran = true;
       if (!g_fault.empty()) return false;
     }
-    // Nobody can run: complete what every participant has reached.
-    int exited = 0, at_barrier = 0;
-    for (int t = 0; t < g_threads; ++t) {
-      exited += g_fibers[t]->state == State::kExited;
-      at_barrier += g_fibers[t]->state == State::kAtBarrier;
-    }
+    if (ran) continue;
+    int exited = 0;
+    for (int t = 0; t < g_threads; ++t) exited += g_fibers[t]->state == State::kExited;
     if (exited == g_threads) return true;
-    bool released = false;
-    for (int warp = 0; warp * kWarpSize < g_threads; ++warp) {
-      const int lanes = std::min(kWarpSize, g_threads - warp * kWarpSize);
-      complete_collective(warp, lanes);
-      if (!g_fault.empty()) return false;
-      for (int lane = 0; lane < lanes; ++lane) {
-        released |= g_fibers[warp * kWarpSize + lane]->state == State::kRunnable;
-      }
+    // Stuck: a collective some lanes never reach, or a barrier some threads never reach.
+    for (int warp = 0; warp < warps && g_fault.empty(); ++warp) {
+      complete_collective(warp, std::min(kWarpSize, g_threads - warp * kWarpSize));
     }
-    if (released) continue;
-    if (at_barrier == g_threads) {
-      if (!same_barrier_everywhere()) return false;
-      ++g_epoch;
-      for (int t = 0; t < g_threads; ++t) g_fibers[t]->state = State::kRunnable;
-      continue;
-    }
-    record_fault(deadlock_report());
+    if (g_fault.empty()) record_fault(deadlock_report());
     return false;
   }
 }
 
-void wait_at(State state) {
-  g_current->state = state;
+// Hands the core to another runnable lane of this warp (the next one, or a random one when
+// the schedule is shuffled), or to the scheduler when there is none.
+void yield_fiber() {
+  Fiber* from = g_current;
+  const int warp = from->index / kWarpSize;
+  const int lanes = std::min(kWarpSize, g_threads - warp * kWarpSize);
+  const int start = g_schedule_seed != 0 ? int(g_shuffle() % lanes) : from->index % kWarpSize + 1;
+  for (int i = 0; i < lanes; ++i) {
+    Fiber* to = g_fibers[warp * kWarpSize + (start + i) % lanes].get();
+    if (to == from || to->state != State::kRunnable) continue;
+    g_current = to;
+    ++g_counters.fiber_switches;
+#if defined(__x86_64__)
+    dsa_emu_switch_stack(&from->sp, to->sp);
+#else
+    swapcontext(&from->context, &to->context);
+#endif
+    return;
+  }
   switch_to_scheduler();
 }
 
@@ -832,10 +863,12 @@ void register_allocation(const void* base, size_t bytes, const std::string& name
   if (bytes == 0) return;
   const uintptr_t address = reinterpret_cast<uintptr_t>(base);
   g_allocations[address] = Allocation{address, bytes, name, read_only, {}, 0};
+  g_last_allocation = nullptr;
 }
 
 void unregister_allocation(const void* base) {
   g_allocations.erase(reinterpret_cast<uintptr_t>(base));
+  g_last_allocation = nullptr;
 }
 
 int set_max_dynamic_shared_bytes(const void* kernel, int bytes) {
@@ -877,7 +910,7 @@ int launch(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_shared_byte
   g_static_shared.clear();
   for (int t = 0; t < g_threads; ++t) fiber_for_thread(t);
 
-  std::mt19937_64 shuffle(g_schedule_seed);
+  g_shuffle.seed(g_schedule_seed);
   bool ok = true;
   for (unsigned z = 0; z < grid.z && ok; ++z) {
     for (unsigned y = 0; y < grid.y && ok; ++y) {
@@ -885,7 +918,7 @@ int launch(const void* kernel, Dim3 grid, Dim3 block, size_t dynamic_shared_byte
         g_block_idx = {x, y, z};
         g_cta = int((uint64_t(z) * grid.y + y) * grid.x + x);
         ++g_counters.ctas;
-        ok = run_cta(shuffle);
+        ok = run_cta();
       }
     }
   }
@@ -928,8 +961,16 @@ void* static_shared_array(const char* name, size_t bytes, size_t alignment) {
 
 void syncthreads() {
   RuntimeSection section;
-  current_fiber().barrier_site = __builtin_return_address(0);
-  wait_at(State::kAtBarrier);
+  Fiber& fiber = current_fiber();
+  fiber.barrier_site = __builtin_return_address(0);
+  fiber.state = State::kAtBarrier;
+  if (++g_barrier_arrivals == g_threads) {  // the last thread to arrive releases the block
+    if (!same_barrier_everywhere()) fault_from_fiber(g_fault);
+    ++g_epoch;
+    g_barrier_arrivals = 0;
+    for (int t = 0; t < g_threads; ++t) g_fibers[t]->state = State::kRunnable;
+  }
+  while (fiber.state != State::kRunnable) yield_fiber();
 }
 
 namespace {
@@ -938,7 +979,15 @@ void join_collective(Collective collective, unsigned mask) {
   Fiber& fiber = current_fiber();
   fiber.collective = collective;
   fiber.mask = mask;
-  wait_at(State::kAtCollective);
+  fiber.state = State::kAtCollective;
+  const int warp = fiber.index / kWarpSize;
+  const int lanes = std::min(kWarpSize, g_threads - warp * kWarpSize);
+  const unsigned existing = lanes == kWarpSize ? 0xffffffffu : (1u << lanes) - 1u;
+  if (++g_warp_arrivals[warp] >= __builtin_popcount(mask & existing)) {
+    complete_collective(warp, lanes);  // the last lane to arrive completes it for all
+    if (!g_fault.empty()) fault_from_fiber(g_fault);
+  }
+  while (fiber.state != State::kRunnable) yield_fiber();
 }
 }  // namespace
 
@@ -1000,7 +1049,7 @@ void cp_async(void* shared, const void* global, int copy_bytes, int src_bytes) {
     report = "cp.async of " + std::to_string(copy_bytes) + " bytes with misaligned address (shared " +
              hex(destination) + ", global " + hex(source) + ")";
   } else if (region == nullptr) {
-    report = "cp.async destination: " + describe_wild_address(destination, copy_bytes) +
+    report = describe_wild_address(destination, copy_bytes, "cp.async destination") +
              " (must be shared memory)";
   } else {
     report = check_shared(*region, destination, copy_bytes, true, fiber.index, "cp.async");
@@ -1054,25 +1103,28 @@ void ldmatrix(uint32_t* registers, int matrices, bool transposed, const void* sh
   join_collective(Collective::kLdmatrix, 0xffffffffu);
 }
 
-void mma_m16n8k16(float* accumulators, const uint32_t* a, uint32_t b0, uint32_t b1, bool bf16) {
-  RuntimeSection section;
+namespace {
+// Hands this lane's fragments to the warp's mma; the last lane to arrive computes it.
+void join_mma(Collective shape, float* accumulators, const uint32_t* a, uint32_t b0, uint32_t b1,
+              bool bf16) {
   Fiber& fiber = current_fiber();
   std::memcpy(fiber.a, a, sizeof(fiber.a));
   fiber.b[0] = b0;
   fiber.b[1] = b1;
   fiber.accumulators = accumulators;
   fiber.bf16 = bf16;
-  join_collective(Collective::kMma16, 0xffffffffu);
+  join_collective(shape, 0xffffffffu);
+}
+}  // namespace
+
+void mma_m16n8k16(float* accumulators, const uint32_t* a, uint32_t b0, uint32_t b1, bool bf16) {
+  RuntimeSection section;
+  join_mma(Collective::kMma16, accumulators, a, b0, b1, bf16);
 }
 
 void mma_m16n8k32_e4m3(float* accumulators, const uint32_t* a, uint32_t b0, uint32_t b1) {
   RuntimeSection section;
-  Fiber& fiber = current_fiber();
-  std::memcpy(fiber.a, a, sizeof(fiber.a));
-  fiber.b[0] = b0;
-  fiber.b[1] = b1;
-  fiber.accumulators = accumulators;
-  join_collective(Collective::kMma32, 0xffffffffu);
+  join_mma(Collective::kMma32, accumulators, a, b0, b1, false);
 }
 
 }  // namespace dsa_emu

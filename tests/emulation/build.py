@@ -107,6 +107,8 @@ def _kernel_jobs(arch):
     shared = _instantiation_files("attention") + _instantiation_files("fp8", "quantize")
     for source in shared:
         jobs.append((source, os.path.join(BUILD, "sm80", os.path.basename(source) + ".o"), 800))
+    probes = os.path.join(ROOT, "tests", "emulation", "probe_kernels.cu")
+    jobs.append((probes, os.path.join(BUILD, "sm80", "probe_kernels.cu.o"), 800))
     for source in _instantiation_files("fp8", "gemm"):
         jobs.append((source, os.path.join(BUILD, f"sm{arch}", os.path.basename(source) + ".o"),
                      arch * 10))

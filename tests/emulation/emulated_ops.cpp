@@ -159,6 +159,24 @@ at::Tensor fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::T
 }
 
 }  // namespace
+
+namespace cuda {
+cudaError_t run_emulator_probe(const char* name, float* data, int count, int shared_bytes);
+}  // namespace cuda
+
+namespace {
+
+// Runs one of tests/emulation/probe_kernels.cu over `data` (fp32, contiguous).
+void run_probe(const std::string& name, const at::Tensor& data, int64_t shared_bytes) {
+  TORCH_CHECK(data.scalar_type() == at::kFloat && data.is_contiguous(), "data must be contiguous fp32");
+  DeviceMemory memory;
+  memory.add(data, "data", false);
+  memory.register_all();
+  check_launch(cuda::run_emulator_probe(name.c_str(), data.data_ptr<float>(), int(data.numel()),
+                                        int(shared_bytes)));
+}
+
+}  // namespace
 }  // namespace deepseek_attn
 
 // Called by the module's PYBIND11_MODULE (tests/emulation/build.py writes it per module name).
@@ -176,6 +194,7 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("quantize_weight", &quantize_weight);
   m.def("fp8_gemm", &fp8_gemm);
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
+  m.def("run_probe", &run_probe);
   m.def("counters", [] {
     const dsa_emu::Counters c = dsa_emu::counters();
     return std::map<std::string, uint64_t>{{"launches", c.launches}, {"ctas", c.ctas},
