@@ -608,54 +608,64 @@ void complete_ldmatrix(Fiber* const* lanes) {
   }
 }
 
-template <int kK>
-void complete_mma(Fiber* const* lanes) {
-  float a[16][kK], b[kK][8], c[16][8];
+// Four fp32 lanes of an SSE register (GCC vector extension): the row of an mma kept in registers.
+typedef float Float4 __attribute__((vector_size(16)));
+
+template <typename Decode>
+void gather_operands(Fiber* const* lanes, int values_a, int values_b, int bits,
+                     FragmentCoord (*a_coord)(int, int), FragmentCoord (*b_coord)(int, int),
+                     float (*a)[32], Float4 (*b)[2], Decode decode) {
+  const int per_register = 32 / bits;
   for (int lane = 0; lane < kWarpSize; ++lane) {
     const Fiber& f = *lanes[lane];
-    if (kK == 16) {
-      const auto element = [&](uint32_t reg, int v) {
-        const uint16_t raw = uint16_t(reg >> (16 * (v % 2)));
-        return f.bf16 ? bf16_to_float(raw) : half_to_float(raw);
-      };
-      for (int v = 0; v < 8; ++v) {
-        const FragmentCoord at = mma_m16n8k16_a(lane, v);
-        a[at.row][at.col] = element(f.a[v / 2], v);
-      }
-      for (int v = 0; v < 4; ++v) {
-        const FragmentCoord at = mma_m16n8k16_b(lane, v);
-        b[at.row][at.col] = element(f.b[v / 2], v);
-      }
-    } else {
-      for (int v = 0; v < 16; ++v) {
-        const FragmentCoord at = mma_m16n8k32_a(lane, v);
-        a[at.row][at.col] = e4m3_to_float(uint8_t(f.a[v / 4] >> (8 * (v % 4))));
-      }
-      for (int v = 0; v < 8; ++v) {
-        const FragmentCoord at = mma_m16n8k32_b(lane, v);
-        b[at.row][at.col] = e4m3_to_float(uint8_t(f.b[v / 4] >> (8 * (v % 4))));
-      }
+    for (int v = 0; v < values_a; ++v) {
+      const FragmentCoord at = a_coord(lane, v);
+      a[at.row][at.col] = decode(f.a[v / per_register] >> (bits * (v % per_register)));
     }
+    for (int v = 0; v < values_b; ++v) {
+      const FragmentCoord at = b_coord(lane, v);
+      b[at.row][at.col / 4][at.col % 4] = decode(f.b[v / per_register] >> (bits * (v % per_register)));
+    }
+  }
+}
+
+template <int kK>
+void complete_mma(Fiber* const* lanes) {
+  float a[16][32];
+  Float4 b[kK][2];  // row k of B: columns 0-3 and 4-7
+  if (kK == 16 && lanes[0]->bf16) {
+    gather_operands(lanes, 8, 4, 16, mma_m16n8k16_a, mma_m16n8k16_b, a, b,
+                    [](uint32_t raw) { return bf16_to_float(uint16_t(raw)); });
+  } else if (kK == 16) {
+    gather_operands(lanes, 8, 4, 16, mma_m16n8k16_a, mma_m16n8k16_b, a, b,
+                    [](uint32_t raw) { return half_to_float(uint16_t(raw)); });
+  } else {
+    gather_operands(lanes, 16, 8, 8, mma_m16n8k32_a, mma_m16n8k32_b, a, b,
+                    [](uint32_t raw) { return e4m3_to_float(uint8_t(raw)); });
+  }
+  Float4 c[16][2];
+  for (int lane = 0; lane < kWarpSize; ++lane) {
     for (int v = 0; v < 4; ++v) {
       const FragmentCoord at = mma_m16n8_c(lane, v);
-      c[at.row][at.col] = f.accumulators[v];
+      c[at.row][at.col / 4][at.col % 4] = lanes[lane]->accumulators[v];
     }
   }
   // Products of bf16, fp16 or e4m3 values are exact in fp32, so a multiply and an add give
-  // the fused result; each sum runs in k order, rounded to fp32 at every step (the loop over n
-  // is the one the compiler vectorises, which keeps that order).
+  // the fused result; each sum runs in k order, rounded to fp32 at every step (the vectors
+  // hold different columns, never parts of one sum).
   for (int m = 0; m < 16; ++m) {
-    float row[8];  // kept in registers across the k loop
-    for (int n = 0; n < 8; ++n) row[n] = c[m][n];
+    Float4 low = c[m][0], high = c[m][1];
     for (int k = 0; k < kK; ++k) {
-      for (int n = 0; n < 8; ++n) row[n] += a[m][k] * b[k][n];
+      low += a[m][k] * b[k][0];
+      high += a[m][k] * b[k][1];
     }
-    for (int n = 0; n < 8; ++n) c[m][n] = row[n];
+    c[m][0] = low;
+    c[m][1] = high;
   }
   for (int lane = 0; lane < kWarpSize; ++lane) {
     for (int v = 0; v < 4; ++v) {
       const FragmentCoord at = mma_m16n8_c(lane, v);
-      lanes[lane]->accumulators[v] = c[at.row][at.col];
+      lanes[lane]->accumulators[v] = c[at.row][at.col / 4][at.col % 4];
     }
   }
   ++g_counters.mma;

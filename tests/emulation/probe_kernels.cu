@@ -63,6 +63,14 @@ __global__ void dynamic_shared_kernel(float* data) {
   data[threadIdx.x] = float(shared_bytes[threadIdx.x]);  // never written
 }
 
+// 1024 back-to-back mma.sync per warp on register fragments: the emulator's mma throughput.
+__global__ void mma_loop_kernel(float* data) {
+  float acc[4] = {};
+  const uint32_t a[4] = {0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u};  // bf16 ones
+  for (int i = 0; i < 1024; ++i) mma_16x8x16<true>(acc, a, 0x3f803f80u, 0x3f803f80u);
+  if (threadIdx.x < 32) data[threadIdx.x] = acc[0];
+}
+
 // Runs the probe `name` over `data` (`count` floats); returns the launch status.
 cudaError_t run_emulator_probe(const char* name, float* data, int count, int shared_bytes) {
   struct Probe {
@@ -80,6 +88,7 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
       {"trap", trap_kernel, 1, 32},
       {"out_of_bounds_store", out_of_bounds_store_kernel, 1, 32},
       {"dynamic_shared", dynamic_shared_kernel, 1, 32},
+      {"mma_loop", mma_loop_kernel, 1, 128},
   };
   for (const Probe& probe : probes) {
     if (std::strcmp(probe.name, name) == 0) {
