@@ -45,9 +45,8 @@ void fill_fwd_pointers(AttentionFwdParams& p, const at::Tensor& q, const at::Ten
 // Split the keys across CTAs when (batch, heads, query blocks) alone cannot fill the GPU.
 int choose_num_splits(const AttentionFwdParams& p, int sm_count) {
   const int64_t ctas = p.batch * p.heads_q * ((p.seqlen_q + 63) / 64);
-  const int64_t key_blocks =
-      (p.seqlen_k + cuda::fwd_block_n(p.head_dim_qk, p.head_dim_v) - 1) /
-      cuda::fwd_block_n(p.head_dim_qk, p.head_dim_v);
+  const int64_t key_blocks = (p.seqlen_k + cuda::fwd_block_n(p.head_dim_qk, p.head_dim_v) - 1) /
+                             cuda::fwd_block_n(p.head_dim_qk, p.head_dim_v);
   if (ctas >= sm_count || key_blocks < 4) return 1;
   int64_t splits = (2 * sm_count + ctas - 1) / ctas;
   splits = std::min<int64_t>({splits, key_blocks / 2, 64, 65535 / p.batch});
@@ -91,13 +90,13 @@ FlashFwdCall prepare_flash_attn_fwd(const at::Tensor& q, const at::Tensor& k, co
 }
 
 FlashBwdCall prepare_flash_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
-                                    const at::Tensor& k, const at::Tensor& v,
-                                    const at::Tensor& out, const at::Tensor& lse,
-                                    double softmax_scale, bool causal, int64_t window_left,
-                                    int64_t window_right, double softcap, bool deterministic) {
+                                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                    const at::Tensor& lse, double softmax_scale, bool causal,
+                                    int64_t window_left, int64_t window_right, double softcap,
+                                    bool deterministic) {
   FlashBwdCall call;
-  const AttentionFwdParams shape = check_attention_fwd_inputs(
-      q, k, v, softmax_scale, causal, window_left, window_right, softcap);
+  const AttentionFwdParams shape = check_attention_fwd_inputs(q, k, v, softmax_scale, causal,
+                                                              window_left, window_right, softcap);
   check_device_support(shape);
   check_attention_bwd_inputs(shape, q, dout, out, lse);
   call.q = aligned_for_vector_loads(q);
@@ -130,8 +129,8 @@ FlashBwdCall prepare_flash_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
   p.deterministic = deterministic;
   call.delta = at::empty({p.batch, p.heads_q, p.seqlen_q}, q.options().dtype(at::kFloat));
   if (!deterministic) {  // O(S·D) fp32 scratch of the atomic dQ path
-    call.dq_accum = at::zeros({p.batch, p.heads_q, p.seqlen_q, p.head_dim_qk},
-                              q.options().dtype(at::kFloat));
+    call.dq_accum =
+        at::zeros({p.batch, p.heads_q, p.seqlen_q, p.head_dim_qk}, q.options().dtype(at::kFloat));
     p.dq_accum = call.dq_accum.data_ptr<float>();
   }
   call.needs_launch = true;

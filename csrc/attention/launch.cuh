@@ -43,8 +43,8 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStream_t stream) {
   const int64_t rows = p.batch * p.heads_q * p.seqlen_q;
-  cudaError_t status =
-      launch_kernel(flash_bwd_delta_kernel<kIsBf16>, dim3(ceil_div(rows, 4)), 128, 0, stream, p, delta);
+  cudaError_t status = launch_kernel(flash_bwd_delta_kernel<kIsBf16>, dim3(ceil_div(rows, 4)),
+                                     128, 0, stream, p, delta);
   if (status != cudaSuccess) return status;
 
   AttentionBwdParams with_delta = p;
@@ -55,15 +55,15 @@ cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStre
   if (!p.deterministic) {  // dQ by atomics in the dK pass, then one conversion
     if constexpr (DkDv::kTwoPasses) {
       status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
-                                dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+                             dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
       if (status != cudaSuccess) return status;
       status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, true>,
-                                dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
-                                with_delta);
+                             dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
+                             with_delta);
     } else {
       status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, true>,
-                                dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
-                                with_delta);
+                             dkdv_grid, DkDv::kThreads, DkDv::kSmemBytesWithDq, stream,
+                             with_delta);
     }
     if (status != cudaSuccess) return status;
     const int64_t pairs = p.batch * p.heads_q * p.seqlen_q * kDimQK / 2;
@@ -74,13 +74,13 @@ cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStre
 
   if constexpr (DkDv::kTwoPasses) {
     status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, false, true, false>,
-                              dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+                           dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
     if (status != cudaSuccess) return status;
     status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, false, false>,
-                              dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+                           dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
   } else {
     status = launch_kernel(flash_bwd_dkdv_kernel<kDimQK, kDimV, kIsBf16, true, true, false>,
-                              dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
+                           dkdv_grid, DkDv::kThreads, DkDv::kSmemBytes, stream, with_delta);
   }
   if (status != cudaSuccess) return status;
 
@@ -88,7 +88,7 @@ cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStre
   const dim3 dq_grid(ceil_div(p.seqlen_q, Dq::kBlockM), static_cast<unsigned>(p.heads_q),
                      static_cast<unsigned>(p.batch));
   return launch_kernel(flash_bwd_dq_kernel<kDimQK, kDimV, kIsBf16>, dq_grid, Dq::kThreads,
-                          Dq::kSmemBytes, stream, with_delta);
+                       Dq::kSmemBytes, stream, with_delta);
 }
 
 }  // namespace cuda

@@ -83,12 +83,18 @@ enum class Collective : uint8_t { kSyncwarp, kShfl, kBallot, kLdmatrix, kMma16, 
 
 const char* collective_name(Collective c) {
   switch (c) {
-    case Collective::kSyncwarp: return "__syncwarp";
-    case Collective::kShfl: return "__shfl_xor_sync";
-    case Collective::kBallot: return "__ballot_sync";
-    case Collective::kLdmatrix: return "ldmatrix";
-    case Collective::kMma16: return "mma.sync.m16n8k16";
-    case Collective::kMma32: return "mma.sync.m16n8k32";
+    case Collective::kSyncwarp:
+      return "__syncwarp";
+    case Collective::kShfl:
+      return "__shfl_xor_sync";
+    case Collective::kBallot:
+      return "__ballot_sync";
+    case Collective::kLdmatrix:
+      return "ldmatrix";
+    case Collective::kMma16:
+      return "mma.sync.m16n8k16";
+    case Collective::kMma32:
+      return "mma.sync.m16n8k32";
   }
   return "?";
 }
@@ -175,7 +181,7 @@ DeviceProperties g_device;
 uint64_t g_schedule_seed = 0;
 Counters g_counters;
 std::map<uintptr_t, Allocation> g_allocations;
-Allocation* g_last_allocation = nullptr;  // the one allocation_of found last
+Allocation* g_last_allocation = nullptr;          // the one allocation_of found last
 std::map<const void*, int> g_max_dynamic_shared;  // cudaFuncSetAttribute opt-ins
 
 // The running launch.
@@ -189,7 +195,7 @@ std::vector<std::unique_ptr<Fiber>> g_fibers;  // the pool; the first block-size
 int g_threads = 0;
 Dim3 g_grid, g_block, g_block_idx;
 int g_cta = 0;
-uint32_t g_epoch = 1;  // barrier interval + 1
+uint32_t g_epoch = 1;               // barrier interval + 1
 std::vector<uint16_t> g_syncwarps;  // per warp
 std::vector<int> g_warp_arrivals;   // per warp: lanes waiting at a warp collective
 int g_barrier_arrivals = 0;         // threads waiting at __syncthreads
@@ -234,7 +240,8 @@ std::string kernel_name_of(const void* kernel) {
   char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
   std::string name = status == 0 && demangled ? demangled : info.dli_sname;
   std::free(demangled);
-  for (const std::string prefix : {"void ", "deepseek_attn::cuda::"}) {  // template return type, namespace
+  // Drop a template's return type and our namespace: the rest names the instantiation.
+  for (const std::string prefix : {"void ", "deepseek_attn::cuda::"}) {
     if (name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
   }
   const size_t arguments = name.find('(');  // the template arguments say enough
@@ -328,8 +335,8 @@ std::string check_shared(SharedRegion& region, uintptr_t address, size_t bytes, 
     SharedByte& s = region.shadow[address - base + i];
     const auto location = [&] { return shared_location(region, address + i); };
     if (s.copy_in_flight != kNobody) {
-      return std::string(what) + " touches " + location() +
-             ", the destination of a cp.async by " + thread_name(s.copy_in_flight) +
+      return std::string(what) + " touches " + location() + ", the destination of a cp.async by " +
+             thread_name(s.copy_in_flight) +
              " that has not landed (no cp.async.wait_group covers it yet)";
     }
     if (!write && s.write_epoch == 0) {
@@ -398,8 +405,8 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
            "' runs past its end (" + std::to_string(allocation->bytes) + " bytes)";
   }
   if (kind != GlobalAccess::kRead && allocation->read_only) {
-    return std::string(what) + " writes the read-only input '" + allocation->name +
-           "' at offset " + std::to_string(address - allocation->base);
+    return std::string(what) + " writes the read-only input '" + allocation->name + "' at offset " +
+           std::to_string(address - allocation->base);
   }
   if (allocation->shadow_launch != g_launch_id) {
     allocation->shadow.assign(allocation->bytes, GlobalByte{});
@@ -413,7 +420,8 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
       return "offset " + std::to_string(offset + i) + " of '" + allocation->name + "'";
     };
     const bool atomic_pair = kind == GlobalAccess::kAtomic && s.atomic;
-    if (s.writer_cta >= 0 && !atomic_pair && conflicts(s.writer_cta, s.writer, s.writer_epoch, thread)) {
+    if (s.writer_cta >= 0 && !atomic_pair &&
+        conflicts(s.writer_cta, s.writer, s.writer_epoch, thread)) {
       return std::string("global-memory race: ") + what + " at " + location() + " and a " +
              (s.atomic ? "atomic " : "") + "write by " + cta_thread_name(s.writer_cta, s.writer) +
              " in the same launch";
@@ -428,7 +436,8 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
     if (s.reader_cta >= 0 &&
         (s.many_reader_ctas || conflicts(s.reader_cta, s.reader, s.reader_epoch, thread))) {
       return std::string("global-memory race: ") + what + " writes " + location() + " read by " +
-             (s.many_reader_ctas ? std::string("other blocks") : cta_thread_name(s.reader_cta, s.reader)) +
+             (s.many_reader_ctas ? std::string("other blocks")
+                                 : cta_thread_name(s.reader_cta, s.reader)) +
              " in the same launch";
     }
     s.writer_cta = g_cta;
@@ -454,9 +463,11 @@ void check_access(uintptr_t address, size_t bytes, bool write) {
   std::string report;
   if (address >= g_parameters_begin && address < g_parameters_end) {
     if (write || address + bytes > g_parameters_end) {
-      report = std::string(what) + " at " + hex(address) + " goes beyond reading the kernel parameters";
+      report =
+          std::string(what) + " at " + hex(address) + " goes beyond reading the kernel parameters";
     }
-  } else if (!is_naturally_aligned(address, bytes)) {  // device memory: vector accesses must be aligned
+  } else if (!is_naturally_aligned(address,
+                                   bytes)) {  // device memory: vector accesses must be aligned
     report = std::string("misaligned ") + std::to_string(bytes) + "-byte " + what + " at " +
              hex(address);
   } else if (SharedRegion* region = shared_region_of(address)) {
@@ -497,7 +508,8 @@ void fault_from_fiber(const std::string& report) {
 }  // namespace
 }  // namespace dsa_emu
 
-extern "C" __attribute__((used, visibility("hidden"))) void dsa_emu_fiber_main(dsa_emu::Fiber* fiber) {
+extern "C" __attribute__((used, visibility("hidden"))) void dsa_emu_fiber_main(
+    dsa_emu::Fiber* fiber) {
   (void)fiber;
   dsa_emu::g_checking = true;
   dsa_emu::g_run_thread(dsa_emu::g_context);
@@ -519,7 +531,8 @@ Fiber& fiber_for_thread(int index) {
     auto fiber = std::make_unique<Fiber>();
     void* memory = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (memory == MAP_FAILED) throw std::runtime_error("deepseek_attn emulator: out of memory for fiber stacks");
+    if (memory == MAP_FAILED)
+      throw std::runtime_error("deepseek_attn emulator: out of memory for fiber stacks");
     mprotect(memory, kGuardBytes, PROT_NONE);  // a stack overflow faults instead of corrupting
     fiber->stack_low = static_cast<uint8_t*>(memory) + kGuardBytes;
     g_fibers.push_back(std::move(fiber));
@@ -624,7 +637,8 @@ void gather_operands(Fiber* const* lanes, int values_a, int values_b, int bits,
     }
     for (int v = 0; v < values_b; ++v) {
       const FragmentCoord at = b_coord(lane, v);
-      b[at.row][at.col / 4][at.col % 4] = decode(f.b[v / per_register] >> (bits * (v % per_register)));
+      b[at.row][at.col / 4][at.col % 4] =
+          decode(f.b[v / per_register] >> (bits * (v % per_register)));
     }
   }
 }
@@ -674,7 +688,8 @@ void complete_mma(Fiber* const* lanes) {
 // Completes the collective the lanes of one warp wait at, or records why it cannot complete.
 void complete_collective(int warp, int lanes_in_warp) {
   Fiber* lanes[kWarpSize] = {};
-  for (int lane = 0; lane < lanes_in_warp; ++lane) lanes[lane] = g_fibers[warp * kWarpSize + lane].get();
+  for (int lane = 0; lane < lanes_in_warp; ++lane)
+    lanes[lane] = g_fibers[warp * kWarpSize + lane].get();
   const Fiber* leader = nullptr;
   for (int lane = 0; lane < lanes_in_warp && leader == nullptr; ++lane) {
     if (lanes[lane]->state == State::kAtCollective) leader = lanes[lane];
@@ -695,16 +710,16 @@ void complete_collective(int warp, int lanes_in_warp) {
     const Fiber& f = *lanes[lane];
     if (!(mask >> lane & 1u)) continue;
     if (f.state != State::kAtCollective || f.collective != leader->collective || f.mask != mask) {
-      const char* elsewhere = f.state == State::kExited     ? "has exited"
-                              : f.state == State::kAtBarrier ? "waits at __syncthreads"
+      const char* elsewhere = f.state == State::kExited         ? "has exited"
+                              : f.state == State::kAtBarrier    ? "waits at __syncthreads"
                               : f.state == State::kAtCollective ? collective_name(f.collective)
                                                                 : "is elsewhere";
       record_fault(std::string("warp divergence: ") + thread_name(leader->index) + " waits at " +
                    collective_name(leader->collective) + " (mask " + hex(mask) + ") but " +
                    thread_name(f.index) + " " +
-                   (f.state == State::kAtCollective ? std::string("waits at ") + elsewhere +
-                                                          " (mask " + hex(f.mask) + ")"
-                                                    : std::string(elsewhere)) +
+                   (f.state == State::kAtCollective
+                        ? std::string("waits at ") + elsewhere + " (mask " + hex(f.mask) + ")"
+                        : std::string(elsewhere)) +
                    " [" + g_kernel_name + ", block " + format_dim3(g_block_idx) + "]");
       return;
     }
@@ -761,16 +776,17 @@ std::string deadlock_report() {
   }
   std::ostringstream s;
   s << "deadlock: __syncthreads is not reached by every thread of the block: " << at_barrier
-    << " of " << g_threads << " threads wait at it (first: " << thread_name(first_barrier)
-    << ")";
-  if (exited > 0) s << ", " << exited << " have exited (first: " << thread_name(first_exited) << ")";
+    << " of " << g_threads << " threads wait at it (first: " << thread_name(first_barrier) << ")";
+  if (exited > 0)
+    s << ", " << exited << " have exited (first: " << thread_name(first_exited) << ")";
   s << " [" << g_kernel_name << ", block " << format_dim3(g_block_idx) << "]";
   return s.str();
 }
 
 std::string code_location(const void* address) {
   Dl_info info;
-  if (dladdr(address, &info) == 0 || info.dli_sname == nullptr) return hex(reinterpret_cast<uintptr_t>(address));
+  if (dladdr(address, &info) == 0 || info.dli_sname == nullptr)
+    return hex(reinterpret_cast<uintptr_t>(address));
   return kernel_name_of(info.dli_saddr) + "+" +
          hex(reinterpret_cast<uintptr_t>(address) - reinterpret_cast<uintptr_t>(info.dli_saddr));
 }
@@ -782,10 +798,11 @@ bool same_barrier_everywhere() {
   for (int t = 1; t < g_threads; ++t) {
     const Fiber& other = *g_fibers[t];
     if (other.barrier_site != first.barrier_site) {
-      record_fault("barrier divergence: " + thread_name(first.index) + " waits at the __syncthreads at " +
-                   code_location(first.barrier_site) + " but " + thread_name(other.index) +
-                   " at the one at " + code_location(other.barrier_site) + " [" + g_kernel_name +
-                   ", block " + format_dim3(g_block_idx) + "]");
+      record_fault("barrier divergence: " + thread_name(first.index) +
+                   " waits at the __syncthreads at " + code_location(first.barrier_site) + " but " +
+                   thread_name(other.index) + " at the one at " +
+                   code_location(other.barrier_site) + " [" + g_kernel_name + ", block " +
+                   format_dim3(g_block_idx) + "]");
       return false;
     }
   }
@@ -961,7 +978,8 @@ void* static_shared_array(const char* name, size_t bytes, size_t alignment) {
   auto region = std::make_unique<SharedRegion>();
   region->storage.reset(new uint8_t[bytes + alignment]);
   region->base = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(region->storage.get()) + alignment - 1) & ~uintptr_t(alignment - 1));
+      (reinterpret_cast<uintptr_t>(region->storage.get()) + alignment - 1) &
+      ~uintptr_t(alignment - 1));
   region->bytes = bytes;
   region->name = name;
   reset_shared(*region);
@@ -1035,7 +1053,8 @@ float atomic_add(float* address, float value) {
   } else {
     report = check_global(where, 4, GlobalAccess::kAtomic, current_fiber().index, "atomicAdd");
   }
-  if (!report.empty()) fault_from_fiber(report + " [" + where_in_kernel(current_fiber().index) + "]");
+  if (!report.empty())
+    fault_from_fiber(report + " [" + where_in_kernel(current_fiber().index) + "]");
   const float old = *address;
   *address = old + value;
   return old;
@@ -1054,10 +1073,12 @@ void cp_async(void* shared, const void* global, int copy_bytes, int src_bytes) {
   std::string report;
   SharedRegion* region = shared_region_of(destination);
   if (src_bytes < 0 || src_bytes > copy_bytes) {
-    report = "cp.async src-size " + std::to_string(src_bytes) + " exceeds cp-size " + std::to_string(copy_bytes);
+    report = "cp.async src-size " + std::to_string(src_bytes) + " exceeds cp-size " +
+             std::to_string(copy_bytes);
   } else if (destination % copy_bytes != 0 || (src_bytes > 0 && source % copy_bytes != 0)) {
-    report = "cp.async of " + std::to_string(copy_bytes) + " bytes with misaligned address (shared " +
-             hex(destination) + ", global " + hex(source) + ")";
+    report = "cp.async of " + std::to_string(copy_bytes) +
+             " bytes with misaligned address (shared " + hex(destination) + ", global " +
+             hex(source) + ")";
   } else if (region == nullptr) {
     report = describe_wild_address(destination, copy_bytes, "cp.async destination") +
              " (must be shared memory)";
@@ -1069,10 +1090,11 @@ void cp_async(void* shared, const void* global, int copy_bytes, int src_bytes) {
   }
   if (!report.empty()) fault_from_fiber(report + " [" + where_in_kernel(fiber.index) + "]");
   const size_t offset = destination - reinterpret_cast<uintptr_t>(region->base);
-  for (int i = 0; i < copy_bytes; ++i) region->shadow[offset + i].copy_in_flight = uint16_t(fiber.index);
+  for (int i = 0; i < copy_bytes; ++i)
+    region->shadow[offset + i].copy_in_flight = uint16_t(fiber.index);
   std::memset(shared, 0xff, copy_bytes);  // until it lands the destination holds garbage
-  fiber.open_group.push_back({static_cast<uint8_t*>(shared), static_cast<const uint8_t*>(global),
-                              copy_bytes, src_bytes});
+  fiber.open_group.push_back(
+      {static_cast<uint8_t*>(shared), static_cast<const uint8_t*>(global), copy_bytes, src_bytes});
 }
 
 void cp_async_commit() {
@@ -1143,14 +1165,14 @@ void mma_m16n8k32_e4m3(float* accumulators, const uint32_t* a, uint32_t b0, uint
 // GCC's -fsanitize=thread calls these before every load and store of the kernel objects (no
 // sanitizer runtime is linked: the emulator is the runtime).
 
-#define DSA_EMU_HOOK(name, bytes, write)                                                        \
-  extern "C" __attribute__((visibility("hidden"))) void name(void* p) {                      \
+#define DSA_EMU_HOOK(name, bytes, write)                                                          \
+  extern "C" __attribute__((visibility("hidden"))) void name(void* p) {                           \
     if (dsa_emu::g_checking) dsa_emu::check_access(reinterpret_cast<uintptr_t>(p), bytes, write); \
   }
-#define DSA_EMU_ACCESS_HOOKS(bytes)                                \
-  DSA_EMU_HOOK(__tsan_read##bytes, bytes, false)                   \
-  DSA_EMU_HOOK(__tsan_write##bytes, bytes, true)                   \
-  DSA_EMU_HOOK(__tsan_unaligned_read##bytes, bytes, false)         \
+#define DSA_EMU_ACCESS_HOOKS(bytes)                        \
+  DSA_EMU_HOOK(__tsan_read##bytes, bytes, false)           \
+  DSA_EMU_HOOK(__tsan_write##bytes, bytes, true)           \
+  DSA_EMU_HOOK(__tsan_unaligned_read##bytes, bytes, false) \
   DSA_EMU_HOOK(__tsan_unaligned_write##bytes, bytes, true)
 DSA_EMU_ACCESS_HOOKS(1)
 DSA_EMU_ACCESS_HOOKS(2)

@@ -96,7 +96,7 @@ int set_max_dynamic_shared_bytes(const void* kernel, int bytes);
 // cudaLaunchKernelEx does; the converted values are the parameter block.
 template <typename... Parameters, typename... Arguments>
 int launch_with_arguments(void (*kernel)(Parameters...), Dim3 grid, Dim3 block, size_t shared_bytes,
-                  Arguments&&... arguments) {
+                          Arguments&&... arguments) {
   static_assert(sizeof...(Parameters) == sizeof...(Arguments), "wrong number of kernel arguments");
   using Block = std::tuple<std::decay_t<Parameters>...>;
   struct Context {

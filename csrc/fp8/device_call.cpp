@@ -13,17 +13,23 @@ namespace {
 
 Fp8Source source_of(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return Fp8Source::kFloat32;
-    case at::kBFloat16: return Fp8Source::kBFloat16;
-    default: return Fp8Source::kFloat16;
+    case at::kFloat:
+      return Fp8Source::kFloat32;
+    case at::kBFloat16:
+      return Fp8Source::kBFloat16;
+    default:
+      return Fp8Source::kFloat16;
   }
 }
 
 Fp8GemmOut gemm_out_of(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kBFloat16: return Fp8GemmOut::kBFloat16;
-    case at::kHalf: return Fp8GemmOut::kFloat16;
-    default: return Fp8GemmOut::kFloat32;
+    case at::kBFloat16:
+      return Fp8GemmOut::kBFloat16;
+    case at::kHalf:
+      return Fp8GemmOut::kFloat16;
+    default:
+      return Fp8GemmOut::kFloat32;
   }
 }
 

@@ -25,7 +25,8 @@ class DeviceMemory {
   void add(const at::Tensor& t, const std::string& name, bool read_only) {
     if (!t.defined() || t.storage().nbytes() == 0) return;
     const void* base = t.storage().data();
-    auto [entry, inserted] = regions_.try_emplace(base, Region{name, read_only, t.storage().nbytes()});
+    auto [entry, inserted] =
+        regions_.try_emplace(base, Region{name, read_only, t.storage().nbytes()});
     if (!inserted) {  // views of one buffer (q, k, v of a packed qkv) share an allocation
       entry->second.name += "/" + name;
       entry->second.read_only = entry->second.read_only && read_only;
@@ -86,8 +87,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at:
 
 int64_t num_splits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal,
                    int64_t sm_count) {
-  const FlashFwdCall call = prepare_flash_attn_fwd(q, k, v, 1.0, causal, -1, causal ? 0 : -1,
-                                                   0.0, int(sm_count));
+  const FlashFwdCall call =
+      prepare_flash_attn_fwd(q, k, v, 1.0, causal, -1, causal ? 0 : -1, 0.0, int(sm_count));
   return call.split.num_splits;
 }
 
@@ -96,9 +97,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd(
     const at::Tensor& out, const at::Tensor& lse, double softmax_scale, bool causal,
     int64_t window_left, int64_t window_right, double softcap, bool deterministic) {
   check_cuda_dtype(q);
-  const FlashBwdCall call = prepare_flash_attn_bwd(dout, q, k, v, out, lse, softmax_scale, causal,
-                                                   window_left, window_right, softcap,
-                                                   deterministic);
+  const FlashBwdCall call =
+      prepare_flash_attn_bwd(dout, q, k, v, out, lse, softmax_scale, causal, window_left,
+                             window_right, softcap, deterministic);
   if (call.needs_launch) {
     DeviceMemory memory;
     memory.add(call.q, "q", true);
@@ -126,8 +127,9 @@ std::tuple<at::Tensor, at::Tensor> run_quantizer(const Fp8QuantizeCall& call, bo
     memory.add(call.payload, "payload", false);
     memory.add(call.scales, "scales", false);
     memory.register_all();
-    check_launch(weight ? cuda::launch_quantize_weight_for(call.source, call.params, emulated_stream())
-                        : cuda::launch_quantize_act_for(call.source, call.params, emulated_stream()));
+    check_launch(weight
+                     ? cuda::launch_quantize_weight_for(call.source, call.params, emulated_stream())
+                     : cuda::launch_quantize_act_for(call.source, call.params, emulated_stream()));
   }
   return {call.payload, call.scales};
 }
@@ -168,7 +170,8 @@ namespace {
 
 // Runs one of tests/emulation/probe_kernels.cu over `data` (fp32, contiguous).
 void run_probe(const std::string& name, const at::Tensor& data, int64_t shared_bytes) {
-  TORCH_CHECK(data.scalar_type() == at::kFloat && data.is_contiguous(), "data must be contiguous fp32");
+  TORCH_CHECK(data.scalar_type() == at::kFloat && data.is_contiguous(),
+              "data must be contiguous fp32");
   DeviceMemory memory;
   memory.add(data, "data", false);
   memory.register_all();
@@ -197,7 +200,9 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("run_probe", &run_probe);
   m.def("counters", [] {
     const dsa_emu::Counters c = dsa_emu::counters();
-    return std::map<std::string, uint64_t>{{"launches", c.launches}, {"ctas", c.ctas},
-                                           {"mma", c.mma}, {"fiber_switches", c.fiber_switches}};
+    return std::map<std::string, uint64_t>{{"launches", c.launches},
+                                           {"ctas", c.ctas},
+                                           {"mma", c.mma},
+                                           {"fiber_switches", c.fiber_switches}};
   });
 }

@@ -228,7 +228,7 @@ bool try_launch_flash_fwd_hopper(const AttentionFwdParams& p, cudaStream_t strea
   const dim3 grid(ceil_div(p.seqlen_q, HopperFwdTile::kBlockM), static_cast<unsigned>(p.heads_q),
                   static_cast<unsigned>(p.batch));
   *status = launch_kernel(flash_fwd_hopper_kernel<kIsBf16>, grid, HopperFwdTile::kThreads,
-                             HopperFwdTile::kSmemBytes, stream, q_map, k_map, v_map, p);
+                          HopperFwdTile::kSmemBytes, stream, q_map, k_map, v_map, p);
   return true;
 }
 

@@ -169,7 +169,7 @@ bool try_launch_fp8_gemm_hopper(const Fp8GemmParams& p, cudaStream_t stream,
   }
   const dim3 grid(ceil_div(p.m, Tile::kBlockM), ceil_div(p.n, Tile::kBlockN));
   *status = launch_kernel(fp8_gemm_hopper_kernel<kOut>, grid, Tile::kThreads, Tile::kSmemBytes,
-                             stream, a_map, b_map, p);
+                          stream, a_map, b_map, p);
   return true;
 }
 

@@ -17,8 +17,8 @@
 #define DSA_DYNAMIC_SHARED_MEMORY(type, name) \
   type* const name = static_cast<type*>(::dsa_emu::dynamic_shared_memory())
 // Each static array is its own bounds-checked region, the same one for every thread of the CTA.
-#define DSA_STATIC_SHARED_ARRAY(type, name, count)                                        \
-  type* const name = static_cast<type*>(                                                   \
+#define DSA_STATIC_SHARED_ARRAY(type, name, count) \
+  type* const name = static_cast<type*>(           \
       ::dsa_emu::static_shared_array(#name, sizeof(type) * (count), alignof(type)))
 
 namespace deepseek_attn {
