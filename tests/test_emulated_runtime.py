@@ -11,6 +11,8 @@ from test_emulated_kernels import sm80  # noqa: F401  (the session-wide module f
 @pytest.mark.parametrize("probe, report", [
     ("cross_block_read", r"global-memory race: load at offset 0 of 'data' and a write by block 0"),
     ("same_block_write_race", r"global-memory race: store at offset 0 of 'data'"),
+    ("read_then_overwrite_race",
+     r"global-memory race: store writes offset 0 of 'data' read by several threads of this block"),
     ("shuffle_outside_mask", r"__shfl_xor_sync reads lane 16, which is not in its mask 0xffff"),
     ("shared_read_race", r"shared-memory race: load at scratch\+0x0 and a write by thread \(0,0,0\)"),
     ("trap", r"the kernel executed __trap\(\) \[trap_kernel, block \(0,0,0\), thread \(5,0,0\)"),

@@ -390,7 +390,7 @@ bool conflicts(int32_t cta, uint16_t thread, uint32_t epoch, int current_thread)
 
 std::string cta_thread_name(int32_t cta, uint16_t thread) {
   if (cta != g_cta) return "block " + std::to_string(cta) + " (linear index)";
-  return thread_name(thread);
+  return thread == kManyThreads ? std::string("several threads of this block") : thread_name(thread);
 }
 
 enum class GlobalAccess { kRead, kWrite, kAtomic };
@@ -428,8 +428,10 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
     }
     if (kind == GlobalAccess::kRead) {
       if (s.reader_cta >= 0 && s.reader_cta != g_cta) s.many_reader_ctas = true;
+      const bool another_reader_now =
+          s.reader_cta == g_cta && s.reader_epoch == g_epoch && s.reader != thread;
       s.reader_cta = g_cta;
-      s.reader = uint16_t(thread);
+      s.reader = another_reader_now ? kManyThreads : uint16_t(thread);
       s.reader_epoch = g_epoch;
       continue;
     }

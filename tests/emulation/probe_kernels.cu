@@ -21,6 +21,12 @@ __global__ void same_block_write_race_kernel(float* data) {
   if (threadIdx.x < 2) data[0] = float(threadIdx.x);
 }
 
+// Threads 0 and 1 read a value that thread 1 then overwrites, in one barrier interval.
+__global__ void read_then_overwrite_race_kernel(float* data) {
+  if (threadIdx.x < 2) data[1 + threadIdx.x] = data[0];
+  if (threadIdx.x == 1) data[0] = 3.f;
+}
+
 // The same two writes separated by a barrier: legal.
 __global__ void ordered_writes_kernel(float* data) {
   if (threadIdx.x == 0) data[0] = 1.f;
@@ -82,6 +88,7 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
       {"cross_block_read", cross_block_read_kernel, 2, 32},
       {"same_block_write_race", same_block_write_race_kernel, 1, 32},
       {"ordered_writes", ordered_writes_kernel, 1, 32},
+      {"read_then_overwrite_race", read_then_overwrite_race_kernel, 1, 32},
       {"shuffle_outside_mask", shuffle_outside_mask_kernel, 1, 32},
       {"warp_primitives", warp_primitives_kernel, 1, 32},
       {"shared_read_race", shared_read_race_kernel, 1, 64},
