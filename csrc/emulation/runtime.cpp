@@ -27,7 +27,7 @@
 #include "emulation/numeric.h"
 
 #if !defined(__x86_64__)
-#include <ucontext.h>
+#error "the emulator's fiber switch is written for x86-64 (dsa_emu_switch_stack below)"
 #endif
 
 namespace dsa_emu {
@@ -44,7 +44,6 @@ constexpr int kStaticSharedAlignment = 16;
 // ---------------------------------------------------------------------------------------------
 // Fibers: a stack each and a saved stack pointer; a switch saves the callee-saved registers.
 
-#if defined(__x86_64__)
 extern "C" void dsa_emu_switch_stack(void** save_sp, void* load_sp);
 extern "C" void dsa_emu_fiber_trampoline();
 asm(R"(
@@ -76,7 +75,6 @@ dsa_emu_fiber_trampoline:
   call dsa_emu_fiber_main
   ud2
 )");
-#endif
 
 enum class State : uint8_t { kRunnable, kAtBarrier, kAtCollective, kExited };
 enum class Collective : uint8_t { kSyncwarp, kShfl, kBallot, kLdmatrix, kMma16, kMma32 };
@@ -109,9 +107,6 @@ struct PendingCopy {
 struct Fiber {
   void* sp = nullptr;
   uint8_t* stack_low = nullptr;  // lowest usable byte; the guard page sits below
-#if !defined(__x86_64__)
-  ucontext_t context;
-#endif
   int index = 0;  // linear thread index in the CTA
   Dim3 tid;
   State state = State::kRunnable;
@@ -188,9 +183,6 @@ std::map<const void*, int> g_max_dynamic_shared;  // cudaFuncSetAttribute opt-in
 bool g_checking = false;  // kernel code of a fiber is running: check its accesses
 Fiber* g_current = nullptr;
 void* g_scheduler_sp = nullptr;
-#if !defined(__x86_64__)
-ucontext_t g_scheduler_context;
-#endif
 std::vector<std::unique_ptr<Fiber>> g_fibers;  // the pool; the first block-size ones run
 int g_threads = 0;
 Dim3 g_grid, g_block, g_block_idx;
@@ -492,11 +484,7 @@ struct RuntimeSection {
 void switch_to_scheduler() {
   Fiber* fiber = g_current;
   ++g_counters.fiber_switches;
-#if defined(__x86_64__)
   dsa_emu_switch_stack(&fiber->sp, g_scheduler_sp);
-#else
-  swapcontext(&fiber->context, &g_scheduler_context);
-#endif
 }
 
 void fault_from_fiber(const std::string& report) {
@@ -510,13 +498,13 @@ void fault_from_fiber(const std::string& report) {
 }  // namespace
 }  // namespace dsa_emu
 
+// Where every fiber starts (the trampoline passes it its Fiber): run the kernel, then leave.
 extern "C" __attribute__((used, visibility("hidden"))) void dsa_emu_fiber_main(
     dsa_emu::Fiber* fiber) {
-  (void)fiber;
   dsa_emu::g_checking = true;
   dsa_emu::g_run_thread(dsa_emu::g_context);
   dsa_emu::g_checking = false;
-  dsa_emu::g_current->state = dsa_emu::State::kExited;
+  fiber->state = dsa_emu::State::kExited;
   dsa_emu::switch_to_scheduler();
   std::abort();  // an exited fiber is never resumed
 }
@@ -524,9 +512,6 @@ extern "C" __attribute__((used, visibility("hidden"))) void dsa_emu_fiber_main(
 namespace dsa_emu {
 namespace {
 
-#if !defined(__x86_64__)
-void fiber_entry_for_ucontext() { dsa_emu_fiber_main(g_current); }
-#endif
 
 Fiber& fiber_for_thread(int index) {
   while (int(g_fibers.size()) <= index) {
@@ -550,30 +535,18 @@ void reset_fiber(Fiber& fiber, int index) {
   fiber.state = State::kRunnable;
   fiber.open_group.clear();
   fiber.committed.clear();
-#if defined(__x86_64__)
   uintptr_t top = (reinterpret_cast<uintptr_t>(fiber.stack_low) + kStackBytes) & ~uintptr_t(15);
   void** frame = reinterpret_cast<void**>(top - 72);  // r15 r14 r13 r12 rbx rbp, return address
   for (int i = 0; i < 6; ++i) frame[i] = nullptr;
   frame[3] = &fiber;  // r12: the trampoline's argument
   frame[6] = reinterpret_cast<void*>(&dsa_emu_fiber_trampoline);
   fiber.sp = frame;
-#else
-  getcontext(&fiber.context);
-  fiber.context.uc_stack.ss_sp = fiber.stack_low;
-  fiber.context.uc_stack.ss_size = kStackBytes;
-  fiber.context.uc_link = nullptr;
-  makecontext(&fiber.context, fiber_entry_for_ucontext, 0);
-#endif
 }
 
 void run_fiber(Fiber& fiber) {
   g_current = &fiber;
   ++g_counters.fiber_switches;
-#if defined(__x86_64__)
   dsa_emu_switch_stack(&g_scheduler_sp, fiber.sp);
-#else
-  swapcontext(&g_scheduler_context, &fiber.context);
-#endif
   g_current = nullptr;
 }
 
@@ -867,11 +840,7 @@ void yield_fiber() {
     if (to == from || to->state != State::kRunnable) continue;
     g_current = to;
     ++g_counters.fiber_switches;
-#if defined(__x86_64__)
     dsa_emu_switch_stack(&from->sp, to->sp);
-#else
-    swapcontext(&from->context, &to->context);
-#endif
     return;
   }
   switch_to_scheduler();
