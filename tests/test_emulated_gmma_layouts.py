@@ -9,12 +9,10 @@ no GPU is needed.
 """
 
 import os
-import shutil
-import subprocess
 
 import pytest
 
-from test_emulated_layouts import ROOT, _cuda_include_dirs, _cute_include_dir, _unavailable
+from test_emulated_layouts import ROOT, assert_oracle_passes, compile_oracle
 
 PROGRAM = os.path.join(ROOT, "tests", "emulation", "cute_gmma_oracle.cpp")
 
@@ -54,34 +52,16 @@ CASE_CHECKS = {
 
 @pytest.fixture(scope="module")
 def gmma_oracle(tmp_path_factory):
-    """The compiled oracle program."""
-    compiler = shutil.which("g++")
-    if compiler is None:
-        _unavailable("g++ not found")
-    cuda_includes = _cuda_include_dirs()
-    if cuda_includes is None:
-        _unavailable("no CUDA toolkit with include/cuda_runtime.h ($CUDA_HOME, /usr/local/cuda*)")
-    system_includes = [flag for path in [_cute_include_dir(), *cuda_includes]
-                       for flag in ("-isystem", path)]
-    binary = str(tmp_path_factory.mktemp("cute_gmma_oracle") / "cute_gmma_oracle")
-    command = [compiler, "-std=c++17", "-O1", "-Wall", "-Wextra", "-I", os.path.join(ROOT, "csrc"),
-               *system_includes, PROGRAM, "-o", binary]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, " ".join(command) + "\n" + result.stderr[-6000:]
-    return binary
+    return compile_oracle(tmp_path_factory, PROGRAM)
 
 
 @pytest.mark.parametrize("case", list(CASE_CHECKS))
 def test_emulated_sm90_gmma_descriptors_match_cute(gmma_oracle, case):
-    result = subprocess.run([gmma_oracle, case], capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
     summary = f"cute gmma oracle: {CASE_CHECKS[case]} checks, 0 mismatches"
-    assert result.returncode == 0 and summary in output.splitlines(), output[-6000:]
+    assert_oracle_passes(gmma_oracle, case, summary)
 
 
 def test_emulated_sm90_gmma_oracle_covers_every_case(gmma_oracle):
     """`all` runs exactly the cases above, so none of the program's goes unlisted here."""
-    result = subprocess.run([gmma_oracle, "all"], capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    summary = f"cute gmma oracle: {sum(CASE_CHECKS.values())} checks, 0 mismatches"
-    assert result.returncode == 0 and summary in output.splitlines(), output[-6000:]
+    total = sum(CASE_CHECKS.values())
+    assert_oracle_passes(gmma_oracle, "all", f"cute gmma oracle: {total} checks, 0 mismatches")

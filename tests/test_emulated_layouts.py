@@ -79,9 +79,8 @@ def _cute_include_dir():
     return include
 
 
-@pytest.fixture(scope="module")
-def oracle(tmp_path_factory):
-    """The compiled oracle program."""
+def compile_oracle(tmp_path_factory, program):
+    """A CuTe oracle program (tests/emulation/*.cpp) compiled with g++; its path."""
     compiler = shutil.which("g++")
     if compiler is None:
         _unavailable("g++ not found")
@@ -91,17 +90,28 @@ def oracle(tmp_path_factory):
     # -isystem keeps warnings from CuTe and the toolkit headers out; our code gets -Wall -Wextra.
     system_includes = [flag for path in [_cute_include_dir(), *cuda_includes]
                        for flag in ("-isystem", path)]
-    binary = str(tmp_path_factory.mktemp("cute_oracle") / "cute_layout_oracle")
+    name = os.path.splitext(os.path.basename(program))[0]
+    binary = str(tmp_path_factory.mktemp(name) / name)
     command = [compiler, "-std=c++17", "-O1", "-Wall", "-Wextra", "-I", os.path.join(ROOT, "csrc"),
-               *system_includes, PROGRAM, "-o", binary]
+               *system_includes, program, "-o", binary]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, " ".join(command) + "\n" + result.stderr[-6000:]
     return binary
 
 
+def assert_oracle_passes(binary, case, summary):
+    """Runs one case (or `all`) and expects exactly `summary` ("...: N checks, 0 mismatches")."""
+    result = subprocess.run([binary, case], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and summary in output.splitlines(), output[-6000:]
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    return compile_oracle(tmp_path_factory, PROGRAM)
+
+
 @pytest.mark.parametrize("table", list(TABLE_CHECKS))
 def test_emulated_fragment_layouts_match_cute(oracle, table):
-    result = subprocess.run([oracle, table], capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
     summary = f"cute layout oracle: {TABLE_CHECKS[table]} checks, 0 mismatches"
-    assert result.returncode == 0 and summary in output.splitlines(), output
+    assert_oracle_passes(oracle, table, summary)

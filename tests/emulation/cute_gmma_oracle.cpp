@@ -45,24 +45,12 @@ inline std::size_t __cvta_generic_to_shared(const void* generic) {
 #include <cute/tensor.hpp>
 
 #include "emulation/gmma.h"
+#include "oracle_cases.h"
 
 namespace {
 
 using namespace cute;
 namespace GMMA = cute::SM90::GMMA;
-
-struct Tally {
-  int checks = 0;
-  int mismatches = 0;
-
-  void check(bool ok, const std::string& what) {
-    ++checks;
-    if (!ok) {
-      ++mismatches;
-      std::printf("MISMATCH %s\n", what.c_str());
-    }
-  }
-};
 
 std::string hex(uint64_t value) {
   char text[24];
@@ -172,17 +160,11 @@ auto tile_k_first() {  // atoms stacked along K first
   return tile_to_shape(Atom<T>{}, make_shape(Int<kMN>{}, Int<kK>{}), Step<_2, _1>{});
 }
 
-struct Case {
-  const char* name;
-  int checks;  // blocks x 6 (descriptor equality, 5 fields) + elements: what a full run checks
-  void (*run)(Tally&, const char* name);
-};
-
 constexpr int operand_checks(int mn, int k, int block_mn, int block_k) {
   return (mn / block_mn) * (k / block_k) * 6 + mn * k;
 }
 
-const Case kCases[] = {
+const OracleCase kCases[] = {
     // K-major, 128B swizzle: Q (A, 64 x 128), K (B, 128 x 128), and a 128-row A (two M blocks).
     {"k_sw128_bf16_a64x128", operand_checks(64, 128, 64, 16),
      [](Tally& t, const char* n) {
@@ -327,24 +309,4 @@ const Case kCases[] = {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const char* selected = argc > 1 ? argv[1] : "all";
-  const bool all = std::strcmp(selected, "all") == 0;
-  Tally tally;
-  int expected = 0;
-  for (const Case& c : kCases) {
-    if (!all && std::strcmp(selected, c.name) != 0) continue;
-    c.run(tally, c.name);
-    expected += c.checks;
-  }
-  if (expected == 0) {
-    std::printf("unknown case '%s'\n", selected);
-    return 2;
-  }
-  std::printf("cute gmma oracle: %d checks, %d mismatches\n", tally.checks, tally.mismatches);
-  if (tally.checks != expected) {
-    std::printf("expected %d checks\n", expected);
-    return 1;
-  }
-  return tally.mismatches == 0 ? 0 : 1;
-}
+int main(int argc, char** argv) { return run_oracle_cases("cute gmma oracle", kCases, argc, argv); }

@@ -25,23 +25,11 @@
 #include <cute/layout.hpp>
 
 #include "emulation/fragments.h"
+#include "oracle_cases.h"
 
 namespace {
 
 using dsa_emu::FragmentCoord;
-
-struct Tally {
-  int checks = 0;
-  int mismatches = 0;
-
-  void check(bool ok, const std::string& what) {
-    ++checks;
-    if (!ok) {
-      ++mismatches;
-      std::printf("MISMATCH %s\n", what.c_str());
-    }
-  }
-};
 
 std::string describe(const char* table, int lane, int v, const char* coord_names,
                      const std::vector<int>& ours, const std::vector<int>& cute) {
@@ -124,58 +112,32 @@ void check_ldmatrix(Tally& tally, const char* table, bool transposed) {
   }
 }
 
-struct Table {
-  const char* name;
-  int entries;  // lanes x values over all operands: what a complete comparison checks
-  void (*run)(Tally&);
-};
-
-const Table kTables[] = {
+const OracleCase kTables[] = {
     {"m16n8k16_bf16", 32 * (8 + 4 + 4),
-     [](Tally& t) {
+     [](Tally& t, const char*) {
        check_mma<cute::MMA_Traits<cute::SM80_16x8x16_F32BF16BF16F32_TN>>(
            t, "m16n8k16_bf16", dsa_emu::mma_m16n8k16_a, dsa_emu::mma_m16n8k16_b);
      }},
     {"m16n8k16_f16", 32 * (8 + 4 + 4),
-     [](Tally& t) {
+     [](Tally& t, const char*) {
        check_mma<cute::MMA_Traits<cute::SM80_16x8x16_F32F16F16F32_TN>>(
            t, "m16n8k16_f16", dsa_emu::mma_m16n8k16_a, dsa_emu::mma_m16n8k16_b);
      }},
     {"m16n8k32_e4m3", 32 * (16 + 8 + 4),
-     [](Tally& t) {
+     [](Tally& t, const char*) {
        check_mma<cute::MMA_Traits<cute::SM89_16x8x32_F32E4M3E4M3F32_TN>>(
            t, "m16n8k32_e4m3", dsa_emu::mma_m16n8k32_a, dsa_emu::mma_m16n8k32_b);
      }},
     {"ldmatrix_x4", 32 * 8,
-     [](Tally& t) {
+     [](Tally& t, const char*) {
        check_ldmatrix<cute::Copy_Traits<cute::SM75_U32x4_LDSM_N>>(t, "ldmatrix_x4", false);
      }},
     {"ldmatrix_x4_trans", 32 * 8,
-     [](Tally& t) {
+     [](Tally& t, const char*) {
        check_ldmatrix<cute::Copy_Traits<cute::SM75_U16x8_LDSM_T>>(t, "ldmatrix_x4_trans", true);
      }},
 };
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const char* selected = argc > 1 ? argv[1] : "all";
-  const bool all = std::strcmp(selected, "all") == 0;
-  Tally tally;
-  int expected = 0;
-  for (const Table& table : kTables) {
-    if (!all && std::strcmp(selected, table.name) != 0) continue;
-    table.run(tally);
-    expected += table.entries;
-  }
-  if (expected == 0) {
-    std::printf("unknown table '%s'\n", selected);
-    return 2;
-  }
-  std::printf("cute layout oracle: %d checks, %d mismatches\n", tally.checks, tally.mismatches);
-  if (tally.checks != expected) {
-    std::printf("expected %d checks\n", expected);
-    return 1;
-  }
-  return tally.mismatches == 0 ? 0 : 1;
-}
+int main(int argc, char** argv) { return run_oracle_cases("cute layout oracle", kTables, argc, argv); }
