@@ -852,7 +852,6 @@ Fiber& current_fiber() { return *g_current; }
 
 // --- Public API ------------------------------------------------------------------------------
 
-DeviceProperties device_properties() { return g_device; }
 void set_device_properties(const DeviceProperties& properties) { g_device = properties; }
 void set_schedule_seed(uint64_t seed) { g_schedule_seed = seed; }
 Counters counters() { return g_counters; }

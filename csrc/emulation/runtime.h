@@ -26,14 +26,11 @@ struct KernelFault : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The emulated GPU: its architecture (80 = A100, 89 = L40/Ada, 90 = H100), SM count (split-KV
-// heuristics read it) and shared-memory opt-in limit per block.
+// The emulated GPU's limits that launches are checked against (the code path it runs is chosen
+// at compile time by __CUDA_ARCH__; SM counts are the caller's, as on a GPU).
 struct DeviceProperties {
-  int arch = 80;
-  int sm_count = 108;
-  int max_shared_bytes_optin = 163 * 1024;
+  int max_shared_bytes_optin = 163 * 1024;  // per block with cudaFuncSetAttribute (A100)
 };
-DeviceProperties device_properties();
 void set_device_properties(const DeviceProperties& properties);
 
 // 0: threads of a CTA run in index order between synchronisations; any other value shuffles

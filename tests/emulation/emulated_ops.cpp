@@ -185,9 +185,8 @@ void run_probe(const std::string& name, const at::Tensor& data, int64_t shared_b
 // Called by the module's PYBIND11_MODULE (tests/emulation/build.py writes it per module name).
 void define_emulated_ops(pybind11::module_& m, int arch) {
   using namespace deepseek_attn;
-  dsa_emu::DeviceProperties device = dsa_emu::device_properties();
-  device.arch = arch;
-  device.max_shared_bytes_optin = arch == 89 ? 99 * 1024 : 163 * 1024;
+  dsa_emu::DeviceProperties device;
+  device.max_shared_bytes_optin = arch == 89 ? 99 * 1024 : 163 * 1024;  // L40-class vs A100
   dsa_emu::set_device_properties(device);
   m.attr("arch") = arch;
   m.def("flash_attn_fwd", &flash_attn_fwd);
