@@ -107,7 +107,7 @@ struct PendingCopy {
 struct Fiber {
   void* sp = nullptr;
   uint8_t* stack_low = nullptr;  // lowest usable byte; the guard page sits below
-  int index = 0;  // linear thread index in the CTA
+  int index = 0;                 // linear thread index in the CTA
   Dim3 tid;
   State state = State::kRunnable;
   const void* barrier_site = nullptr;  // the __syncthreads call it waits at
@@ -244,7 +244,9 @@ std::string where_in_kernel(int thread) {
   return g_kernel_name + ", block " + format_dim3(g_block_idx) + ", " + thread_name(thread);
 }
 
-// Leaves the faulting fiber for good: the scheduler ends the launch with the report.
+// Leaves the running fiber for good once a fault is recorded: the scheduler ends the launch.
+[[noreturn]] void abandon_fiber();
+// Records `report` at the running thread (kernel, block, thread appended), then abandons it.
 [[noreturn]] void fault_from_fiber(const std::string& report);
 
 void record_fault(const std::string& report) {
@@ -382,7 +384,8 @@ bool conflicts(int32_t cta, uint16_t thread, uint32_t epoch, int current_thread)
 
 std::string cta_thread_name(int32_t cta, uint16_t thread) {
   if (cta != g_cta) return "block " + std::to_string(cta) + " (linear index)";
-  return thread == kManyThreads ? std::string("several threads of this block") : thread_name(thread);
+  return thread == kManyThreads ? std::string("several threads of this block")
+                                : thread_name(thread);
 }
 
 enum class GlobalAccess { kRead, kWrite, kAtomic };
@@ -449,6 +452,19 @@ bool is_naturally_aligned(uintptr_t address, size_t bytes) {
   return !vector_size || address % bytes == 0;
 }
 
+// The checks of one access to device memory (shared or global) by `thread`; a report or "".
+std::string check_device_access(uintptr_t address, size_t bytes, GlobalAccess kind, int thread,
+                                const char* what) {
+  if (!is_naturally_aligned(address, bytes)) {  // vector accesses must be aligned
+    return std::string("misaligned ") + std::to_string(bytes) + "-byte " + what + " at " +
+           hex(address);
+  }
+  if (SharedRegion* region = shared_region_of(address)) {
+    return check_shared(*region, address, bytes, kind != GlobalAccess::kRead, thread, what);
+  }
+  return check_global(address, bytes, kind, thread, what);
+}
+
 // Every instrumented load and store of kernel code lands here (from the hooks at the bottom).
 void check_access(uintptr_t address, size_t bytes, bool write) {
   Fiber* fiber = g_current;
@@ -460,17 +476,11 @@ void check_access(uintptr_t address, size_t bytes, bool write) {
       report =
           std::string(what) + " at " + hex(address) + " goes beyond reading the kernel parameters";
     }
-  } else if (!is_naturally_aligned(address,
-                                   bytes)) {  // device memory: vector accesses must be aligned
-    report = std::string("misaligned ") + std::to_string(bytes) + "-byte " + what + " at " +
-             hex(address);
-  } else if (SharedRegion* region = shared_region_of(address)) {
-    report = check_shared(*region, address, bytes, write, fiber->index, what);
   } else {
-    report = check_global(address, bytes, write ? GlobalAccess::kWrite : GlobalAccess::kRead,
-                          fiber->index, what);
+    report = check_device_access(address, bytes, write ? GlobalAccess::kWrite : GlobalAccess::kRead,
+                                 fiber->index, what);
   }
-  if (!report.empty()) fault_from_fiber(report + " [" + where_in_kernel(fiber->index) + "]");
+  if (!report.empty()) fault_from_fiber(report);
 }
 
 // Enter runtime code from a fiber: its own memory accesses are not the kernel's.
@@ -487,12 +497,16 @@ void switch_to_scheduler() {
   dsa_emu_switch_stack(&fiber->sp, g_scheduler_sp);
 }
 
-void fault_from_fiber(const std::string& report) {
+void abandon_fiber() {
   g_checking = false;
-  record_fault(report);
   g_current->state = State::kExited;
   switch_to_scheduler();
   std::abort();  // never resumed
+}
+
+void fault_from_fiber(const std::string& report) {
+  record_fault(report + " [" + where_in_kernel(g_current->index) + "]");
+  abandon_fiber();
 }
 
 }  // namespace
@@ -511,7 +525,6 @@ extern "C" __attribute__((used, visibility("hidden"))) void dsa_emu_fiber_main(
 
 namespace dsa_emu {
 namespace {
-
 
 Fiber& fiber_for_thread(int index) {
   while (int(g_fibers.size()) <= index) {
@@ -941,8 +954,7 @@ void* static_shared_array(const char* name, size_t bytes, size_t alignment) {
   for (const auto& region : g_static_shared) used += region->bytes;
   if (used + bytes > size_t(g_device.max_shared_bytes_optin)) {
     fault_from_fiber("static shared array '" + std::string(name) + "' (" + std::to_string(bytes) +
-                     " bytes) exceeds the block's shared memory [" +
-                     where_in_kernel(current_fiber().index) + "]");
+                     " bytes) exceeds the block's shared memory");
   }
   // Created mid-CTA by its first user: from then on it is the same array for every thread.
   auto region = std::make_unique<SharedRegion>();
@@ -963,7 +975,7 @@ void syncthreads() {
   fiber.barrier_site = __builtin_return_address(0);
   fiber.state = State::kAtBarrier;
   if (++g_barrier_arrivals == g_threads) {  // the last thread to arrive releases the block
-    if (!same_barrier_everywhere()) fault_from_fiber(g_fault);
+    if (!same_barrier_everywhere()) abandon_fiber();
     ++g_epoch;
     g_barrier_arrivals = 0;
     for (int t = 0; t < g_threads; ++t) g_fibers[t]->state = State::kRunnable;
@@ -983,7 +995,7 @@ void join_collective(Collective collective, unsigned mask) {
   const unsigned existing = lanes == kWarpSize ? 0xffffffffu : (1u << lanes) - 1u;
   if (++g_warp_arrivals[warp] >= __builtin_popcount(mask & existing)) {
     complete_collective(warp, lanes);  // the last lane to arrive completes it for all
-    if (!g_fault.empty()) fault_from_fiber(g_fault);
+    if (!g_fault.empty()) abandon_fiber();
   }
   while (fiber.state != State::kRunnable) yield_fiber();
 }
@@ -1014,17 +1026,10 @@ unsigned ballot(unsigned mask, bool predicate) {
 
 float atomic_add(float* address, float value) {
   RuntimeSection section;
-  const uintptr_t where = reinterpret_cast<uintptr_t>(address);
-  std::string report;
-  if (where % 4 != 0) {
-    report = "misaligned atomicAdd at " + hex(where);
-  } else if (SharedRegion* region = shared_region_of(where)) {
-    report = check_shared(*region, where, 4, true, current_fiber().index, "atomicAdd");
-  } else {
-    report = check_global(where, 4, GlobalAccess::kAtomic, current_fiber().index, "atomicAdd");
-  }
-  if (!report.empty())
-    fault_from_fiber(report + " [" + where_in_kernel(current_fiber().index) + "]");
+  const std::string report =
+      check_device_access(reinterpret_cast<uintptr_t>(address), 4, GlobalAccess::kAtomic,
+                          current_fiber().index, "atomicAdd");
+  if (!report.empty()) fault_from_fiber(report);
   const float old = *address;
   *address = old + value;
   return old;
@@ -1032,7 +1037,7 @@ float atomic_add(float* address, float value) {
 
 void trap() {
   g_checking = false;
-  fault_from_fiber("the kernel executed __trap() [" + where_in_kernel(current_fiber().index) + "]");
+  fault_from_fiber("the kernel executed __trap()");
 }
 
 void cp_async(void* shared, const void* global, int copy_bytes, int src_bytes) {
@@ -1058,7 +1063,7 @@ void cp_async(void* shared, const void* global, int copy_bytes, int src_bytes) {
       report = check_global(source, src_bytes, GlobalAccess::kRead, fiber.index, "cp.async source");
     }
   }
-  if (!report.empty()) fault_from_fiber(report + " [" + where_in_kernel(fiber.index) + "]");
+  if (!report.empty()) fault_from_fiber(report);
   const size_t offset = destination - reinterpret_cast<uintptr_t>(region->base);
   for (int i = 0; i < copy_bytes; ++i)
     region->shadow[offset + i].copy_in_flight = uint16_t(fiber.index);
