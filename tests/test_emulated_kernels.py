@@ -12,7 +12,7 @@ import torch
 from deepseek_attn.reference import (fp8_gemm_ref, quantize_act_ref, quantize_weight_ref)
 
 from conftest import assert_spec6_close
-from test_attention import CASES, Case, reference_pair
+from test_attention import CASES, HOPPER_CASES, Case, reference_pair
 from test_fp8 import assert_fp8_close, assert_same_fp8, assert_same_scales
 
 A100_SMS = 108
@@ -39,13 +39,18 @@ def sm89():
     return _build(89)
 
 
+@pytest.fixture(scope="session")
+def sm90():
+    return _build(90)
+
+
 @pytest.fixture(params=[0, 7], ids=["in_order", "shuffled"])
-def schedule(request, sm80, sm89):
+def schedule(request, sm80, sm89, sm90):
     """Runs a test with the threads in index order, then in a shuffled order between barriers."""
-    for module in (sm80, sm89):
+    for module in (sm80, sm89, sm90):
         module.set_schedule_seed(request.param)
     yield request.param
-    for module in (sm80, sm89):
+    for module in (sm80, sm89, sm90):
         module.set_schedule_seed(0)
 
 
@@ -175,22 +180,25 @@ def test_emulated_quantize_weight_is_bit_exact(sm80, dtype, shape, ue8m0):
     assert_same_scales(scales, ref_scales)
 
 
-GEMM_SHAPES = [(1, 128, 128), (17, 257, 384), (130, 70, 200), (5, 33, 16)]
+# (130, 257, 640): five K blocks wrap the Hopper kernel's 4-stage ring; M and N end mid-tile.
+GEMM_SHAPES = [(1, 128, 128), (17, 257, 384), (130, 70, 200), (5, 33, 16), (130, 257, 640)]
 
 
 @pytest.mark.parametrize("row_scaled_b", [False, True], ids=["block_b", "row_b"])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("mnk", GEMM_SHAPES, ids=str)
-@pytest.mark.parametrize("arch", [80, 89], ids=["sm80_fp16_mma", "sm89_fp8_mma"])
-def test_emulated_fp8_gemm_matches_dequantised_reference(sm80, sm89, arch, mnk, out_dtype,
+@pytest.mark.parametrize("arch", [80, 89, 90], ids=["sm80_fp16_mma", "sm89_fp8_mma", "sm90_wgmma"])
+def test_emulated_fp8_gemm_matches_dequantised_reference(sm80, sm89, sm90, arch, mnk, out_dtype,
                                                          row_scaled_b):
-    module = sm80 if arch == 80 else sm89
+    module = {80: sm80, 89: sm89, 90: sm90}[arch]
     m, n, k = mnk
     a_fp8, a_scales = quantize_act_ref(torch.randn(m, k), 128)
     b = torch.randn(n, k) * 0.05
     b_fp8, b_scales = quantize_act_ref(b, 128) if row_scaled_b else quantize_weight_ref(b, 128)
     out = module.fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, out_dtype)
     reference = fp8_gemm_ref(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    expected_kernel = "fp8_gemm_hopper_kernel<" if arch == 90 else "fp8_gemm_kernel<"
+    assert module.last_kernel_name().startswith(expected_kernel), module.last_kernel_name()
     assert out.shape == (m, n) and out.dtype == out_dtype
     assert_fp8_close(out.float(), reference)
     if out_dtype == torch.float32:  # exact e4m3 products: only fp32 summation order differs
@@ -231,3 +239,60 @@ def test_emulated_mma_throughput(sm80):
     print(f"emulated mma.sync per second: {bare:,.0f} bare, {attention:,.0f} in the attention "
           f"forward (all checks on)")
     assert bare > 20_000 and attention > 20_000
+
+
+# --- Hopper (sm90a): TMA, mbarrier ring, setmaxnreg, wgmma --------------------------------------
+
+# The GPU tests' Hopper cases, plus tails in both sequences with GQA and batch 2, a two-sided
+# window, and fewer keys than one tile (the K/V boxes arrive mostly as TMA zero fill).
+EMULATED_HOPPER_CASES = HOPPER_CASES + [
+    Case(77, 130, heads_q=4, heads_kv=2, head_dim=128, batch=2, causal=False),
+    Case(200, 150, heads_q=2, heads_kv=1, head_dim=128, window=(16, 8), causal=False),
+    Case(129, 40, head_dim=128, softcap=1.5),
+]
+
+
+def hopper_forward(sm90, case, q, k, v):
+    """The forward on the emulated H100, on one SM so the launch never splits KV (a split runs
+    the sm80 kernels); asserts the Hopper kernel is what ran."""
+    out, lse = emulated_forward(sm90, case, q, k, v, sm_count=1)
+    assert sm90.last_kernel_name().startswith("flash_fwd_hopper_kernel<"), sm90.last_kernel_name()
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", EMULATED_HOPPER_CASES, ids=repr)
+def test_emulated_sm90_attention_forward_matches_reference_and_sm80_kernel(sm90, case, dtype,
+                                                                          monkeypatch):
+    q, k, v = case.inputs(dtype, "cpu")
+    out, lse = hopper_forward(sm90, case, q, k, v)
+    (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+    monkeypatch.setenv("DEEPSEEK_ATTN_DISABLE_HOPPER", "1")  # same module, the sm80 kernel
+    out_sm80, lse_sm80 = emulated_forward(sm90, case, q, k, v, sm_count=1)
+    assert sm90.last_kernel_name().startswith("flash_fwd_kernel<"), sm90.last_kernel_name()
+    torch.testing.assert_close(out, out_sm80, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(lse, lse_sm80, atol=1e-3, rtol=1e-4)
+
+
+def test_emulated_sm90_attention_forward_any_schedule(sm90, schedule):
+    case = Case(200, 400, heads_q=4, heads_kv=2, head_dim=128, causal=False, softcap=2.0)
+    q, k, v = case.inputs(torch.bfloat16, "cpu")
+    out, lse = hopper_forward(sm90, case, q, k, v)
+    (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+
+
+def test_emulated_sm90_launch_code_dispatch(sm90):
+    """Split-KV decode and head dims other than 128 take the sm80 kernels on an H100."""
+    decode = Case(1, 1500, heads_q=2, heads_kv=1, head_dim=128)
+    assert sm90.num_splits(*decode.inputs(torch.bfloat16, "cpu"), True, 132) > 1
+    emulated_forward(sm90, decode, *decode.inputs(torch.bfloat16, "cpu"), sm_count=132)
+    assert sm90.last_kernel_name().startswith("flash_fwd_combine_kernel<")
+    other_dim = Case(70, head_dim=64)
+    emulated_forward(sm90, other_dim, *other_dim.inputs(torch.bfloat16, "cpu"), sm_count=1)
+    assert sm90.last_kernel_name().startswith("flash_fwd_kernel<64, 64,")
+    counts = sm90.counters()
+    assert counts["wgmma"] > 0 and counts["tma"] > 0

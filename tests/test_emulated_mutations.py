@@ -65,6 +65,28 @@ def run_fp8_gemm(module):
     torch.testing.assert_close(out, reference, atol=1e-4 * reference.abs().max().item(), rtol=1e-4)
 
 
+def run_hopper_attention_forward(module):
+    """Four 128-key tiles: the 2-stage K/V ring is refilled twice."""
+    case = Case(200, 400, heads_q=2, heads_kv=1, head_dim=128, causal=False)
+    q, k, v = case.inputs(torch.bfloat16, "cpu")
+    out, lse = module.flash_attn_fwd(q, k, v, 128 ** -0.5, False, -1, -1, 0.0, 1)
+    assert module.last_kernel_name().startswith("flash_fwd_hopper_kernel<")
+    (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+
+
+def run_hopper_fp8_gemm(module):
+    """Five 128-wide K blocks: the 4-stage ring wraps."""
+    a_fp8, a_scales = quantize_weight_ref(torch.randn(130, 640), 128)
+    a_scales = a_scales.repeat_interleave(128, 0)[:130]
+    b_fp8, b_scales = quantize_weight_ref(torch.randn(200, 640) * 0.05, 128)
+    out = module.fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    assert module.last_kernel_name().startswith("fp8_gemm_hopper_kernel<")
+    reference = fp8_gemm_ref(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    torch.testing.assert_close(out, reference, atol=1e-4 * reference.abs().max().item(), rtol=1e-4)
+
+
 def run_quantize_weight(module):
     w = torch.randn(300, 200)
     payload, scales = module.quantize_weight(w, 128, False)
@@ -74,6 +96,8 @@ def run_quantize_weight(module):
 
 
 FWD = "flash_fwd_d64x64_bf16.cu"
+HOPPER_FWD = "flash_fwd_d128x128_bf16.cu"
+HOPPER_FWD_SOURCE = "attention/kernels/flash_fwd_hopper.cuh"
 BWD = "flash_bwd_d64x64_bf16.cu"
 MUTATIONS = [
     Mutation("missing_syncthreads_before_stage_refill", "attention/kernels/flash_fwd.cuh",
@@ -124,6 +148,75 @@ MUTATIONS = [
              "  if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = amax;\n  __syncthreads();",
              "  if (threadIdx.x % 32 == 0) warp_maxima[threadIdx.x / 32] = amax;",
              "quantize_fp32.cu", run_quantize_weight, r"shared-memory race|which no thread has written"),
+] + [  # Hopper (sm90a): the issue's four, then one per other check the kernels could trip
+    Mutation("sm90_attention_v_descriptor_lbo_sbo_swapped", HOPPER_FWD_SOURCE,
+             "swizzle128_descriptor(v_tile + k * 16 * 128, Tile::kHalfBytes, 1024);",
+             "swizzle128_descriptor(v_tile + k * 16 * 128, 1024, Tile::kHalfBytes);",
+             HOPPER_FWD, run_hopper_attention_forward,
+             WRONG_ANSWER, arch=90),
+    Mutation("sm90_attention_consumer_waits_wrong_parity", HOPPER_FWD_SOURCE,
+             "const uint32_t parity = uint32_t((use / Tile::kStages) & 1);",
+             "const uint32_t parity = uint32_t(((use / Tile::kStages) & 1) ^ 1);",
+             HOPPER_FWD, run_hopper_attention_forward,
+             r"try_wait\.parity 1 .* before it completed any phase|an mbarrier wait never completes",
+             arch=90),
+    Mutation("sm90_attention_missing_wgmma_wait", HOPPER_FWD_SOURCE,
+             "      wgmma_commit();\n      wgmma_wait_all();\n      wgmma_pin(scores);",
+             "      wgmma_commit();\n      wgmma_pin(scores);",
+             HOPPER_FWD, run_hopper_attention_forward,
+             r"load of the accumulators of a wgmma in group 1 before a wgmma\.wait_group", arch=90),
+    Mutation("sm90_attention_consumer_frees_stage_early", HOPPER_FWD_SOURCE,
+             "      wgmma_commit();\n      wgmma_wait_all();\n      wgmma_pin(out_acc);\n"
+             "      __syncwarp();\n      if (lane == 0) mbarrier_arrive(&kv_empty[stage]);",
+             "      wgmma_commit();\n      __syncwarp();\n"
+             "      if (lane == 0) mbarrier_arrive(&kv_empty[stage]);\n"
+             "      wgmma_wait_all();\n      wgmma_pin(out_acc);",
+             HOPPER_FWD, run_hopper_attention_forward,
+             r"TMA write overwrites .* an operand of wgmma group \d+ of warpgroup [12] that it does "
+             r"not know complete", arch=90),
+    Mutation("sm90_gemm_consumer_frees_stage_early", "fp8/kernels/gemm_hopper.cuh",
+             "    wgmma_commit();\n    wgmma_wait_all();\n    wgmma_pin(block);\n    __syncwarp();\n"
+             "    if (lane == 0) mbarrier_arrive(&empty[stage]);",
+             "    wgmma_commit();\n    __syncwarp();\n    if (lane == 0) mbarrier_arrive(&empty[stage]);\n"
+             "    wgmma_wait_all();\n    wgmma_pin(block);",
+             "gemm_out_fp32.cu", run_hopper_fp8_gemm,
+             r"TMA write overwrites .* an operand of wgmma group", arch=90),
+    Mutation("sm90_gemm_producer_waits_wrong_parity", "fp8/kernels/gemm_hopper.cuh",
+             "mbarrier_wait(&empty[stage], uint32_t((kb / Tile::kStages - 1) & 1));",
+             "mbarrier_wait(&empty[stage], uint32_t((kb / Tile::kStages) & 1));",
+             "gemm_out_fp32.cu", run_hopper_fp8_gemm,
+             r"an mbarrier wait never completes|try_wait\.parity 1 .* before it completed any phase",
+             arch=90),
+    Mutation("sm90_attention_missing_wgmma_fence", HOPPER_FWD_SOURCE,
+             "      mbarrier_wait(&v_full[stage], parity);\n      wgmma_pin(out_acc);\n      wgmma_fence();",
+             "      mbarrier_wait(&v_full[stage], parity);\n      wgmma_pin(out_acc);",
+             HOPPER_FWD, run_hopper_attention_forward, r"no wgmma\.fence since its registers", arch=90),
+    Mutation("sm90_attention_reads_v_before_its_barrier", HOPPER_FWD_SOURCE,
+             "      mbarrier_wait(&v_full[stage], parity);\n", "",
+             HOPPER_FWD, run_hopper_attention_forward,
+             r"wgmma operand read at .* is not ordered after its write by the TMA completing on the "
+             r"mbarrier", arch=90),
+    Mutation("sm90_attention_q_expects_half_its_bytes", HOPPER_FWD_SOURCE,
+             "mbarrier_arrive_expect_bytes(q_full, Tile::kTileBytes);",
+             "mbarrier_arrive_expect_bytes(q_full, Tile::kHalfBytes);",
+             HOPPER_FWD, run_hopper_attention_forward,
+             r"not ordered after its write by the TMA|still expects -?\d+ transaction bytes", arch=90),
+    Mutation("sm90_attention_tiles_not_1024_aligned", HOPPER_FWD_SOURCE,
+             "(reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));",
+             "reinterpret_cast<uintptr_t>(shared_raw));",
+             HOPPER_FWD, run_hopper_attention_forward,
+             r"TMA destination at shared 0x[0-9a-f]+ is not 1024-byte aligned", arch=90),
+    Mutation("sm90_attention_missing_mbarrier_init_fence", HOPPER_FWD_SOURCE,
+             "    mbarrier_init_fence();\n", "",
+             HOPPER_FWD, run_hopper_attention_forward, r"no fence\.mbarrier_init made visible", arch=90),
+    Mutation("sm90_attention_setmaxnreg_in_one_warp_only", HOPPER_FWD_SOURCE,
+             "    warpgroup_registers_decrease<Tile::kProducerRegisters>();",
+             "    if (thread < 32) warpgroup_registers_decrease<Tile::kProducerRegisters>();",
+             HOPPER_FWD, run_hopper_attention_forward,
+             r"warpgroup divergence: .* waits at setmaxnreg .* has exited", arch=90),
+    Mutation("sm90_gemm_illegal_register_count", "fp8/kernels/gemm_hopper.cuh",
+             "kProducerRegisters = 40,", "kProducerRegisters = 36,",
+             "gemm_out_fp32.cu", run_hopper_fp8_gemm, r"setmaxnreg with 36 registers", arch=90),
 ]
 
 

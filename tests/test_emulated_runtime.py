@@ -5,7 +5,7 @@
 import pytest
 import torch
 
-from test_emulated_kernels import sm80  # noqa: F401  (the session-wide module fixture)
+from test_emulated_kernels import sm80, sm90  # noqa: F401  (the session-wide module fixtures)
 
 
 @pytest.mark.parametrize("probe, report", [
@@ -50,3 +50,58 @@ def test_emulated_launch_rejects_shared_memory_past_the_opt_in(sm80):
 def test_emulated_unknown_probe_is_an_error(sm80):
     with pytest.raises(RuntimeError, match="invalid argument"):
         sm80.run_probe("no_such_probe", torch.zeros(32), 0)
+
+
+# --- Hopper primitives (the sm90 module) --------------------------------------------------------
+
+def test_emulated_sm90_tma_box_lands_swizzled_with_zero_fill(sm90):
+    """A 2-D TMA box starting at column -8 and 4 rows before the end: out-of-bounds elements
+    arrive as zeros, and 16-byte chunk c of row r lands at chunk c ^ (r % 8) (128-byte swizzle)."""
+    rows = 20
+    matrix = torch.arange(rows * 16, dtype=torch.float32).reshape(rows, 16) + 1
+    data = torch.cat([matrix.flatten(), torch.full((8 * 32,), -1.0)])
+    sm90.run_probe("tma_box", data, 0)
+    box = torch.zeros(8, 32)
+    for r in range(8):
+        for c in range(32):
+            row, column = rows - 4 + r, c - 8
+            if row < rows and 0 <= column < 16:
+                box[r, c] = matrix[row, column]
+    expected = torch.zeros(8, 32)
+    for r in range(8):
+        for chunk in range(8):
+            expected[r, 4 * (chunk ^ r):4 * (chunk ^ r) + 4] = box[r, 4 * chunk:4 * chunk + 4]
+    assert torch.equal(data[rows * 16:].reshape(8, 32), expected)
+    assert torch.equal(data[:rows * 16], matrix.flatten())  # the source is untouched
+
+
+@pytest.mark.parametrize("probe, report", [
+    ("mbarrier_over_arrival", r"in a phase that already has all 1 of its arrivals \(over-arrival\)"),
+    ("mbarrier_tx_never_completes",
+     r"deadlock: an mbarrier wait never completes: .* still needs 0 of 1 arrivals and 64 "
+     r"transaction bytes"),
+    ("mbarrier_wrong_parity", r"try_wait\.parity 1 .* before it completed any phase"),
+    ("mbarrier_missing_wait",
+     r"shared-memory race: load at values\+0x[0-9a-f]+ and a write by thread|which no thread has written"),
+    ("wgmma_early_accumulator_read",
+     r"load of the accumulators of a wgmma in group 1 before a wgmma\.wait_group covers it"),
+    ("wgmma_without_proxy_fence",
+     r"wgmma operand read \(async proxy\) reads .* through the generic proxy without a later "
+     r"fence\.proxy\.async"),
+], ids=lambda value: value if " " not in value and "\\" not in value else "")
+def test_emulated_sm90_probe_is_reported(sm90, probe, report):
+    with pytest.raises(RuntimeError, match=report) as caught:
+        sm90.run_probe(probe, torch.zeros(128), 0)
+    assert "deepseek_attn emulator:" in str(caught.value)
+
+
+def test_emulated_sm90_mbarrier_orders_warps(sm90):
+    data = torch.zeros(32)
+    sm90.run_probe("mbarrier_orders_warps", data, 0)
+    assert torch.equal(data, torch.arange(31, -1, -1, dtype=torch.float32))
+
+
+def test_emulated_sm90_wgmma(sm90):
+    data = torch.zeros(128)
+    sm90.run_probe("wgmma", data, 0)
+    assert torch.equal(data, torch.full((128,), 16.0))  # 16 products of bf16 ones

@@ -3,9 +3,7 @@
 
 #include "attention/kernels/flash_bwd.cuh"
 #include "attention/kernels/flash_fwd.cuh"
-#if !defined(DSA_EMULATION)  // the emulator runs the mma.sync kernels; Hopper is issue 12
 #include "attention/kernels/flash_fwd_hopper.cuh"
-#endif
 #include "attention/launch.h"
 #include "common/cuda_launch.cuh"
 
@@ -15,7 +13,6 @@ namespace cuda {
 template <int kDimQK, int kDimV, bool kIsBf16>
 cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split,
                              cudaStream_t stream) {
-#if !defined(DSA_EMULATION)
   if constexpr (kDimQK == HopperFwdTile::kDim && kDimV == HopperFwdTile::kDim) {
     cudaError_t status = cudaSuccess;
     if (split.num_splits == 1 && hopper_kernels_enabled() &&
@@ -23,7 +20,6 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
       return status;
     }
   }
-#endif
   using Tile = FwdTile<kDimQK, kDimV>;
   const dim3 grid(ceil_div(p.seqlen_q, Tile::kBlockM), static_cast<unsigned>(p.heads_q),
                   static_cast<unsigned>(p.batch * split.num_splits));

@@ -30,8 +30,10 @@ struct KernelFault : std::runtime_error {
 // at compile time by __CUDA_ARCH__; SM counts are the caller's, as on a GPU).
 struct DeviceProperties {
   int max_shared_bytes_optin = 163 * 1024;  // per block with cudaFuncSetAttribute (A100)
+  int compute_capability = 80;              // what cudaDeviceGetAttribute reports (major * 10 + minor)
 };
 void set_device_properties(const DeviceProperties& properties);
+const DeviceProperties& device_properties();
 
 // 0: threads of a CTA run in index order between synchronisations; any other value shuffles
 // that order (deterministically per seed), so results must not depend on it.
@@ -48,8 +50,13 @@ struct Counters {
   uint64_t ctas = 0;
   uint64_t mma = 0;
   uint64_t fiber_switches = 0;
+  uint64_t wgmma = 0;
+  uint64_t tma = 0;
 };
 Counters counters();
+// The kernel the latest launch ran (demangled, without our namespace), for tests that must know
+// which of two paths the launch code took.
+std::string last_kernel_name();
 
 // --- Kernel builtins (called from kernel code on a fiber) ---------------------------------
 Dim3 thread_idx();
@@ -59,7 +66,7 @@ Dim3 grid_dim();
 void* dynamic_shared_memory();
 // The static shared array `name` of the running kernel (allocated at its first use in a launch).
 void* static_shared_array(const char* name, size_t bytes, size_t alignment);
-void syncthreads();  // must be called directly from kernel code: its call site names the barrier
+void syncthreads(const char* file, int line);  // the call's source location names the barrier
 void syncwarp(unsigned mask);
 uint64_t shfl_xor(unsigned mask, uint64_t bits, int lane_mask, int width);
 unsigned ballot(unsigned mask, bool predicate);
@@ -78,6 +85,59 @@ void ldmatrix(uint32_t* registers, int matrices, bool transposed, const void* sh
 void mma_m16n8k16(float* accumulators, const uint32_t* a, uint32_t b0, uint32_t b1, bool bf16);
 // mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32
 void mma_m16n8k32_e4m3(float* accumulators, const uint32_t* a, uint32_t b0, uint32_t b1);
+
+// --- Hopper PTX twins (common/cuda_hopper_intrinsics.cuh) ---------------------------------
+// cvta.to.shared: the address of `pointer` in the CTA's shared window (what descriptors and
+// mbarrier/TMA operands hold); faults unless it points into shared memory.
+uint32_t shared_window_address(const void* pointer);
+// mbarrier.init / fence.mbarrier_init / arrive[.expect_tx] / try_wait.parity (as a wait loop).
+void mbarrier_init(void* barrier, int arrivals);
+void mbarrier_init_fence();
+void mbarrier_arrive(void* barrier, uint32_t expect_tx_bytes);  // 0: a plain arrive
+void mbarrier_wait(void* barrier, uint32_t parity);
+// fence.proxy.async: this thread's earlier generic-proxy shared writes become visible to the
+// async proxy (TMA, wgmma operand reads).
+void fence_proxy_async();
+
+// What cuTensorMapEncodeTiled was given (the emulated tensor map holds exactly this).
+struct TensorMapDescription {
+  int rank = 0;           // 1..5
+  int element_bytes = 0;  // 1, 2, 4 or 8
+  const void* address = nullptr;
+  uint64_t dims[5] = {};
+  uint64_t byte_strides[5] = {};  // [0] is the element size; [1..rank) the encoder's strides
+  uint32_t box[5] = {};
+  uint32_t element_strides[5] = {};
+  int swizzle_bytes = 0;  // 0, 32, 64 or 128
+  bool interleaved = false;
+  bool nan_fill = false;  // CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA
+};
+// Validates like the driver and writes the 128-byte CUtensorMap; false for invalid arguments.
+bool encode_tensor_map(void* tensor_map, const TensorMapDescription& description);
+// cp.async.bulk.tensor.Nd.shared::cluster.global.mbarrier::complete_tx::bytes [shared], [map,
+// coords], [barrier]: the box lands swizzled as the map says, out-of-bounds elements as zeros,
+// and its bytes complete transactions on the barrier.
+void tma_load(void* shared, const void* tensor_map, void* barrier, const int* coords, int rank);
+
+// setmaxnreg.{inc,dec}.sync.aligned.u32: a warpgroup collective with a legal register count.
+void set_max_registers(int registers, bool increase);
+
+// wgmma.mma_async.sync.aligned.m64nNkK.f32.{bf16,f16,e4m3}: one warpgroup collective issue.
+enum class WgmmaType { kBf16, kFp16, kE4m3 };
+struct WgmmaIssue {
+  int n = 0;                     // 8..256, a multiple of 8
+  WgmmaType type = WgmmaType::kBf16;
+  float* accumulators = nullptr;  // this thread's n / 2 fp32 values, [n / 8][4]
+  const uint32_t* a_registers = nullptr;  // this thread's A fragment (4 registers), or null: A
+  uint64_t a_descriptor = 0;              // comes from shared memory through this descriptor
+  uint64_t b_descriptor = 0;
+  bool a_k_major = true, b_k_major = true;  // imm-trans-a / imm-trans-b == 0
+  bool accumulate = true;                   // scale-d
+};
+void wgmma_fence();
+void wgmma_mma_async(const WgmmaIssue& issue);
+void wgmma_commit();
+void wgmma_wait(int pending_groups);
 
 // --- Launch --------------------------------------------------------------------------------
 // Runs `run_thread(context)` on every thread of every CTA. `kernel` identifies the kernel (for

@@ -2,9 +2,7 @@
 // Grid, block and shared-memory choice of the FP8 kernels; included by kernels/inst/*.cu.
 
 #include "fp8/kernels/gemm.cuh"
-#if !defined(DSA_EMULATION)  // the emulator runs the mma.sync GEMM; Hopper is issue 12
 #include "fp8/kernels/gemm_hopper.cuh"
-#endif
 #include "fp8/kernels/quantize.cuh"
 #include "common/cuda_launch.cuh"
 #include "fp8/launch.h"
@@ -42,12 +40,10 @@ cudaError_t launch_quantize_weight(const Fp8QuantizeParams& p, cudaStream_t stre
 
 template <Fp8GemmOut kOut>
 cudaError_t launch_fp8_gemm(const Fp8GemmParams& p, cudaStream_t stream) {
-#if !defined(DSA_EMULATION)
   cudaError_t hopper_status = cudaSuccess;
   if (hopper_kernels_enabled() && try_launch_fp8_gemm_hopper<kOut>(p, stream, &hopper_status)) {
     return hopper_status;
   }
-#endif
   using Tile = Fp8GemmTile;
   const dim3 grid(ceil_div(p.m, Tile::kBlockM), ceil_div(p.n, Tile::kBlockN));
   return launch_kernel(fp8_gemm_kernel<kOut>, grid, Tile::kThreads, Tile::kSmemBytes, stream, p);

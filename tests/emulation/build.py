@@ -4,7 +4,9 @@ host C++ against the CPU emulator (csrc/emulation/), loaded as Python modules.
     python tests/emulation/build.py          # build both archs (the tests also build on demand)
 
 One module per emulated arch: `sm80` runs the A100 code paths, `sm89` the FP8 mma.sync paths of
-Ada/Hopper (csrc/ selects them with __CUDA_ARCH__). Kernel objects are compiled with GCC's
+Ada, `sm90` the Hopper (sm90a) kernels — TMA, mbarriers, wgmma — with the launch code choosing
+them as it does on an H100 (csrc/ selects the code paths with __CUDA_ARCH__ and
+__CUDA_ARCH_FEAT_SM90_ALL). Kernel objects are compiled with GCC's
 thread-sanitizer instrumentation, whose calls before every load and store reach the emulator's
 checker instead of a sanitizer runtime (unlike address-sanitizer's, they keep the store of a
 read-modify-write), and with no vectoriser or store merging (so each access has the size and
@@ -31,7 +33,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CSRC = os.path.join(ROOT, "csrc")
 EMULATION_INCLUDE = os.path.join(CSRC, "emulation", "include")
 BUILD = os.path.join(ROOT, "build", "emulated")
-ARCHS = (80, 89)
+ARCHS = (80, 89, 90)
+# Every kernel object sees the arch list of a default CUDA build, so the inline host gate
+# hopper_kernels_enabled() is one function in every object: the emulated device decides.
+CUDA_ARCHS_DEFINE = '-DDEEPSEEK_ATTN_CUDA_ARCHS="8.0;9.0a"'
 
 COMMON_FLAGS = ["-std=c++20", "-fPIC", "-g0", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function"]
 KERNEL_FLAGS = COMMON_FLAGS + [
@@ -101,24 +106,29 @@ def _instantiation_files(family, prefix=""):
 
 
 def _kernel_jobs(arch):
-    """(source, object, flags) of every kernel object of one arch's module."""
-    jobs = []
-    # The attention kernels and quantisers have no arch-specific paths: compiled once, as sm80.
-    shared = _instantiation_files("attention") + _instantiation_files("fp8", "quantize")
-    for source in shared:
-        jobs.append((source, os.path.join(BUILD, "sm80", os.path.basename(source) + ".o"), 800))
+    """(source, object, cuda_arch) of every kernel object of one arch's module."""
+    # The GEMMs have per-arch paths, and on sm90 so has the 128/128 attention forward (the
+    # Hopper kernel); everything else is compiled once, as sm80, and shared.
     probes = os.path.join(ROOT, "tests", "emulation", "probe_kernels.cu")
-    jobs.append((probes, os.path.join(BUILD, "sm80", "probe_kernels.cu.o"), 800))
-    for source in _instantiation_files("fp8", "gemm"):
-        jobs.append((source, os.path.join(BUILD, f"sm{arch}", os.path.basename(source) + ".o"),
-                     arch * 10))
+    specific = _instantiation_files("fp8", "gemm")
+    if arch == 90:  # its probes include the Hopper ones
+        specific += _instantiation_files("attention", "flash_fwd_d128x128") + [probes]
+    shared = [source for source in _instantiation_files("attention") + _instantiation_files("fp8", "quantize") + [probes]
+              if source not in specific]
+    jobs = [(source, os.path.join(BUILD, "sm80", os.path.basename(source) + ".o"), 800)
+            for source in shared]
+    jobs += [(source, os.path.join(BUILD, f"sm{arch}", os.path.basename(source) + ".o"), arch * 10)
+             for source in specific]
     return jobs
 
 
 def _kernel_flags(cuda_arch, overlay_dir=None):
     includes = [f"-I{EMULATION_INCLUDE}"] + ([f"-I{overlay_dir}"] if overlay_dir else []) + [f"-I{CSRC}"]
+    arch_flags = [f"-D__CUDA_ARCH__={cuda_arch}", CUDA_ARCHS_DEFINE]
+    if cuda_arch == 900:
+        arch_flags.append("-D__CUDA_ARCH_FEAT_SM90_ALL=1")  # sm_90a, as nvcc defines it
     # The .cu instantiation files are compiled as C++ (the whole point of the emulator).
-    return KERNEL_FLAGS + [f"-D__CUDA_ARCH__={cuda_arch}", "-x", "c++"] + includes
+    return KERNEL_FLAGS + arch_flags + ["-x", "c++"] + includes
 
 
 def _host_jobs():

@@ -186,7 +186,9 @@ void run_probe(const std::string& name, const at::Tensor& data, int64_t shared_b
 void define_emulated_ops(pybind11::module_& m, int arch) {
   using namespace deepseek_attn;
   dsa_emu::DeviceProperties device;
-  device.max_shared_bytes_optin = arch == 89 ? 99 * 1024 : 163 * 1024;  // L40-class vs A100
+  device.compute_capability = arch;
+  // Per-block opt-in limits of an L40-class GPU, an A100 and an H100.
+  device.max_shared_bytes_optin = arch == 89 ? 99 * 1024 : arch == 90 ? 227 * 1024 : 163 * 1024;
   dsa_emu::set_device_properties(device);
   m.attr("arch") = arch;
   m.def("flash_attn_fwd", &flash_attn_fwd);
@@ -197,11 +199,14 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("fp8_gemm", &fp8_gemm);
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
   m.def("run_probe", &run_probe);
+  m.def("last_kernel_name", &dsa_emu::last_kernel_name);
   m.def("counters", [] {
     const dsa_emu::Counters c = dsa_emu::counters();
     return std::map<std::string, uint64_t>{{"launches", c.launches},
                                            {"ctas", c.ctas},
                                            {"mma", c.mma},
-                                           {"fiber_switches", c.fiber_switches}};
+                                           {"fiber_switches", c.fiber_switches},
+                                           {"wgmma", c.wgmma},
+                                           {"tma", c.tma}};
   });
 }

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "common/cuda_hopper.cuh"
 #include "common/cuda_intrinsics.cuh"
 #include "common/cuda_launch.cuh"
 
@@ -77,6 +78,94 @@ __global__ void mma_loop_kernel(float* data) {
   if (threadIdx.x < 32) data[threadIdx.x] = acc[0];
 }
 
+#if defined(DSA_HOPPER_DEVICE)
+// --- Hopper probes (the sm90 module compiles this file with the sm90a code paths) -----------
+
+constexpr int kTmaRows = 8, kTmaColumns = 32;  // the box: 8 rows x 32 fp32 = 1024 bytes
+
+// One TMA box of a (rows x 16) fp32 matrix at the start of `data`, placed at columns -8 and
+// rows - 4 (so both dimensions run out of bounds), lands 128-byte swizzled; the block copies
+// the raw shared bytes to the output after the matrix.
+__global__ void tma_box_kernel(const __grid_constant__ CUtensorMap map, float* output, int rows) {
+  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
+  unsigned char* box = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(box + 1024);
+  if (threadIdx.x == 0) {
+    mbarrier_init(full, 1);
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    mbarrier_arrive_expect_bytes(full, kTmaRows * kTmaColumns * 4);
+    tma_load_2d(box, &map, full, -8, rows - 4);
+  }
+  mbarrier_wait(full, 0);
+  const float* landed = reinterpret_cast<const float*>(box);
+  for (int i = threadIdx.x; i < kTmaRows * kTmaColumns; i += blockDim.x) output[i] = landed[i];
+}
+
+// mbarrier protocol probes (one warp, or two where a producer and a consumer warp are needed).
+__global__ void mbarrier_probe_kernel(float* data, int variant) {
+  DSA_STATIC_SHARED_ARRAY(uint64_t, barrier, 1);
+  DSA_STATIC_SHARED_ARRAY(float, values, 32);
+  const int thread = threadIdx.x;
+  if (thread == 0) {
+    mbarrier_init(barrier, variant == 3 || variant == 4 ? 32 : 1);
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+  switch (variant) {
+    case 0:  // over-arrival: the phase still expects bytes, a second thread arrives
+      if (thread == 0) mbarrier_arrive_expect_bytes(barrier, 16);
+      __syncwarp();
+      if (thread == 1) mbarrier_arrive(barrier);
+      break;
+    case 1:  // transaction bytes that never arrive
+      if (thread == 0) mbarrier_arrive_expect_bytes(barrier, 64);
+      mbarrier_wait(barrier, 0);
+      break;
+    case 2:  // parity 1 before any phase completed
+      mbarrier_wait(barrier, 1);
+      break;
+    case 3:  // warp 0 writes and arrives; warp 1 waits, then reads: ordered
+    case 4:  // ... warp 1 reads without waiting: a race
+      if (thread < 32) {
+        values[thread] = float(thread);
+        mbarrier_arrive(barrier);
+      } else {
+        if (variant == 3) mbarrier_wait(barrier, 0);
+        data[thread - 32] = values[63 - thread];
+      }
+      break;
+  }
+}
+
+// A 64x128x16 bf16 wgmma over operands the block wrote through the generic proxy. Variants:
+// 0 legal (fence.proxy.async, barrier, wait before reading D), 1 reads D before the wait,
+// 2 leaves out fence.proxy.async.
+__global__ void wgmma_probe_kernel(float* data, int variant) {
+  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
+  unsigned char* tiles = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
+  const int thread = threadIdx.x;
+  // A: 64 rows, B: 128 rows, each row 128 bytes (64 bf16, K-major); bf16 1.0 everywhere.
+  for (int i = thread; i < (64 + 128) * 64; i += blockDim.x) {
+    reinterpret_cast<uint16_t*>(tiles)[i] = 0x3f80;
+  }
+  if (variant != 2) dsa_emu::fence_proxy_async();
+  __syncthreads();
+  float d[16][4];
+  wgmma_fence();
+  wgmma_m64n128k16_ss<true>(d, swizzle128_descriptor(tiles, 16, 1024),
+                            swizzle128_descriptor(tiles + 64 * 128, 16, 1024), false);
+  wgmma_commit();
+  if (variant == 1) data[thread] = d[0][0];
+  wgmma_wait_all();
+  data[thread] = d[0][0];
+}
+#endif  // DSA_HOPPER_DEVICE
+
 // Runs the probe `name` over `data` (`count` floats); returns the launch status.
 cudaError_t run_emulator_probe(const char* name, float* data, int count, int shared_bytes) {
   struct Probe {
@@ -97,13 +186,44 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
       {"dynamic_shared", dynamic_shared_kernel, 1, 32},
       {"mma_loop", mma_loop_kernel, 1, 128},
   };
+#if defined(DSA_HOPPER_DEVICE)
+  const int matrix_rows = (count - kTmaRows * kTmaColumns) / 16;
+  if (std::strcmp(name, "tma_box") == 0) {
+    CUtensorMap map;
+    const cuuint64_t dims[2] = {16, cuuint64_t(matrix_rows)};
+    const cuuint64_t strides[1] = {16 * sizeof(float)};
+    const cuuint32_t box[2] = {kTmaColumns, kTmaRows}, element_strides[2] = {1, 1};
+    if (tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, data, dims, strides, box,
+                             element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+      return cudaErrorInvalidValue;
+    }
+    return launch_kernel(tma_box_kernel, dim3(1), 128, 1024 + 1024 + 8, nullptr, map,
+                         data + matrix_rows * 16, matrix_rows);
+  }
+  const char* mbarrier_probes[] = {"mbarrier_over_arrival", "mbarrier_tx_never_completes",
+                                   "mbarrier_wrong_parity", "mbarrier_orders_warps",
+                                   "mbarrier_missing_wait"};
+  for (int variant = 0; variant < 5; ++variant) {
+    if (std::strcmp(name, mbarrier_probes[variant]) == 0) {
+      return launch_kernel(mbarrier_probe_kernel, dim3(1), 64, 0, nullptr, data, variant);
+    }
+  }
+  const char* wgmma_probes[] = {"wgmma", "wgmma_early_accumulator_read", "wgmma_without_proxy_fence"};
+  for (int variant = 0; variant < 3; ++variant) {
+    if (std::strcmp(name, wgmma_probes[variant]) == 0) {
+      return launch_kernel(wgmma_probe_kernel, dim3(1), 128, 1024 + 192 * 128, nullptr, data,
+                           variant);
+    }
+  }
+#endif
   for (const Probe& probe : probes) {
     if (std::strcmp(probe.name, name) == 0) {
       return launch_kernel(probe.kernel, dim3(probe.blocks), probe.threads, shared_bytes, nullptr,
                            data);
     }
   }
-  (void)count;
   return cudaErrorInvalidValue;
 }
 

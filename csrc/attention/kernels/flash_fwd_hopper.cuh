@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
   using T = typename Element16<kIsBf16>::type;
   constexpr int kAccN = Tile::kBlockN / 8, kAccV = Tile::kDim / 8;
 
-  extern __shared__ unsigned char shared_raw[];
+  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
   unsigned char* shared = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
   unsigned char* q_tile = shared;

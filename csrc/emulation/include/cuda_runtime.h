@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include <cudaTypedefs.h>
+
 #include "emulation/runtime.h"
 
 #define __global__
@@ -94,8 +96,11 @@ inline unsigned __float_as_uint(float x) {
 }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 
-// Always inlined: the runtime tells barriers apart by the address they are called from.
-__attribute__((always_inline)) inline void __syncthreads() { dsa_emu::syncthreads(); }
+// The runtime tells barriers apart by the source line of the call (default arguments are
+// evaluated where __syncthreads() is written).
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  dsa_emu::syncthreads(file, line);
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) { dsa_emu::syncwarp(mask); }
 [[noreturn]] inline void __trap() { dsa_emu::trap(); }
 
@@ -116,6 +121,9 @@ inline bool __all_sync(unsigned mask, int predicate) {
   return __ballot_sync(mask, predicate) == __ballot_sync(mask, 1);
 }
 inline float atomicAdd(float* address, float value) { return dsa_emu::atomic_add(address, value); }
+inline size_t __cvta_generic_to_shared(const void* pointer) {
+  return dsa_emu::shared_window_address(pointer);
+}
 
 // --- The runtime API our launch code calls ---------------------------------------------------
 enum cudaError_t {
@@ -164,4 +172,39 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
   return cudaError_t(dsa_emu::launch_with_arguments(kernel, config->gridDim, config->blockDim,
                                                     config->dynamicSmemBytes,
                                                     std::forward<Arguments>(arguments)...));
+}
+
+// The emulated device: device 0, with the compute capability of the emulated arch.
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76 };
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+  const int capability = dsa_emu::device_properties().compute_capability;
+  if (device != 0) return cudaErrorInvalidValue;
+  if (attribute == cudaDevAttrComputeCapabilityMajor) {
+    *value = capability / 10;
+  } else if (attribute == cudaDevAttrComputeCapabilityMinor) {
+    *value = capability % 10;
+  } else {
+    return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+
+// Driver entry points: the emulator's tensor-map encoder is the only one there is.
+enum cudaGetDriverEntryPointFlags { cudaEnableDefault = 0 };
+enum cudaDriverEntryPointQueryResult {
+  cudaDriverEntryPointSuccess = 0,
+  cudaDriverEntryPointSymbolNotFound = 1,
+};
+inline cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** function,
+                                                    unsigned /*version*/,
+                                                    unsigned long long /*flags*/,
+                                                    cudaDriverEntryPointQueryResult* status) {
+  const bool known = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
+  *function = known ? reinterpret_cast<void*>(&dsa_emu::emulated_tensor_map_encode_tiled) : nullptr;
+  if (status != nullptr) *status = known ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+  return cudaSuccess;
 }

@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
 #if defined(DSA_HOPPER_DEVICE)
   using Tile = Fp8GemmHopperTile;
   using Out = typename GemmOutType<kOut>::type;
-  extern __shared__ unsigned char shared_raw[];
+  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
   unsigned char* shared = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(shared + Tile::kBarrierOffset);  // [kStages]

@@ -24,6 +24,10 @@
 namespace deepseek_attn {
 namespace cuda {
 
+inline uint32_t shared_address(const void* pointer) {
+  return dsa_emu::shared_window_address(pointer);
+}
+
 inline void cp_async_16(void* shared, const void* global, bool valid) {
   dsa_emu::cp_async(shared, global, 16, valid ? 16 : 0);
 }
