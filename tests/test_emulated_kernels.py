@@ -181,7 +181,9 @@ def test_emulated_quantize_weight_is_bit_exact(sm80, dtype, shape, ue8m0):
 
 
 # (130, 257, 640): five K blocks wrap the Hopper kernel's 4-stage ring; M and N end mid-tile.
-GEMM_SHAPES = [(1, 128, 128), (17, 257, 384), (130, 70, 200), (5, 33, 16), (130, 257, 640)]
+# K = 144 and 130 (padded to 144): a last K block that TMA mostly zero-fills.
+GEMM_SHAPES = [(1, 128, 128), (17, 257, 384), (130, 70, 200), (5, 33, 16), (130, 257, 640),
+               (70, 100, 144), (33, 20, 130)]
 
 
 @pytest.mark.parametrize("row_scaled_b", [False, True], ids=["block_b", "row_b"])
@@ -249,6 +251,8 @@ EMULATED_HOPPER_CASES = HOPPER_CASES + [
     Case(77, 130, heads_q=4, heads_kv=2, head_dim=128, batch=2, causal=False),
     Case(200, 150, heads_q=2, heads_kv=1, head_dim=128, window=(16, 8), causal=False),
     Case(129, 40, head_dim=128, softcap=1.5),
+    Case(127, 129, heads_q=3, heads_kv=1, head_dim=128),  # the audit's first-run lengths
+    Case(1000, heads_q=1, head_dim=128, window=(200, 0)),
 ]
 
 
@@ -283,6 +287,16 @@ def test_emulated_sm90_attention_forward_any_schedule(sm90, schedule):
     (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
     assert_spec6_close("out", out, out_pt, out_64, factor=2)
     torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
+
+
+def test_emulated_sm90_packed_qkv(sm90):
+    """q, k, v as views of one (B, S, 3, H, D) buffer: TMA maps with non-monotonic strides."""
+    packed = torch.randn(2, 150, 3, 2, 128, dtype=torch.float16)
+    q, k, v = packed.unbind(2)
+    case = Case(150, batch=2, heads_q=2, head_dim=128)
+    out, lse = hopper_forward(sm90, case, q, k, v)
+    (out_pt, _), (out_64, _), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
 
 
 def test_emulated_sm90_launch_code_dispatch(sm90):

@@ -5,7 +5,7 @@
 import pytest
 import torch
 
-from test_emulated_kernels import sm80, sm90  # noqa: F401  (the session-wide module fixtures)
+from test_emulated_kernels import schedule, sm80, sm89, sm90  # noqa: F401  (session-wide fixtures)
 
 
 @pytest.mark.parametrize("probe, report", [
@@ -85,6 +85,10 @@ def test_emulated_sm90_tma_box_lands_swizzled_with_zero_fill(sm90):
      r"shared-memory race: load at values\+0x[0-9a-f]+ and a write by thread|which no thread has written"),
     ("wgmma_early_accumulator_read",
      r"load of the accumulators of a wgmma in group 1 before a wgmma\.wait_group covers it"),
+    ("named_barrier_count_mismatch", r"bar\.sync 1 with 128 threads, while .* arrived at it with 256"),
+    ("named_barrier_never_completes", r"deadlock: bar\.sync 1 waits for 256 threads but only 128 arrived"),
+    ("named_barrier_missing",
+     r"shared-memory race: load at values\+0x[0-9a-f]+ and a write by thread|which no thread has written"),
     ("wgmma_without_proxy_fence",
      r"wgmma operand read \(async proxy\) reads .* through the generic proxy without a later "
      r"fence\.proxy\.async"),
@@ -105,3 +109,15 @@ def test_emulated_sm90_wgmma(sm90):
     data = torch.zeros(128)
     sm90.run_probe("wgmma", data, 0)
     assert torch.equal(data, torch.full((128,), 16.0))  # 16 products of bf16 ones
+
+
+def test_emulated_sm90_named_barrier_orders_warpgroups(sm90):
+    data = torch.zeros(128)
+    sm90.run_probe("named_barrier", data, 0)
+    assert torch.equal(data, torch.arange(127, -1, -1, dtype=torch.float32))
+
+
+def test_emulated_sm90_elect_one_elects_one_lane(sm90, schedule):
+    data = torch.zeros(32)
+    sm90.run_probe("elect_one", data, 0)
+    assert data.sum() == 1

@@ -89,6 +89,7 @@ enum class State : uint8_t {
   kAtCollective,
   kAtWarpgroupCollective,
   kAtMbarrier,
+  kAtNamedBarrier,
   kExited
 };
 enum class Collective : uint8_t {
@@ -98,6 +99,7 @@ enum class Collective : uint8_t {
   kLdmatrix,
   kMma16,
   kMma32,
+  kElect,
   // warpgroup collectives (.sync.aligned over 128 threads)
   kWgmmaFence,
   kWgmmaMma,
@@ -120,6 +122,8 @@ const char* collective_name(Collective c) {
       return "mma.sync.m16n8k16";
     case Collective::kMma32:
       return "mma.sync.m16n8k32";
+    case Collective::kElect:
+      return "elect.sync";
     case Collective::kWgmmaFence:
       return "wgmma.fence";
     case Collective::kWgmmaMma:
@@ -180,7 +184,8 @@ struct Fiber {
   // fence.proxy.async), the time its last fence.proxy.async covered, and what it waits for.
   uint32_t clock = 1;
   uint32_t proxy_fenced_clock = 0;
-  uint32_t waiting_barrier = 0;  // shared-window address of the mbarrier it waits at
+  uint32_t waiting_barrier = 0;  // shared-window address of the mbarrier it waits at, or the
+                                 // named barrier's id
   uint32_t waiting_parity = 0;
   int collective_operand = 0;  // wgmma.wait_group N / setmaxnreg count
   bool increase_registers = false;
@@ -312,6 +317,14 @@ std::vector<uint32_t> g_vector_clocks;
 std::map<uint32_t, Mbarrier> g_mbarriers;      // by shared-window address
 std::vector<uint32_t> g_mbarrier_of_agent;     // agent - threads - warpgroups -> window address
 std::vector<WarpgroupAsync> g_warpgroup_async;
+// bar.sync / bar.arrive: the threads that arrived in each named barrier's current phase.
+struct NamedBarrier {
+  int threads = 0;  // the count the phase's arrivals gave
+  std::vector<int> arrived;
+  std::vector<bool> waits;  // per arrival: bar.sync (acquires) or bar.arrive
+};
+constexpr int kNamedBarriers = 16;
+NamedBarrier g_named_barriers[kNamedBarriers];
 std::vector<int> g_warpgroup_arrivals;
 
 }  // namespace
@@ -994,6 +1007,15 @@ void complete_collective(int warp, int lanes_in_warp) {
     case Collective::kMma32:
       complete_mma<32>(lanes);
       break;
+    case Collective::kElect: {
+      int members[kWarpSize], count = 0;
+      for (int lane = 0; lane < lanes_in_warp; ++lane) {
+        if (mask >> lane & 1u) members[count++] = lane;
+      }
+      const int leader = members[g_schedule_seed != 0 ? int(g_shuffle() % count) : 0];
+      for (int lane = 0; lane < lanes_in_warp; ++lane) lanes[lane]->result = lane == leader;
+      break;
+    }
     default:  // warpgroup collectives: lanes there are not kAtCollective, never a leader here
       break;
   }
@@ -1020,6 +1042,8 @@ std::string state_description(const Fiber& f) {
       return std::string("waits at ") + collective_name(f.collective);
     case State::kAtMbarrier:
       return "waits at the mbarrier at shared " + hex(f.waiting_barrier);
+    case State::kAtNamedBarrier:
+      return "waits at bar.sync " + std::to_string(f.waiting_barrier);
     case State::kRunnable:
       break;
   }
@@ -1046,6 +1070,13 @@ std::string hopper_deadlock_report() {
              std::to_string(wg) + " must execute it) but " + thread_name(elsewhere->index) + " " +
              state_description(*elsewhere) + where_in_block();
     }
+  }
+  for (int id = 0; id < kNamedBarriers; ++id) {
+    const NamedBarrier& b = g_named_barriers[id];
+    if (b.arrived.empty()) continue;
+    return "deadlock: bar.sync " + std::to_string(id) + " waits for " + std::to_string(b.threads) +
+           " threads but only " + std::to_string(b.arrived.size()) + " arrived (first: " +
+           thread_name(b.arrived[0]) + ")" + where_in_block();
   }
   int waiters = 0;
   const Fiber* first = nullptr;
@@ -1145,6 +1176,7 @@ bool run_cta() {
   g_mbarrier_of_agent.clear();
   g_warpgroup_async.assign(g_warpgroups, WarpgroupAsync{});
   g_warpgroup_arrivals.assign(g_warpgroups, 0);
+  for (NamedBarrier& barrier : g_named_barriers) barrier = NamedBarrier{};
   for (int t = 0; t < g_threads; ++t) reset_fiber(*g_fibers[t], t);
   std::vector<int> order(g_threads);
   for (int t = 0; t < g_threads; ++t) order[t] = t;
@@ -1701,6 +1733,52 @@ void mbarrier_wait(void* barrier, uint32_t parity) {
     b = &g_mbarriers.at(window);
   }
   join_clocks(clock_row(fiber.index), b->last_phase.data());
+}
+
+void named_barrier(int id, int threads, bool wait) {
+  RuntimeSection section;
+  Fiber& fiber = current_fiber();
+  const char* what = wait ? "bar.sync" : "bar.arrive";
+  if (id < 0 || id >= kNamedBarriers || threads <= 0 || threads % kWarpSize != 0 ||
+      threads > g_threads) {
+    fault_from_fiber(std::string(what) + " " + std::to_string(id) + ", " +
+                     std::to_string(threads) +
+                     ": the id must be 0..15 and the count a multiple of 32 up to the block size");
+  }
+  NamedBarrier& b = g_named_barriers[id];
+  if (!b.arrived.empty() && b.threads != threads) {
+    fault_from_fiber(std::string(what) + " " + std::to_string(id) + " with " +
+                     std::to_string(threads) + " threads, while " + thread_name(b.arrived[0]) +
+                     " arrived at it with " + std::to_string(b.threads));
+  }
+  enable_vector_clocks();
+  b.threads = threads;
+  b.arrived.push_back(fiber.index);
+  b.waits.push_back(wait);
+  if (wait) {
+    fiber.state = State::kAtNamedBarrier;
+    fiber.waiting_barrier = uint32_t(id);
+  }
+  if (int(b.arrived.size()) == threads) {  // the last arrival completes the phase
+    std::vector<uint32_t> released(g_clock_width, 0);
+    for (int t : b.arrived) join_clocks(released.data(), clock_row(t));
+    for (size_t i = 0; i < b.arrived.size(); ++i) {
+      const int t = b.arrived[i];
+      if (b.waits[i]) {
+        join_clocks(clock_row(t), released.data());
+        g_fibers[t]->state = State::kRunnable;
+      }
+      advance_clock(t);
+    }
+    b = NamedBarrier{};
+  }
+  while (fiber.state != State::kRunnable) yield_fiber();
+}
+
+bool elect_one(unsigned mask) {
+  RuntimeSection section;
+  join_collective(Collective::kElect, mask);
+  return current_fiber().result != 0;
 }
 
 void fence_proxy_async() {

@@ -98,6 +98,13 @@ void mbarrier_wait(void* barrier, uint32_t parity);
 // fence.proxy.async: this thread's earlier generic-proxy shared writes become visible to the
 // async proxy (TMA, wgmma operand reads).
 void fence_proxy_async();
+// bar.sync id, threads (wait) / bar.arrive id, threads (no wait): named barriers 0..15 whose
+// phase completes when `threads` threads have arrived; waiting threads acquire what every
+// participant did before arriving.
+void named_barrier(int id, int threads, bool wait);
+// elect.sync: a warp collective over `mask` that is true in exactly one of its lanes (the lowest
+// in index-order schedules, another when the schedule is shuffled: code must not care which).
+bool elect_one(unsigned mask);
 
 // What cuTensorMapEncodeTiled was given (the emulated tensor map holds exactly this).
 struct TensorMapDescription {

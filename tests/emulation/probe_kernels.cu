@@ -164,6 +164,26 @@ __global__ void wgmma_probe_kernel(float* data, int variant) {
   wgmma_wait_all();
   data[thread] = d[0][0];
 }
+// Named barriers between two warpgroups (warpgroup 0 writes, warpgroup 1 reads). Variants:
+// 0 bar.arrive / bar.sync 1 over 256 threads: ordered; 1 the reader syncs with a count of 128
+// (mismatch); 2 only the reader syncs (never completes); 3 no barrier (a race).
+__global__ void named_barrier_probe_kernel(float* data, int variant) {
+  DSA_STATIC_SHARED_ARRAY(float, values, 128);
+  const int thread = threadIdx.x;
+  if (thread < 128) {
+    values[thread] = float(thread);
+    if (variant != 2 && variant != 3) dsa_emu::named_barrier(1, 256, false);
+  } else {
+    if (variant != 3) dsa_emu::named_barrier(1, variant == 1 ? 128 : 256, true);
+    data[thread - 128] = values[255 - thread];
+  }
+}
+
+// elect.sync over the whole warp: exactly one lane is elected; every lane writes what it saw.
+__global__ void elect_probe_kernel(float* data) {
+  const bool elected = dsa_emu::elect_one(0xffffffffu);
+  data[threadIdx.x] = elected ? 1.f : 0.f;
+}
 #endif  // DSA_HOPPER_DEVICE
 
 // Runs the probe `name` over `data` (`count` floats); returns the launch status.
@@ -209,6 +229,16 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
     if (std::strcmp(name, mbarrier_probes[variant]) == 0) {
       return launch_kernel(mbarrier_probe_kernel, dim3(1), 64, 0, nullptr, data, variant);
     }
+  }
+  const char* named_barrier_probes[] = {"named_barrier", "named_barrier_count_mismatch",
+                                        "named_barrier_never_completes", "named_barrier_missing"};
+  for (int variant = 0; variant < 4; ++variant) {
+    if (std::strcmp(name, named_barrier_probes[variant]) == 0) {
+      return launch_kernel(named_barrier_probe_kernel, dim3(1), 256, 0, nullptr, data, variant);
+    }
+  }
+  if (std::strcmp(name, "elect_one") == 0) {
+    return launch_kernel(elect_probe_kernel, dim3(1), 32, 0, nullptr, data);
   }
   const char* wgmma_probes[] = {"wgmma", "wgmma_early_accumulator_read", "wgmma_without_proxy_fence"};
   for (int variant = 0; variant < 3; ++variant) {
