@@ -129,14 +129,18 @@ def test_emulated_sm80_deterministic_backward_is_bitwise_reproducible(sm80, sche
         assert torch.equal(a, b)
 
 
-def test_emulated_sm80_strided_and_packed_inputs(sm80):
-    # q, k, v as views of one packed (B, S, 3, H, D) buffer: strided rows, one allocation.
-    packed = torch.randn(2, 97, 3, 4, 64, dtype=torch.bfloat16)
+def check_packed_qkv(forward, case, dtype):
+    """q, k, v as views of one packed (B, S, 3, H, D) buffer: strided rows, one allocation."""
+    packed = torch.randn(case.batch, case.seqlen_q, 3, case.heads_q, case.head_dim, dtype=dtype)
     q, k, v = packed.unbind(2)
-    case = Case(97, batch=2, heads_q=4, head_dim=64)
-    out, lse = emulated_forward(sm80, case, q, k, v)
+    out, _ = forward(case, q, k, v)
     (out_pt, _), (out_64, _), _ = reference_pair(case, q, k, v)
     assert_spec6_close("out", out, out_pt, out_64, factor=2)
+
+
+def test_emulated_sm80_strided_and_packed_inputs(sm80):
+    check_packed_qkv(lambda *inputs: emulated_forward(sm80, *inputs),
+                     Case(97, batch=2, heads_q=4, head_dim=64), torch.bfloat16)
 
 
 def test_emulated_attention_rejects_fp32(sm80):
@@ -290,13 +294,9 @@ def test_emulated_sm90_attention_forward_any_schedule(sm90, schedule):
 
 
 def test_emulated_sm90_packed_qkv(sm90):
-    """q, k, v as views of one (B, S, 3, H, D) buffer: TMA maps with non-monotonic strides."""
-    packed = torch.randn(2, 150, 3, 2, 128, dtype=torch.float16)
-    q, k, v = packed.unbind(2)
-    case = Case(150, batch=2, heads_q=2, head_dim=128)
-    out, lse = hopper_forward(sm90, case, q, k, v)
-    (out_pt, _), (out_64, _), _ = reference_pair(case, q, k, v)
-    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    """TMA maps with non-monotonic strides (the head stride is the smallest)."""
+    check_packed_qkv(lambda *inputs: hopper_forward(sm90, *inputs),
+                     Case(150, batch=2, heads_q=2, head_dim=128), torch.float16)
 
 
 def test_emulated_sm90_launch_code_dispatch(sm90):

@@ -249,7 +249,7 @@ struct SharedRegion {
 // threads (and completing TMA transactions) to the threads that wait for them.
 struct Mbarrier {
   uint32_t window = 0;  // its shared-window address
-  int agent = 0;  // vector-clock index of the TMA writes that complete on it
+  int agent = 0;        // vector-clock index of the TMA writes that complete on it
   int count = 0, pending = 0;
   int64_t tx = 0;          // transaction bytes expected minus completed in this phase
   uint32_t completed = 0;  // phases completed so far
@@ -314,8 +314,8 @@ std::string g_last_kernel_name;
 int g_warpgroups = 0;
 int g_clock_width = 0;  // threads + warpgroups + kMaxMbarriers
 std::vector<uint32_t> g_vector_clocks;
-std::map<uint32_t, Mbarrier> g_mbarriers;      // by shared-window address
-std::vector<uint32_t> g_mbarrier_of_agent;     // agent - threads - warpgroups -> window address
+std::map<uint32_t, Mbarrier> g_mbarriers;   // by shared-window address
+std::vector<uint32_t> g_mbarrier_of_agent;  // agent - threads - warpgroups -> window address
 std::vector<WarpgroupAsync> g_warpgroup_async;
 // bar.sync / bar.arrive: the threads that arrived in each named barrier's current phase.
 struct NamedBarrier {
@@ -448,7 +448,9 @@ std::string shared_location(const SharedRegion& region, uintptr_t address) {
 
 bool vector_clocks_on() { return !g_vector_clocks.empty(); }
 uint32_t* clock_row(int thread) { return &g_vector_clocks[size_t(thread) * g_clock_width]; }
-bool is_agent(uint16_t actor) { return actor != kNobody && actor != kManyThreads && actor >= g_threads; }
+bool is_agent(uint16_t actor) {
+  return actor != kNobody && actor != kManyThreads && actor >= g_threads;
+}
 int wgmma_agent(int warpgroup) { return g_threads + warpgroup; }
 
 void enable_vector_clocks() {
@@ -562,8 +564,9 @@ std::string check_shared(SharedRegion& region, uintptr_t address, size_t bytes, 
           !happens_before(s.reader, s.read_epoch, s.reader_syncwarps, s.reader_clock, me)) {
         return std::string("shared-memory race: ") + what + " overwrites " + location() +
                " read by " + thread_name(s.reader) +
-               (s.read_epoch == g_epoch ? " in the same barrier interval (no __syncthreads between)"
-                                        : " that no __syncthreads or mbarrier wait orders before it");
+               (s.read_epoch == g_epoch
+                    ? " in the same barrier interval (no __syncthreads between)"
+                    : " that no __syncthreads or mbarrier wait orders before it");
       }
       for (int wg = 0; wg < g_warpgroups && !region.wgmma_reads.empty(); ++wg) {
         uint32_t& group = region.wgmma_reads[offset * g_warpgroups + wg];
@@ -846,8 +849,8 @@ void complete_ldmatrix(Fiber* const* lanes) {
       } else if (region == nullptr) {
         report = describe_wild_address(address, 16, "ldmatrix row") + " (must be shared memory)";
       } else {
-        report = check_shared(*region, address, 16, false, thread_accessor(source.index),
-                              "ldmatrix");
+        report =
+            check_shared(*region, address, 16, false, thread_accessor(source.index), "ldmatrix");
       }
       if (!report.empty()) {
         record_fault(report + " [" + where_in_kernel(source.index) + "]");
@@ -1075,8 +1078,8 @@ std::string hopper_deadlock_report() {
     const NamedBarrier& b = g_named_barriers[id];
     if (b.arrived.empty()) continue;
     return "deadlock: bar.sync " + std::to_string(id) + " waits for " + std::to_string(b.threads) +
-           " threads but only " + std::to_string(b.arrived.size()) + " arrived (first: " +
-           thread_name(b.arrived[0]) + ")" + where_in_block();
+           " threads but only " + std::to_string(b.arrived.size()) +
+           " arrived (first: " + thread_name(b.arrived[0]) + ")" + where_in_block();
   }
   int waiters = 0;
   const Fiber* first = nullptr;
@@ -1090,8 +1093,7 @@ std::string hopper_deadlock_report() {
   r << "deadlock: an mbarrier wait never completes: " << thread_name(first->index)
     << " waits for the phase of parity " << first->waiting_parity << " of the mbarrier at shared "
     << hex(first->waiting_barrier) << ", which has completed " << b.completed
-    << " phases; its current phase still needs " << b.pending << " of " << b.count
-    << " arrivals";
+    << " phases; its current phase still needs " << b.pending << " of " << b.count << " arrivals";
   if (b.tx != 0) r << " and " << b.tx << " transaction bytes";
   r << " (" << waiters << " threads wait at mbarriers; no running thread can arrive)"
     << where_in_block();
@@ -1152,7 +1154,8 @@ bool mbarriers_settled() {
       record_fault("the block finished while the mbarrier at shared " + hex(window) +
                    " still expects " + std::to_string(barrier.tx) +
                    " transaction bytes (arrive.expect_tx and the TMA bytes completing on it "
-                   "differ) [" + where_in_kernel(barrier.init_thread) + ", its initialiser]");
+                   "differ) [" +
+                   where_in_kernel(barrier.init_thread) + ", its initialiser]");
       return false;
     }
   }
@@ -1705,8 +1708,9 @@ void mbarrier_arrive(void* barrier, uint32_t expect_tx_bytes) {
   Mbarrier& b = mbarrier_at(barrier, fiber.index,
                             expect_tx_bytes ? "mbarrier.arrive.expect_tx" : "mbarrier.arrive");
   if (b.pending == 0) {
-    fault_from_fiber("mbarrier.arrive on the mbarrier at shared " + hex(b.window) + " in a phase that already has all " +
-                     std::to_string(b.count) + " of its arrivals (over-arrival)");
+    fault_from_fiber("mbarrier.arrive on the mbarrier at shared " + hex(b.window) +
+                     " in a phase that already has all " + std::to_string(b.count) +
+                     " of its arrivals (over-arrival)");
   }
   join_clocks(b.release.data(), clock_row(fiber.index));
   advance_clock(fiber.index);
@@ -1741,8 +1745,7 @@ void named_barrier(int id, int threads, bool wait) {
   const char* what = wait ? "bar.sync" : "bar.arrive";
   if (id < 0 || id >= kNamedBarriers || threads <= 0 || threads % kWarpSize != 0 ||
       threads > g_threads) {
-    fault_from_fiber(std::string(what) + " " + std::to_string(id) + ", " +
-                     std::to_string(threads) +
+    fault_from_fiber(std::string(what) + " " + std::to_string(id) + ", " + std::to_string(threads) +
                      ": the id must be 0..15 and the count a multiple of 32 up to the block size");
   }
   NamedBarrier& b = g_named_barriers[id];
@@ -1802,11 +1805,13 @@ void tma_load(void* shared, const void* tensor_map, void* barrier, const int* co
         check_global(map_address, 128, GlobalAccess::kRead, fiber.index, "tensor-map read");
     if (!report.empty()) fault_from_fiber(report);
   }
-  if (map_address % 64 != 0) fault_from_fiber("tensor map at " + hex(map_address) + " is not 64-byte aligned");
+  if (map_address % 64 != 0)
+    fault_from_fiber("tensor map at " + hex(map_address) + " is not 64-byte aligned");
   PackedTensorMap map;
   std::memcpy(&map, tensor_map, sizeof(map));
   if (map.magic != kTensorMapMagic) {
-    fault_from_fiber("cp.async.bulk.tensor with a tensor map that cuTensorMapEncodeTiled did not encode");
+    fault_from_fiber(
+        "cp.async.bulk.tensor with a tensor map that cuTensorMapEncodeTiled did not encode");
   }
   if (map.rank != rank) {
     fault_from_fiber("cp.async.bulk.tensor." + std::to_string(rank) + "d with a rank-" +
@@ -1817,8 +1822,9 @@ void tma_load(void* shared, const void* tensor_map, void* barrier, const int* co
   }
   Mbarrier& b = mbarrier_at(barrier, fiber.index, "cp.async.bulk.tensor completion");
   if (!b.init_fenced) {
-    fault_from_fiber("cp.async.bulk.tensor completes on an mbarrier whose initialisation no "
-                     "fence.mbarrier_init made visible to the async proxy");
+    fault_from_fiber(
+        "cp.async.bulk.tensor completes on an mbarrier whose initialisation no "
+        "fence.mbarrier_init made visible to the async proxy");
   }
   // The box in shared memory: rows of box[0] elements, packed, in box order.
   const int element_bytes = map.element_bytes;
@@ -1843,8 +1849,7 @@ void tma_load(void* shared, const void* tensor_map, void* barrier, const int* co
                                               std::to_string(alignment) + " bytes)"
                                         : std::string()));
   }
-  const Accessor me{fiber.index, uint16_t(b.agent), b.completed + 1,
-                    clock_row(fiber.index), true};
+  const Accessor me{fiber.index, uint16_t(b.agent), b.completed + 1, clock_row(fiber.index), true};
   const std::string report = check_shared(*region, destination, box_bytes, true, me, "TMA write");
   if (!report.empty()) fault_from_fiber(report);
 
@@ -1948,8 +1953,8 @@ std::string issue_wgmma(int warpgroup, Fiber* const* threads) {
         (other.a_registers == nullptr) != (issue.a_registers == nullptr) ||
         other.a_k_major != issue.a_k_major || other.b_k_major != issue.b_k_major ||
         other.accumulate != issue.accumulate) {
-      return "wgmma.mma_async operands differ between " + thread_name(threads[0]->index) +
-             " and " + thread_name(threads[i]->index) +
+      return "wgmma.mma_async operands differ between " + thread_name(threads[0]->index) + " and " +
+             thread_name(threads[i]->index) +
              " (shape, types, descriptors and scale-d must be warpgroup-uniform)";
     }
     if (!threads[i]->wgmma_fenced) {
@@ -2056,10 +2061,9 @@ void wait_wgmma(int warpgroup, Fiber* const* threads, int pending_groups) {
   for (int i = 0; i < kWarpgroupSize; ++i) {
     Fiber& f = *threads[i];
     auto& ranges = f.registers_in_flight;
-    ranges.erase(std::remove_if(ranges.begin(), ranges.end(),
-                                [&](const RegistersInFlight& r) {
-                                  return r.group <= async.groups_completed;
-                                }),
+    ranges.erase(std::remove_if(
+                     ranges.begin(), ranges.end(),
+                     [&](const RegistersInFlight& r) { return r.group <= async.groups_completed; }),
                  ranges.end());
     f.wgmma_fenced = false;
     if (vector_clocks_on()) {
@@ -2146,43 +2150,40 @@ void join_warpgroup_collective(Collective collective) {
 
 }  // namespace
 
+namespace {
+// Joins a warpgroup collective with this thread's operand (a count; 0 where there is none).
+void join_warpgroup_instruction(Collective collective, int operand, bool increase_registers) {
+  Fiber& fiber = current_fiber();
+  fiber.collective_operand = operand;
+  fiber.increase_registers = increase_registers;
+  join_warpgroup_collective(collective);
+}
+}  // namespace
+
 void set_max_registers(int registers, bool increase) {
   RuntimeSection section;
-  Fiber& fiber = current_fiber();
-  fiber.collective_operand = registers;
-  fiber.increase_registers = increase;
-  join_warpgroup_collective(Collective::kSetmaxnreg);
+  join_warpgroup_instruction(Collective::kSetmaxnreg, registers, increase);
 }
 
 void wgmma_fence() {
   RuntimeSection section;
-  current_fiber().collective_operand = 0;
-  current_fiber().increase_registers = false;
-  join_warpgroup_collective(Collective::kWgmmaFence);
+  join_warpgroup_instruction(Collective::kWgmmaFence, 0, false);
 }
 
 void wgmma_mma_async(const WgmmaIssue& issue) {
   RuntimeSection section;
-  Fiber& fiber = current_fiber();
-  fiber.wgmma = issue;
-  fiber.collective_operand = 0;
-  fiber.increase_registers = false;
-  join_warpgroup_collective(Collective::kWgmmaMma);
+  current_fiber().wgmma = issue;
+  join_warpgroup_instruction(Collective::kWgmmaMma, 0, false);
 }
 
 void wgmma_commit() {
   RuntimeSection section;
-  current_fiber().collective_operand = 0;
-  current_fiber().increase_registers = false;
-  join_warpgroup_collective(Collective::kWgmmaCommit);
+  join_warpgroup_instruction(Collective::kWgmmaCommit, 0, false);
 }
 
 void wgmma_wait(int pending_groups) {
   RuntimeSection section;
-  Fiber& fiber = current_fiber();
-  fiber.collective_operand = pending_groups;
-  fiber.increase_registers = false;
-  join_warpgroup_collective(Collective::kWgmmaWait);
+  join_warpgroup_instruction(Collective::kWgmmaWait, pending_groups, false);
 }
 
 }  // namespace dsa_emu
@@ -2219,7 +2220,7 @@ extern "C" __attribute__((visibility("hidden"))) void __tsan_func_entry(void*) {
 extern "C" __attribute__((visibility("hidden"))) void __tsan_func_exit() {}
 // A function-local static's guard (the host tensor-map encoder lookup in the launch code) is
 // read with an atomic load; host code outside kernels, so nothing to check.
-extern "C" __attribute__((visibility("hidden"))) uint8_t __tsan_atomic8_load(const volatile uint8_t* a,
-                                                                            int) {
+extern "C" __attribute__((visibility("hidden"))) uint8_t
+__tsan_atomic8_load(const volatile uint8_t* a, int) {
   return __atomic_load_n(a, __ATOMIC_ACQUIRE);
 }

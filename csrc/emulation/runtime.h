@@ -30,7 +30,7 @@ struct KernelFault : std::runtime_error {
 // at compile time by __CUDA_ARCH__; SM counts are the caller's, as on a GPU).
 struct DeviceProperties {
   int max_shared_bytes_optin = 163 * 1024;  // per block with cudaFuncSetAttribute (A100)
-  int compute_capability = 80;              // what cudaDeviceGetAttribute reports (major * 10 + minor)
+  int compute_capability = 80;  // what cudaDeviceGetAttribute reports (major * 10 + minor)
 };
 void set_device_properties(const DeviceProperties& properties);
 const DeviceProperties& device_properties();
@@ -132,9 +132,9 @@ void set_max_registers(int registers, bool increase);
 // wgmma.mma_async.sync.aligned.m64nNkK.f32.{bf16,f16,e4m3}: one warpgroup collective issue.
 enum class WgmmaType { kBf16, kFp16, kE4m3 };
 struct WgmmaIssue {
-  int n = 0;                     // 8..256, a multiple of 8
+  int n = 0;  // 8..256, a multiple of 8
   WgmmaType type = WgmmaType::kBf16;
-  float* accumulators = nullptr;  // this thread's n / 2 fp32 values, [n / 8][4]
+  float* accumulators = nullptr;          // this thread's n / 2 fp32 values, [n / 8][4]
   const uint32_t* a_registers = nullptr;  // this thread's A fragment (4 registers), or null: A
   uint64_t a_descriptor = 0;              // comes from shared memory through this descriptor
   uint64_t b_descriptor = 0;

@@ -202,11 +202,9 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("last_kernel_name", &dsa_emu::last_kernel_name);
   m.def("counters", [] {
     const dsa_emu::Counters c = dsa_emu::counters();
-    return std::map<std::string, uint64_t>{{"launches", c.launches},
-                                           {"ctas", c.ctas},
-                                           {"mma", c.mma},
-                                           {"fiber_switches", c.fiber_switches},
-                                           {"wgmma", c.wgmma},
-                                           {"tma", c.tma}};
+    return std::map<std::string, uint64_t>{
+        {"launches", c.launches}, {"ctas", c.ctas},
+        {"mma", c.mma},           {"fiber_switches", c.fiber_switches},
+        {"wgmma", c.wgmma},       {"tma", c.tma}};
   });
 }

@@ -240,7 +240,8 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
   if (std::strcmp(name, "elect_one") == 0) {
     return launch_kernel(elect_probe_kernel, dim3(1), 32, 0, nullptr, data);
   }
-  const char* wgmma_probes[] = {"wgmma", "wgmma_early_accumulator_read", "wgmma_without_proxy_fence"};
+  const char* wgmma_probes[] = {"wgmma", "wgmma_early_accumulator_read",
+                                "wgmma_without_proxy_fence"};
   for (int variant = 0; variant < 3; ++variant) {
     if (std::strcmp(name, wgmma_probes[variant]) == 0) {
       return launch_kernel(wgmma_probe_kernel, dim3(1), 128, 1024 + 192 * 128, nullptr, data,

@@ -18,8 +18,8 @@ namespace dsa_emu {
 inline CUresult emulated_tensor_map_encode_tiled(
     CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, void* address,
     const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box,
-    const cuuint32_t* element_strides, CUtensorMapInterleave interleave,
-    CUtensorMapSwizzle swizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill fill) {
+    const cuuint32_t* element_strides, CUtensorMapInterleave interleave, CUtensorMapSwizzle swizzle,
+    CUtensorMapL2promotion, CUtensorMapFloatOOBfill fill) {
   static constexpr int kElementBytes[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2, 4, 4, 4};
   if (map == nullptr || dims == nullptr || box == nullptr || element_strides == nullptr ||
       unsigned(type) >= sizeof(kElementBytes) / sizeof(int) || rank < 1 || rank > 5 ||

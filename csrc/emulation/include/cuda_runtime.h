@@ -4,13 +4,12 @@
 // runtime calls of our launch code, all executing on CPU fibers. Found before the toolkit's
 // header because emulated builds put csrc/emulation/include first on the include path.
 
+#include <cudaTypedefs.h>
 #include <math.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-
-#include <cudaTypedefs.h>
 
 #include "emulation/runtime.h"
 
@@ -179,7 +178,10 @@ inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
-enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76 };
+enum cudaDeviceAttr {
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76
+};
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
   const int capability = dsa_emu::device_properties().compute_capability;
   if (device != 0) return cudaErrorInvalidValue;
@@ -205,6 +207,7 @@ inline cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** f
                                                     cudaDriverEntryPointQueryResult* status) {
   const bool known = std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0;
   *function = known ? reinterpret_cast<void*>(&dsa_emu::emulated_tensor_map_encode_tiled) : nullptr;
-  if (status != nullptr) *status = known ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+  if (status != nullptr)
+    *status = known ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
   return cudaSuccess;
 }

@@ -53,43 +53,40 @@ inline void wgmma_wait_all() { dsa_emu::wgmma_wait(0); }
 template <int kTiles>
 inline void wgmma_pin(float (&)[kTiles][4]) {}
 
-template <bool kIsBf16>
-inline void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b,
-                                bool accumulate) {
+// An m64n128 wgmma into `d`; A comes from `a_registers` when given, else from `desc_a`.
+inline void wgmma_m64n128(float (&d)[16][4], dsa_emu::WgmmaType type, const uint32_t* a_registers,
+                          uint64_t desc_a, uint64_t desc_b, bool b_k_major, bool accumulate) {
   dsa_emu::WgmmaIssue issue;
   issue.n = 128;
-  issue.type = kIsBf16 ? dsa_emu::WgmmaType::kBf16 : dsa_emu::WgmmaType::kFp16;
+  issue.type = type;
   issue.accumulators = &d[0][0];
+  issue.a_registers = a_registers;
   issue.a_descriptor = desc_a;
   issue.b_descriptor = desc_b;
+  issue.b_k_major = b_k_major;
   issue.accumulate = accumulate;
   dsa_emu::wgmma_mma_async(issue);
 }
 
+template <bool kIsBf16>
+constexpr dsa_emu::WgmmaType k16_type = kIsBf16 ? dsa_emu::WgmmaType::kBf16
+                                                : dsa_emu::WgmmaType::kFp16;
+
+template <bool kIsBf16>
+inline void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b,
+                                bool accumulate) {
+  wgmma_m64n128(d, k16_type<kIsBf16>, nullptr, desc_a, desc_b, true, accumulate);
+}
+
 inline void wgmma_m64n128k32_e4m3(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b,
                                   bool accumulate) {
-  dsa_emu::WgmmaIssue issue;
-  issue.n = 128;
-  issue.type = dsa_emu::WgmmaType::kE4m3;
-  issue.accumulators = &d[0][0];
-  issue.a_descriptor = desc_a;
-  issue.b_descriptor = desc_b;
-  issue.accumulate = accumulate;
-  dsa_emu::wgmma_mma_async(issue);
+  wgmma_m64n128(d, dsa_emu::WgmmaType::kE4m3, nullptr, desc_a, desc_b, true, accumulate);
 }
 
 template <bool kIsBf16>
 inline void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
                                 bool accumulate) {
-  dsa_emu::WgmmaIssue issue;
-  issue.n = 128;
-  issue.type = kIsBf16 ? dsa_emu::WgmmaType::kBf16 : dsa_emu::WgmmaType::kFp16;
-  issue.accumulators = &d[0][0];
-  issue.a_registers = a;
-  issue.b_descriptor = desc_b;
-  issue.b_k_major = false;
-  issue.accumulate = accumulate;
-  dsa_emu::wgmma_mma_async(issue);
+  wgmma_m64n128(d, k16_type<kIsBf16>, a, 0, desc_b, false, accumulate);
 }
 
 }  // namespace cuda
