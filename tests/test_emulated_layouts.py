@@ -30,6 +30,8 @@ TABLE_CHECKS = {
     "m16n8k32_e4m3": 32 * (16 + 8 + 4),
     "ldmatrix_x4": 32 * 8,  # 4 registers of 2 b16 elements
     "ldmatrix_x4_trans": 32 * 8,
+    "sm90_wgmma_m64n128k16_rs": 128 * (8 + 64),  # A from registers, fp32 D (128 threads)
+    "sm90_wgmma_m64n256k16_rs": 128 * 128,  # D of the widest N
 }
 
 

@@ -54,14 +54,16 @@ def test_emulated_unknown_probe_is_an_error(sm80):
 
 # --- Hopper primitives (the sm90 module) --------------------------------------------------------
 
-def test_emulated_sm90_tma_box_lands_swizzled_with_zero_fill(sm90):
+@pytest.mark.parametrize("fill", ["zero", "nan"])
+def test_emulated_sm90_tma_box_lands_swizzled_with_oob_fill(sm90, fill):
     """A 2-D TMA box starting at column -8 and 4 rows before the end: out-of-bounds elements
-    arrive as zeros, and 16-byte chunk c of row r lands at chunk c ^ (r % 8) (128-byte swizzle)."""
+    arrive as zeros (or NaN with the NaN fill mode), and 16-byte chunk c of row r lands at chunk
+    c ^ (r % 8) (128-byte swizzle)."""
     rows = 20
     matrix = torch.arange(rows * 16, dtype=torch.float32).reshape(rows, 16) + 1
     data = torch.cat([matrix.flatten(), torch.full((8 * 32,), -1.0)])
-    sm90.run_probe("tma_box", data, 0)
-    box = torch.zeros(8, 32)
+    sm90.run_probe("tma_box" if fill == "zero" else "tma_box_nan_fill", data, 0)
+    box = torch.full((8, 32), 0.0 if fill == "zero" else float("nan"))
     for r in range(8):
         for c in range(32):
             row, column = rows - 4 + r, c - 8
@@ -71,7 +73,8 @@ def test_emulated_sm90_tma_box_lands_swizzled_with_zero_fill(sm90):
     for r in range(8):
         for chunk in range(8):
             expected[r, 4 * (chunk ^ r):4 * (chunk ^ r) + 4] = box[r, 4 * chunk:4 * chunk + 4]
-    assert torch.equal(data[rows * 16:].reshape(8, 32), expected)
+    torch.testing.assert_close(data[rows * 16:].reshape(8, 32), expected, atol=0, rtol=0,
+                               equal_nan=True)
     assert torch.equal(data[:rows * 16], matrix.flatten())  # the source is untouched
 
 

@@ -1,6 +1,7 @@
 #pragma once
 // Fragment ownership of the warp-level tensor-core instructions, as the PTX ISA defines them
-// ("Matrix Fragments for mma.m16n8k16 / mma.m16n8k32", "ldmatrix"). The emulated mma and
+// ("Matrix Fragments for mma.m16n8k16 / mma.m16n8k32", "ldmatrix", and wgmma's "Register
+// Fragments"). The emulated mma and
 // ldmatrix read and write registers through these tables only, and tests/emulation/ compares
 // them, lane by lane and value by value, with CUTLASS CuTe's MMA_Traits / Copy_Traits.
 //
@@ -46,6 +47,20 @@ inline FragmentCoord mma_m16n8k32_b(int lane, int v) {
 inline FragmentCoord ldmatrix_m8n8(int lane, int v, bool transposed) {
   const int row = lane / 4, col = (lane % 4) * 2 + v;
   return transposed ? FragmentCoord{col, row} : FragmentCoord{row, col};
+}
+
+// wgmma.m64nNk16 (f16/bf16) register fragments, per thread t of the warpgroup (0..127): warp
+// t / 32 owns rows 16 (t / 32) .. +15, laid out within the warp as mma.m16n8k16's A and C.
+// A from registers is 64x16 (row, k), 4 registers of 2 elements.
+inline FragmentCoord wgmma_m64k16_a(int thread, int v) {
+  const FragmentCoord c = mma_m16n8k16_a(thread % 32, v);
+  return {c.row + 16 * (thread / 32), c.col};
+}
+// D with fp32 accumulators is 64xN (row, n), N / 2 registers: value v is element v % 4 of the
+// n8 tile v / 4.
+inline FragmentCoord wgmma_m64n_c(int thread, int v) {
+  const FragmentCoord c = mma_m16n8_c(thread % 32, v % 4);
+  return {c.row + 16 * (thread / 32), c.col + 8 * (v / 4)};
 }
 
 }  // namespace dsa_emu

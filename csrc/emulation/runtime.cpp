@@ -1598,7 +1598,7 @@ struct PackedTensorMap {
   uint64_t byte_strides[4];  // of dims 1..4
   uint16_t box[5];
   uint8_t element_strides[5];
-  uint8_t rank, element_bytes, swizzle_bytes, nan_fill, interleaved;
+  uint8_t rank, element_bytes, swizzle_bytes, nan_fill;
 };
 static_assert(sizeof(PackedTensorMap) <= 128, "a CUtensorMap has 128 bytes");
 
@@ -1853,7 +1853,9 @@ void tma_load(void* shared, const void* tensor_map, void* barrier, const int* co
   const std::string report = check_shared(*region, destination, box_bytes, true, me, "TMA write");
   if (!report.empty()) fault_from_fiber(report);
 
-  std::vector<uint8_t> box(box_bytes, 0);  // out-of-bounds elements are zeros
+  // Out-of-bounds elements are zeros, or NaN (all-ones bits: NaN in every float format) when
+  // the map asks for CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA.
+  std::vector<uint8_t> box(box_bytes, map.nan_fill ? 0xff : 0);
   for (size_t row = 0; row < rows; ++row) {
     int64_t position[5] = {};
     bool inside = true;
@@ -1986,11 +1988,10 @@ std::string issue_wgmma(int warpgroup, Fiber* const* threads) {
   op.b.assign(op.k * op.n, 0.f);
   if (issue.a_registers != nullptr) {
     for (int i = 0; i < kWarpgroupSize; ++i) {
-      const int warp = i / kWarpSize, lane = i % kWarpSize;
       for (int v = 0; v < 8; ++v) {
-        const FragmentCoord at = mma_m16n8k16_a(lane, v);
+        const FragmentCoord at = wgmma_m64k16_a(i, v);
         const uint16_t bits = uint16_t(threads[i]->wgmma.a_registers[v / 2] >> (16 * (v % 2)));
-        op.a[(16 * warp + at.row) * op.k + at.col] =
+        op.a[at.row * op.k + at.col] =
             issue.type == WgmmaType::kBf16 ? bf16_to_float(bits) : half_to_float(bits);
       }
     }
@@ -2020,16 +2021,11 @@ std::string issue_wgmma(int warpgroup, Fiber* const* threads) {
 
 // D = A·Bᵀ (+ D): products exact in fp32, each sum in k order, rounded at every step.
 void execute_wgmma(const WgmmaOperation& op) {
-  const int tiles = op.n / 8;
   std::vector<float> d(64 * op.n);
   for (int i = 0; i < kWarpgroupSize; ++i) {
-    const int warp = i / kWarpSize, lane = i % kWarpSize;
-    for (int tile = 0; tile < tiles; ++tile) {
-      for (int v = 0; v < 4; ++v) {
-        const FragmentCoord at = mma_m16n8_c(lane, v);
-        const float current = op.accumulators[i][tile * 4 + v];
-        d[(16 * warp + at.row) * op.n + tile * 8 + at.col] = op.accumulate ? current : 0.f;
-      }
+    for (int v = 0; v < op.n / 2; ++v) {
+      const FragmentCoord at = wgmma_m64n_c(i, v);
+      d[at.row * op.n + at.col] = op.accumulate ? op.accumulators[i][v] : 0.f;
     }
   }
   for (int m = 0; m < 64; ++m) {
@@ -2041,12 +2037,9 @@ void execute_wgmma(const WgmmaOperation& op) {
     }
   }
   for (int i = 0; i < kWarpgroupSize; ++i) {
-    const int warp = i / kWarpSize, lane = i % kWarpSize;
-    for (int tile = 0; tile < tiles; ++tile) {
-      for (int v = 0; v < 4; ++v) {
-        const FragmentCoord at = mma_m16n8_c(lane, v);
-        op.accumulators[i][tile * 4 + v] = d[(16 * warp + at.row) * op.n + tile * 8 + at.col];
-      }
+    for (int v = 0; v < op.n / 2; ++v) {
+      const FragmentCoord at = wgmma_m64n_c(i, v);
+      op.accumulators[i][v] = d[at.row * op.n + at.col];
     }
   }
 }

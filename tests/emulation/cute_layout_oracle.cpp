@@ -3,7 +3,8 @@
 // same instructions (MMA_Traits / Copy_Traits, evaluated on the host; nothing CUDA runs).
 //
 // Usage: cute_layout_oracle [all | m16n8k16_bf16 | m16n8k16_f16 | m16n8k32_e4m3 |
-//                            ldmatrix_x4 | ldmatrix_x4_trans]
+//                            ldmatrix_x4 | ldmatrix_x4_trans | sm90_wgmma_m64n128k16_rs |
+//                            sm90_wgmma_m64n256k16_rs]
 // Prints every mismatch, then "cute layout oracle: N checks, M mismatches"; exits non-zero when
 // M > 0 or N is not the number of (lane, value) entries the selected tables have.
 //
@@ -15,14 +16,14 @@
 
 #include <cstdio>
 #include <cstring>
-#include <string>
-#include <utility>
-#include <vector>
-
 #include <cute/atom/copy_traits_sm75.hpp>
 #include <cute/atom/mma_traits_sm80.hpp>
 #include <cute/atom/mma_traits_sm89.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cute/layout.hpp>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "emulation/fragments.h"
 #include "oracle_cases.h"
@@ -38,8 +39,8 @@ std::string describe(const char* table, int lane, int v, const char* coord_names
     for (size_t i = 0; i < c.size(); ++i) s += (i ? ", " : "") + std::to_string(c[i]);
     return s + ")";
   };
-  return std::string(table) + " lane " + std::to_string(lane) + " v " + std::to_string(v) +
-         ": " + coord_names + " ours " + tuple(ours) + ", cute " + tuple(cute);
+  return std::string(table) + " lane " + std::to_string(lane) + " v " + std::to_string(v) + ": " +
+         coord_names + " ours " + tuple(ours) + ", cute " + tuple(cute);
 }
 
 // One operand of an MMA atom. CuTe (mma_traits.hpp) documents ALayout / BLayout / CLayout as
@@ -101,7 +102,8 @@ void check_ldmatrix(Tally& tally, const char* table, bool transposed) {
       const auto [src_lane, row_bit] = source_of[Dst{}(tid, v * kBits)];
       bool one_element = row_bit % kBits == 0;
       for (int b = 1; b < kBits; ++b)
-        one_element &= source_of[Dst{}(tid, v * kBits + b)] == std::make_pair(src_lane, row_bit + b);
+        one_element &=
+            source_of[Dst{}(tid, v * kBits + b)] == std::make_pair(src_lane, row_bit + b);
 
       const FragmentCoord mine = dsa_emu::ldmatrix_m8n8(lane, v % 2, transposed);
       const std::vector<int> ours = {v / 2, mine.row, mine.col, 1};
@@ -132,6 +134,24 @@ const OracleCase kTables[] = {
      [](Tally& t, const char*) {
        check_ldmatrix<cute::Copy_Traits<cute::SM75_U32x4_LDSM_N>>(t, "ldmatrix_x4", false);
      }},
+    // wgmma with A from registers (the P V product of the Hopper attention forward): the A
+    // fragment and the fp32 accumulators of the warpgroup's 128 threads (B is a descriptor).
+    {"sm90_wgmma_m64n128k16_rs", 128 * (8 + 64),
+     [](Tally& t, const char*) {
+       using Traits = cute::MMA_Traits<
+           cute::SM90_64x128x16_F32BF16BF16_RS<cute::GMMA::Major::K, cute::GMMA::Major::MN>>;
+       check_mma_operand<Traits>(t, "wgmma m64n128k16 A", Traits::ALayout{}, 64, false,
+                                 dsa_emu::wgmma_m64k16_a);
+       check_mma_operand<Traits>(t, "wgmma m64n128k16 C", Traits::CLayout{}, 64, false,
+                                 dsa_emu::wgmma_m64n_c);
+     }},
+    {"sm90_wgmma_m64n256k16_rs", 128 * 128,  // the widest N: accumulator values run to 127
+     [](Tally& t, const char*) {
+       using Traits = cute::MMA_Traits<
+           cute::SM90_64x256x16_F32F16F16_RS<cute::GMMA::Major::K, cute::GMMA::Major::MN>>;
+       check_mma_operand<Traits>(t, "wgmma m64n256k16 C", Traits::CLayout{}, 64, false,
+                                 dsa_emu::wgmma_m64n_c);
+     }},
     {"ldmatrix_x4_trans", 32 * 8,
      [](Tally& t, const char*) {
        check_ldmatrix<cute::Copy_Traits<cute::SM75_U16x8_LDSM_T>>(t, "ldmatrix_x4_trans", true);
@@ -140,4 +160,6 @@ const OracleCase kTables[] = {
 
 }  // namespace
 
-int main(int argc, char** argv) { return run_oracle_cases("cute layout oracle", kTables, argc, argv); }
+int main(int argc, char** argv) {
+  return run_oracle_cases("cute layout oracle", kTables, argc, argv);
+}

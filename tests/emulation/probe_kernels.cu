@@ -208,7 +208,8 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
   };
 #if defined(DSA_HOPPER_DEVICE)
   const int matrix_rows = (count - kTmaRows * kTmaColumns) / 16;
-  if (std::strcmp(name, "tma_box") == 0) {
+  const bool nan_fill = std::strcmp(name, "tma_box_nan_fill") == 0;
+  if (std::strcmp(name, "tma_box") == 0 || nan_fill) {
     CUtensorMap map;
     const cuuint64_t dims[2] = {16, cuuint64_t(matrix_rows)};
     const cuuint64_t strides[1] = {16 * sizeof(float)};
@@ -216,7 +217,8 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
     if (tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, data, dims, strides, box,
                              element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+                             nan_fill ? CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA
+                                      : CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
       return cudaErrorInvalidValue;
     }
     return launch_kernel(tma_box_kernel, dim3(1), 128, 1024 + 1024 + 8, nullptr, map,

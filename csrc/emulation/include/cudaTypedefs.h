@@ -21,9 +21,11 @@ inline CUresult emulated_tensor_map_encode_tiled(
     const cuuint32_t* element_strides, CUtensorMapInterleave interleave, CUtensorMapSwizzle swizzle,
     CUtensorMapL2promotion, CUtensorMapFloatOOBfill fill) {
   static constexpr int kElementBytes[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2, 4, 4, 4};
+  const bool integer_type = type <= CU_TENSOR_MAP_DATA_TYPE_INT64;
   if (map == nullptr || dims == nullptr || box == nullptr || element_strides == nullptr ||
       unsigned(type) >= sizeof(kElementBytes) / sizeof(int) || rank < 1 || rank > 5 ||
-      (rank > 1 && strides == nullptr)) {
+      (rank > 1 && strides == nullptr) ||
+      (integer_type && fill != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)) {  // NaN fill: floats only
     return CUDA_ERROR_INVALID_VALUE;
   }
   TensorMapDescription d;
