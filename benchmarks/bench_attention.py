@@ -80,13 +80,13 @@ def make_attention(impl, shape, dtype, device, causal):
 
 
 def run_case(impl, shape, dtype, device, mode, timer, with_memory):
-    if impl == OURS_SM80:  # the switch is read at every launch
-        os.environ["DEEPSEEK_ATTN_DISABLE_HOPPER"] = "1"
+    if impl == OURS_SM80:  # our mma.sync kernels on the same GPU
+        previous = deepseek_attn.set_hopper_kernels(False)
         try:
             result = run_case(OURS, shape, dtype, device, mode, timer, with_memory)
             return dataclasses.replace(result, impl=impl)
         finally:
-            del os.environ["DEEPSEEK_ATTN_DISABLE_HOPPER"]
+            deepseek_attn.set_hopper_kernels(previous)
     inputs, forward = make_attention(impl, shape, dtype, device, shape["causal"])
     dout = torch.randn_like(forward(*inputs))
 

@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/device_arch.h"
+
 TORCH_LIBRARY(deepseek_attn, m) {
   // SPEC §1 forward: (out (B,Sq,Hq,Dv), lse (B,Hq,Sq) fp32). causal implies window_right = 0.
   m.def("flash_attn_fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool causal, "
@@ -25,11 +27,26 @@ TORCH_LIBRARY(deepseek_attn, m) {
 #define DEEPSEEK_ATTN_CUDA_ARCHS ""
 #endif
 
-// Importing deepseek_attn._C loads the op library; the module itself only carries build facts.
+namespace {
+// _C.set_hopper_kernels_allowed(bool) -> bool: the previous value (common/device_arch.h).
+PyObject* set_hopper_kernels_allowed_from_python(PyObject*, PyObject* allowed) {
+  const int truth = PyObject_IsTrue(allowed);
+  if (truth < 0) return nullptr;
+  return PyBool_FromLong(deepseek_attn::set_hopper_kernels_allowed(truth != 0));
+}
+
+PyMethodDef module_methods[] = {
+    {"set_hopper_kernels_allowed", set_hopper_kernels_allowed_from_python, METH_O,
+     "Allows or forbids the sm90a kernels from now on; returns the previous setting."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
+// Importing deepseek_attn._C loads the op library; the module itself carries build facts and
+// the Hopper kernel switch.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
                                           "deepseek_attn compiled ops (see torch.ops.deepseek_attn)",
-                                          -1, nullptr};
+                                          -1, module_methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef DEEPSEEK_ATTN_WITH_CUDA
@@ -38,5 +55,6 @@ extern "C" PyObject* PyInit__C(void) {
   PyModule_AddIntConstant(module, "with_cuda", 0);
 #endif
   PyModule_AddStringConstant(module, "cuda_archs", DEEPSEEK_ATTN_CUDA_ARCHS);
+  PyModule_AddIntConstant(module, "hopper_kernels_built", deepseek_attn::build_has_sm90a());
   return module;
 }

@@ -1,5 +1,7 @@
 """Shared test fixtures: devices, the SPEC §6 tolerance rules, input makers."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -76,6 +78,20 @@ def bshd_inputs(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim
     k = make(batch, seqlen_k, heads_kv, head_dim)
     v = make(batch, seqlen_k, heads_kv, head_dim_v)
     return q, k, v
+
+
+@pytest.fixture
+def sm80_kernels_only():
+    """A context manager: inside it the mma.sync kernels run on sm90 too (deepseek_attn's
+    process-wide Hopper switch, restored on the way out)."""
+    @contextlib.contextmanager
+    def only_sm80():
+        previous = deepseek_attn.set_hopper_kernels(False)
+        try:
+            yield
+        finally:
+            deepseek_attn.set_hopper_kernels(previous)
+    return only_sm80
 
 
 @pytest.fixture(autouse=True)

@@ -322,14 +322,14 @@ HOPPER_CASES = [
                     reason="the wgmma/TMA forward runs on sm90 only")
 @pytest.mark.parametrize("case", HOPPER_CASES, ids=repr)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_hopper_forward_matches_reference_and_sm80_kernel(case, dtype, monkeypatch):
+def test_hopper_forward_matches_reference_and_sm80_kernel(case, dtype, sm80_kernels_only):
     q, k, v = case.inputs(dtype, "cuda")
     out, lse, _ = flash_attn_func(q, k, v, return_attn_probs=True, **case.kwargs())
     (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
     assert_spec6_close("out", out, out_pt, out_64, factor=2)
     torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
-    monkeypatch.setenv("DEEPSEEK_ATTN_DISABLE_HOPPER", "1")
-    out_sm80, lse_sm80, _ = flash_attn_func(q, k, v, return_attn_probs=True, **case.kwargs())
+    with sm80_kernels_only():
+        out_sm80, lse_sm80, _ = flash_attn_func(q, k, v, return_attn_probs=True, **case.kwargs())
     torch.testing.assert_close(out, out_sm80, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(lse, lse_sm80, atol=1e-3, rtol=1e-4)
 

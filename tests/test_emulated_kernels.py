@@ -143,6 +143,13 @@ def test_emulated_sm80_strided_and_packed_inputs(sm80):
                      Case(97, batch=2, heads_q=4, head_dim=64), torch.bfloat16)
 
 
+def test_emulated_attention_rejects_batches_past_the_grid_limit(sm80):
+    q = torch.zeros(65536, 1, 1, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"q\.shape\[0\] \(batch\) must be at most 65535 on CUDA "
+                                         r"\(got 65536\)"):
+        sm80.flash_attn_fwd(q, q, q, 0.125, True, -1, 0, 0.0, 108)
+
+
 def test_emulated_attention_rejects_fp32(sm80):
     q, k, v = Case(8).inputs(torch.float32, "cpu")
     with pytest.raises(RuntimeError, match=r"takes bfloat16 or float16 \(got Float\)"):
@@ -270,15 +277,17 @@ def hopper_forward(sm90, case, q, k, v):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("case", EMULATED_HOPPER_CASES, ids=repr)
-def test_emulated_sm90_attention_forward_matches_reference_and_sm80_kernel(sm90, case, dtype,
-                                                                          monkeypatch):
+def test_emulated_sm90_attention_forward_matches_reference_and_sm80_kernel(sm90, case, dtype):
     q, k, v = case.inputs(dtype, "cpu")
     out, lse = hopper_forward(sm90, case, q, k, v)
     (out_pt, _), (out_64, lse_64), _ = reference_pair(case, q, k, v)
     assert_spec6_close("out", out, out_pt, out_64, factor=2)
     torch.testing.assert_close(lse.double(), lse_64.double(), atol=1e-3, rtol=1e-4)
-    monkeypatch.setenv("DEEPSEEK_ATTN_DISABLE_HOPPER", "1")  # same module, the sm80 kernel
-    out_sm80, lse_sm80 = emulated_forward(sm90, case, q, k, v, sm_count=1)
+    sm90.set_hopper_kernels_allowed(False)  # same module, the sm80 kernel
+    try:
+        out_sm80, lse_sm80 = emulated_forward(sm90, case, q, k, v, sm_count=1)
+    finally:
+        sm90.set_hopper_kernels_allowed(True)
     assert sm90.last_kernel_name().startswith("flash_fwd_kernel<"), sm90.last_kernel_name()
     torch.testing.assert_close(out, out_sm80, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(lse, lse_sm80, atol=1e-3, rtol=1e-4)

@@ -15,6 +15,7 @@ from deepseek_attn.reference import fp8_gemm_ref, quantize_weight_ref
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 WRONG_ANSWER = "wrong answer"
+BUILD_FAILS = "build: "  # prefix of an expected compile error (a static_assert catches it)
 
 
 class Mutation:
@@ -97,49 +98,49 @@ def run_quantize_weight(module):
 
 FWD = "flash_fwd_d64x64_bf16.cu"
 HOPPER_FWD = "flash_fwd_d128x128_bf16.cu"
-HOPPER_FWD_SOURCE = "attention/kernels/flash_fwd_hopper.cuh"
+HOPPER_FWD_SOURCE = "attention/kernels/sm90/flash_fwd.cuh"
 BWD = "flash_bwd_d64x64_bf16.cu"
 MUTATIONS = [
-    Mutation("missing_syncthreads_before_stage_refill", "attention/kernels/flash_fwd.cuh",
+    Mutation("missing_syncthreads_before_stage_refill", "attention/kernels/sm80/flash_fwd.cuh",
              "      __syncthreads();  // this stage is refilled by the prefetch two iterations on\n",
              "", FWD, run_attention_forward, r"shared-memory race: cp\.async overwrites"),
     Mutation("wait_group_1_where_0_is_needed", "common/cuda_mma.cuh",
              "  } else {\n    cp_async_wait<0>();", "  } else {\n    cp_async_wait<1>();",
              FWD, run_attention_forward, r"destination of a cp\.async .* has not landed"),
-    Mutation("tile_load_reads_one_row_past_the_end", "attention/kernels/tile_io.cuh",
+    Mutation("tile_load_reads_one_row_past_the_end", "attention/kernels/sm80/tile_io.cuh",
              "const bool valid = source_row < seqlen;", "const bool valid = source_row <= seqlen;",
              FWD, run_attention_forward, r"cp\.async source at 0x[0-9a-f]+ is 0 bytes past the end of 'k'"),
-    Mutation("tail_mask_off_by_one", "attention/kernels/flash_fwd.cuh",
+    Mutation("tail_mask_off_by_one", "attention/kernels/sm80/flash_fwd.cuh",
              "const bool needs_mask = key0 + kBlockN > p.seqlen_k ||",
              "const bool needs_mask = key0 + kBlockN > p.seqlen_k + 1 ||", FWD,
              lambda module: run_attention_forward(module, Case(100, 64 * 4 + 63, causal=False)),
              WRONG_ANSWER),
-    Mutation("wrong_fragment_index", "attention/kernels/tile_io.cuh",
+    Mutation("wrong_fragment_index", "attention/kernels/sm80/tile_io.cuh",
              "a[k][1] = pack_pair<kIsBf16>(acc[2 * k][2], acc[2 * k][3]);",
              "a[k][1] = pack_pair<kIsBf16>(acc[2 * k + 1][0], acc[2 * k + 1][1]);",
              FWD, run_attention_forward, WRONG_ANSWER),
-    Mutation("barrier_in_divergent_code", "attention/kernels/flash_fwd.cuh",
+    Mutation("barrier_in_divergent_code", "attention/kernels/sm80/flash_fwd.cuh",
              "    T* out_tile = q_tile;\n    __syncthreads();",
              "    T* out_tile = q_tile;\n    if (warp == 0) __syncthreads();",
              FWD, run_attention_forward, r"barrier divergence"),
-    Mutation("early_exit_before_a_barrier", "attention/kernels/flash_fwd.cuh",
+    Mutation("early_exit_before_a_barrier", "attention/kernels/sm80/flash_fwd.cuh",
              "    T* out_tile = q_tile;\n    __syncthreads();",
              "    T* out_tile = q_tile;\n    if (warp == 3) return;\n    __syncthreads();",
              FWD, run_attention_forward, r"deadlock: __syncthreads is not reached by every thread"),
-    Mutation("tile_pitch_breaks_16_byte_alignment", "attention/kernels/tile_io.cuh",
+    Mutation("tile_pitch_breaks_16_byte_alignment", "attention/kernels/sm80/tile_io.cuh",
              "static constexpr int value = kDim + 8;", "static constexpr int value = kDim + 4;",
              FWD, run_attention_forward, r"misaligned"),
-    Mutation("q_tile_never_loaded", "attention/kernels/flash_fwd.cuh",
+    Mutation("q_tile_never_loaded", "attention/kernels/sm80/flash_fwd.cuh",
              "    load_tile_async<kBlockM, kDimQK, Tile::kThreads>(q_tile, q, p.q_strides.row, row_begin,\n"
              "                                                     p.seqlen_q, thread);\n",
              "", FWD, run_attention_forward, r"which no thread has written"),
-    Mutation("dq_accumulated_without_atomics", "attention/kernels/flash_bwd.cuh",
+    Mutation("dq_accumulated_without_atomics", "attention/kernels/sm80/flash_bwd.cuh",
              "      atomicAdd(target, part[0][e]);", "      *target += part[0][e];",
              BWD, run_attention_backward, r"global-memory race"),
-    Mutation("gemm_missing_syncthreads_before_stage_refill", "fp8/kernels/gemm.cuh",
+    Mutation("gemm_missing_syncthreads_before_stage_refill", "fp8/kernels/sm80/gemm.cuh",
              "    __syncthreads();  // the stage is refilled by the prefetch of the next iteration\n",
              "", "gemm_out_fp32.cu", run_fp8_gemm, r"shared-memory race", arch=89),
-    Mutation("gemm_sm80_wrong_k_half", "fp8/kernels/gemm.cuh",
+    Mutation("gemm_sm80_wrong_k_half", "fp8/kernels/sm80/gemm.cuh",
              "        a[mt][2] = e4m3_pair_to_half2(row + 8);",
              "        a[mt][2] = e4m3_pair_to_half2(row + 16);",
              "gemm_out_fp32.cu", run_fp8_gemm, r"reads dynamic shared memory\+0x[0-9a-f]+, which no thread has written",
@@ -174,14 +175,14 @@ MUTATIONS = [
              HOPPER_FWD, run_hopper_attention_forward,
              r"TMA write overwrites .* an operand of wgmma group \d+ of warpgroup [12] that it does "
              r"not know complete", arch=90),
-    Mutation("sm90_gemm_consumer_frees_stage_early", "fp8/kernels/gemm_hopper.cuh",
+    Mutation("sm90_gemm_consumer_frees_stage_early", "fp8/kernels/sm90/gemm.cuh",
              "    wgmma_commit();\n    wgmma_wait_all();\n    wgmma_pin(block);\n    __syncwarp();\n"
              "    if (lane == 0) mbarrier_arrive(&empty[stage]);",
              "    wgmma_commit();\n    __syncwarp();\n    if (lane == 0) mbarrier_arrive(&empty[stage]);\n"
              "    wgmma_wait_all();\n    wgmma_pin(block);",
              "gemm_out_fp32.cu", run_hopper_fp8_gemm,
              r"TMA write overwrites .* an operand of wgmma group", arch=90),
-    Mutation("sm90_gemm_producer_waits_wrong_parity", "fp8/kernels/gemm_hopper.cuh",
+    Mutation("sm90_gemm_producer_waits_wrong_parity", "fp8/kernels/sm90/gemm.cuh",
              "mbarrier_wait(&empty[stage], uint32_t((kb / Tile::kStages - 1) & 1));",
              "mbarrier_wait(&empty[stage], uint32_t((kb / Tile::kStages) & 1));",
              "gemm_out_fp32.cu", run_hopper_fp8_gemm,
@@ -214,9 +215,10 @@ MUTATIONS = [
              "    if (thread < 32) warpgroup_registers_decrease<Tile::kProducerRegisters>();",
              HOPPER_FWD, run_hopper_attention_forward,
              r"warpgroup divergence: .* waits at setmaxnreg .* has exited", arch=90),
-    Mutation("sm90_gemm_illegal_register_count", "fp8/kernels/gemm_hopper.cuh",
+    Mutation("sm90_gemm_illegal_register_count", "fp8/kernels/sm90/gemm.cuh",
              "kProducerRegisters = 40,", "kProducerRegisters = 36,",
-             "gemm_out_fp32.cu", run_hopper_fp8_gemm, r"setmaxnreg with 36 registers", arch=90),
+             "gemm_out_fp32.cu", run_hopper_fp8_gemm,
+             BUILD_FAILS + r"static assertion failed: setmaxnreg: the consumers take more", arch=90),
 ]
 
 
@@ -224,6 +226,11 @@ MUTATIONS = [
 def test_emulated_mutation_is_caught(mutation):
     from emulation.build import build_module
 
+    if mutation.expect.startswith(BUILD_FAILS):
+        with pytest.raises(RuntimeError, match=mutation.expect[len(BUILD_FAILS):]):
+            build_module(mutation.arch, name=f"deepseek_attn_mutant_{mutation.name}",
+                         overlay={mutation.path: mutation.source()}, rebuild=[mutation.rebuild])
+        return
     try:
         module = build_module(mutation.arch, name=f"deepseek_attn_mutant_{mutation.name}",
                               overlay={mutation.path: mutation.source()},

@@ -92,6 +92,7 @@ def test_emulated_sm90_tma_box_lands_swizzled_with_oob_fill(sm90, fill):
     ("named_barrier_never_completes", r"deadlock: bar\.sync 1 waits for 256 threads but only 128 arrived"),
     ("named_barrier_missing",
      r"shared-memory race: load at values\+0x[0-9a-f]+ and a write by thread|which no thread has written"),
+    ("setmaxnreg_illegal_count", r"setmaxnreg with 36 registers \(must be 24\.\.256, a multiple of 8\)"),
     ("wgmma_without_proxy_fence",
      r"wgmma operand read \(async proxy\) reads .* through the generic proxy without a later "
      r"fence\.proxy\.async"),

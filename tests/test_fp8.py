@@ -160,14 +160,14 @@ def test_fp8_gemm_matches_dequantised_reference(device, mnk, out_dtype):
                     reason="the wgmma/TMA GEMM runs on sm90 only")
 @pytest.mark.parametrize("row_scaled_b", [False, True], ids=["block_b", "row_b"])
 @pytest.mark.parametrize("mnk", GEMM_SHAPES + [(300, 130, 1000)], ids=str)
-def test_hopper_fp8_gemm_matches_the_mma_sync_kernel(mnk, row_scaled_b, monkeypatch):
+def test_hopper_fp8_gemm_matches_the_mma_sync_kernel(mnk, row_scaled_b, sm80_kernels_only):
     m, n, k = mnk
     a_fp8, a_scales = quantize_act(torch.randn(m, k, device="cuda"))
     b = torch.randn(n, k, device="cuda") * 0.05
     b_fp8, b_scales = quantize_act(b) if row_scaled_b else quantize_weight(b)
     hopper = fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
-    monkeypatch.setenv("DEEPSEEK_ATTN_DISABLE_HOPPER", "1")
-    mma_sync = fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
+    with sm80_kernels_only():
+        mma_sync = fp8_gemm(a_fp8, a_scales, b_fp8, b_scales, torch.float32)
     scale = mma_sync.abs().max().item()
     torch.testing.assert_close(hopper, mma_sync, atol=1e-4 * scale, rtol=1e-4)
 

@@ -58,3 +58,23 @@ def test_fp8_benchmark_writes_json_and_plot(tmp_path):
             ("quantize_act", "deepseek_attn"), ("quantize_act", "device-copy")} <= ops
     assert payload["checks"]["64x576x7168"]["difference_vs_reference"] < 1e-3
     assert (tmp_path / "fp8.png").stat().st_size > 0
+
+
+def test_hopper_gate_reads_the_setup_py_arch_list():
+    """setup.py defines the arch list as TORCH_CUDA_ARCH_LIST spells it ("8.0;9.0a"); the gate
+    must read sm_90a in it (CMake's "80;90a" spelling is checked by ctest's device_arch)."""
+    from deepseek_attn import _C
+
+    archs = [arch.strip() for arch in _C.cuda_archs.replace(" ", ";").split(";")]
+    names_sm90a = any(arch.startswith(("9.0a", "90a")) for arch in archs)
+    assert bool(_C.hopper_kernels_built) == names_sm90a, _C.cuda_archs
+
+
+def test_set_hopper_kernels_returns_the_previous_setting():
+    previous = deepseek_attn.set_hopper_kernels(False)
+    try:
+        assert deepseek_attn.set_hopper_kernels(False) is False
+        assert deepseek_attn.set_hopper_kernels(True) is False
+        assert deepseek_attn.set_hopper_kernels(True) is True
+    finally:
+        deepseek_attn.set_hopper_kernels(previous)

@@ -13,6 +13,7 @@
 
 #include "attention/device_call.h"
 #include "attention/launch.h"
+#include "common/cuda_device.h"
 
 namespace deepseek_attn {
 namespace {
@@ -20,12 +21,6 @@ namespace {
 // The device to guard: none for a q off the GPU, which the shared checks then report.
 std::optional<at::Device> cuda_device_of(const at::Tensor& q) {
   return q.is_cuda() ? std::optional<at::Device>(q.device()) : std::nullopt;
-}
-
-int multiprocessor_count(int device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
 }
 
 std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
@@ -36,10 +31,11 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cuda(const at::Tensor& q, cons
   const c10::cuda::OptionalCUDAGuard device_guard(cuda_device_of(q));
   const FlashFwdCall call =
       prepare_flash_attn_fwd(q, k, v, softmax_scale, causal, window_left, window_right, softcap,
-                             q.is_cuda() ? multiprocessor_count(q.get_device()) : 1);
+                             q.is_cuda() ? device_arch(q.get_device()) : DeviceArch{});
   if (call.needs_launch) {
     C10_CUDA_CHECK(cuda::launch_flash_fwd_for(call.params, q.scalar_type() == at::kBFloat16,
-                                              call.split, c10::cuda::getCurrentCUDAStream()));
+                                              call.split, call.hopper,
+                                              c10::cuda::getCurrentCUDAStream()));
   }
   return {call.out, call.lse};
 }

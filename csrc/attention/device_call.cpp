@@ -7,6 +7,7 @@
 
 #include "attention/checks.h"
 #include "attention/head_dims.h"
+#include "attention/heuristics.h"
 #include "common/checks.h"
 
 namespace deepseek_attn {
@@ -20,6 +21,9 @@ void check_device_support(const AttentionFwdParams& p) {
                   ") are not supported on CUDA; supported (Dqk/Dv): ", cuda::kSupportedHeadDims);
   DSA_CHECK_VALUE(p.heads_q <= 65535 && p.heads_kv <= 65535,
                   "at most 65535 heads are supported on CUDA (got ", p.heads_q, ")");
+  // The batch is the grid's z dimension (times the KV splits, which are capped to fit).
+  DSA_CHECK_VALUE(p.batch <= 65535, "q.shape[0] (batch) must be at most 65535 on CUDA (got ",
+                  p.batch, ")");
 }
 
 // The kernels copy 16-byte chunks: rows must start 16-byte aligned. Others get a compact copy.
@@ -42,22 +46,12 @@ void fill_fwd_pointers(AttentionFwdParams& p, const at::Tensor& q, const at::Ten
   p.out_strides = bshd_strides(out);
 }
 
-// Split the keys across CTAs when (batch, heads, query blocks) alone cannot fill the GPU.
-int choose_num_splits(const AttentionFwdParams& p, int sm_count) {
-  const int64_t ctas = p.batch * p.heads_q * ((p.seqlen_q + 63) / 64);
-  const int64_t key_blocks = (p.seqlen_k + cuda::fwd_block_n(p.head_dim_qk, p.head_dim_v) - 1) /
-                             cuda::fwd_block_n(p.head_dim_qk, p.head_dim_v);
-  if (ctas >= sm_count || key_blocks < 4) return 1;
-  int64_t splits = (2 * sm_count + ctas - 1) / ctas;
-  splits = std::min<int64_t>({splits, key_blocks / 2, 64, 65535 / p.batch});
-  return static_cast<int>(std::max<int64_t>(splits, 1));
-}
-
 }  // namespace
 
 FlashFwdCall prepare_flash_attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     double softmax_scale, bool causal, int64_t window_left,
-                                    int64_t window_right, double softcap, int sm_count) {
+                                    int64_t window_right, double softcap,
+                                    const DeviceArch& arch) {
   FlashFwdCall call;
   AttentionFwdParams& p = call.params;
   p = check_attention_fwd_inputs(q, k, v, softmax_scale, causal, window_left, window_right,
@@ -76,7 +70,8 @@ FlashFwdCall prepare_flash_attn_fwd(const at::Tensor& q, const at::Tensor& k, co
   }
   fill_fwd_pointers(p, call.q, call.k, call.v, call.out, call.lse);
 
-  call.split.num_splits = choose_num_splits(p, sm_count);
+  call.split.num_splits = cuda::choose_num_splits(p, arch.sm_count);
+  call.hopper = cuda::use_hopper_forward(p, call.split.num_splits, arch);
   if (call.split.num_splits > 1) {
     const auto fp32 = q.options().dtype(at::kFloat);
     call.partial_out =

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "attention/params.h"
+#include "common/device_arch.h"
 
 namespace deepseek_attn {
 
@@ -15,6 +16,7 @@ struct FlashFwdCall {
   SplitKvParams split;
   at::Tensor q, k, v, out, lse;
   at::Tensor partial_out, partial_lse;  // split-KV scratch (num_splits > 1)
+  bool hopper = false;                  // the sm90a kernel takes it (heuristics.h)
   bool needs_launch = false;            // false: out and lse are already final
 };
 
@@ -25,10 +27,10 @@ struct FlashBwdCall {
   bool needs_launch = false;   // false: the gradients are already final
 };
 
-// `sm_count` is the device's multiprocessor count (it decides split-KV).
+// `arch` is the device's (its SM count decides split-KV, its Hopper flag the kernel).
 FlashFwdCall prepare_flash_attn_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     double softmax_scale, bool causal, int64_t window_left,
-                                    int64_t window_right, double softcap, int sm_count);
+                                    int64_t window_right, double softcap, const DeviceArch& arch);
 
 FlashBwdCall prepare_flash_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
                                     const at::Tensor& k, const at::Tensor& v,

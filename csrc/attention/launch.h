@@ -12,9 +12,10 @@
 namespace deepseek_attn {
 namespace cuda {
 
-// Forward; split.num_splits > 1 runs the split-KV kernel and the combine kernel.
+// Forward; split.num_splits > 1 runs the split-KV kernel and the combine kernel; `hopper` (a
+// plan of heuristics.h) the sm90a kernel, or the sm80 one where TMA cannot address the tensors.
 template <int kDimQK, int kDimV, bool kIsBf16>
-cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split,
+cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split, bool hopper,
                              cudaStream_t stream);
 
 // Backward: Δ into `delta` (B, Hq, Sq) fp32 scratch, then dK/dV and dQ.
@@ -39,10 +40,11 @@ cudaError_t dispatch_head_dims(const AttentionFwdParams& p, bool is_bf16, Launch
 
 // The forward and backward launches of the instantiation matching the params.
 inline cudaError_t launch_flash_fwd_for(const AttentionFwdParams& p, bool is_bf16,
-                                        const SplitKvParams& split, cudaStream_t stream) {
+                                        const SplitKvParams& split, bool hopper,
+                                        cudaStream_t stream) {
   return dispatch_head_dims(p, is_bf16, [&](auto qk, auto v, auto bf16) {
     return launch_flash_fwd<decltype(qk)::value, decltype(v)::value, decltype(bf16)::value>(
-        p, split, stream);
+        p, split, hopper, stream);
   });
 }
 

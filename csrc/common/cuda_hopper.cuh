@@ -1,15 +1,14 @@
 #pragma once
 // sm90a building blocks of the Hopper kernels (attention forward, FP8 GEMM): the PTX wrappers
-// (cuda_hopper_intrinsics.cuh), wgmma shared-memory descriptors, and the host side that gates
-// and feeds them (is this an sm90a device, the driver's tensor-map encoder). No torch headers.
+// (cuda_hopper_intrinsics.cuh), wgmma shared-memory descriptors, the setmaxnreg budget rule, and
+// the driver's tensor-map encoder for their launch code. No torch headers (whether a launch
+// takes these kernels is common/device_arch.h's and the heuristics' call).
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "common/cuda_mma.cuh"
 
@@ -38,24 +37,28 @@ __device__ __forceinline__ uint64_t swizzle128_descriptor(const void* shared,
 
 #endif  // DSA_HOPPER_DEVICE
 
-// Host side: whether to launch the sm90a kernels — this build carries an sm90a image, the
-// current device is sm90, and DEEPSEEK_ATTN_DISABLE_HOPPER (which forces the sm80 kernels,
-// read at every launch) is unset or 0.
-inline bool hopper_kernels_enabled() {
-#ifndef DEEPSEEK_ATTN_CUDA_ARCHS
-  return false;
-#else
-  if (std::strstr(DEEPSEEK_ATTN_CUDA_ARCHS, "9.0a") == nullptr) return false;
-  const char* disable = std::getenv("DEEPSEEK_ATTN_DISABLE_HOPPER");
-  if (disable != nullptr && disable[0] != '\0' && disable[0] != '0') return false;
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && minor == 0;
-#endif
+// setmaxnreg between one producer and two consumer warpgroups of a `threads`-thread CTA (one
+// CTA per SM, __launch_bounds__(threads, 1)): each thread starts with the register file's share
+// rounded down to 8 (168 for 384 threads), and the consumers may only take what the producer
+// released. On a GPU a shortfall stalls setmaxnreg.inc; here it fails the build.
+constexpr bool warpgroup_registers_fit(int threads, int producer, int consumer) {
+  const int start = 65536 / threads / 8 * 8;
+  return (start - producer) * 128 >= (consumer - start) * 2 * 128 && producer >= 24 &&
+         consumer <= 256 && producer % 8 == 0 && consumer % 8 == 0;
+}
+
+// Whether `kernel` (one CTA of `threads` threads per SM, setmaxnreg-balanced as above) was
+// compiled within the per-thread share its setmaxnreg budget starts from; asked once per kernel
+// by its launch code, which falls back to the mma.sync kernels otherwise (a toolchain that
+// spilled past __launch_bounds__ would fail the launch instead).
+template <typename Kernel>
+bool kernel_fits_register_share(Kernel kernel, int threads) {
+  static const bool fits = [kernel, threads] {
+    cudaFuncAttributes attributes;
+    return cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess &&
+           attributes.numRegs <= 65536 / threads / 8 * 8;
+  }();
+  return fits;
 }
 
 // The driver's cuTensorMapEncodeTiled, found through the runtime (no link against libcuda);

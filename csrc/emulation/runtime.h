@@ -31,6 +31,7 @@ struct KernelFault : std::runtime_error {
 struct DeviceProperties {
   int max_shared_bytes_optin = 163 * 1024;  // per block with cudaFuncSetAttribute (A100)
   int compute_capability = 80;  // what cudaDeviceGetAttribute reports (major * 10 + minor)
+  int sm_count = 108;
 };
 void set_device_properties(const DeviceProperties& properties);
 const DeviceProperties& device_properties();

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "fp8/device_call.h"
+#include "common/cuda_device.h"
 #include "fp8/launch.h"
 
 namespace deepseek_attn {
@@ -40,9 +41,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& w, int
 at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
                          const at::Tensor& b_scales, at::ScalarType out_dtype) {
   const c10::cuda::CUDAGuard device_guard(a.device());
-  const Fp8GemmCall call = prepare_fp8_gemm(a, a_scales, b, b_scales, out_dtype);
+  const Fp8GemmCall call =
+      prepare_fp8_gemm(a, a_scales, b, b_scales, out_dtype, device_arch(a.get_device()));
   if (call.needs_launch) {
-    C10_CUDA_CHECK(cuda::launch_fp8_gemm_for(call.out_type, call.params,
+    C10_CUDA_CHECK(cuda::launch_fp8_gemm_for(call.out_type, call.params, call.hopper,
                                              c10::cuda::getCurrentCUDAStream()));
   }
   return call.out;

@@ -86,7 +86,7 @@ Fp8QuantizeCall prepare_quantize_weight(const at::Tensor& w_in, int64_t block_si
 
 Fp8GemmCall prepare_fp8_gemm(const at::Tensor& a_in, const at::Tensor& a_scales,
                              const at::Tensor& b_in, const at::Tensor& b_scales,
-                             at::ScalarType out_dtype) {
+                             at::ScalarType out_dtype, const DeviceArch& arch) {
   const Fp8GemmShape shape = check_fp8_gemm_inputs(a_in, a_scales, b_in, b_scales, out_dtype);
   DSA_CHECK_VALUE((shape.n + 63) / 64 <= 65535,
                   "fp8_gemm supports N up to 65535 * 64 on CUDA (got ", shape.n, ")");
@@ -114,6 +114,7 @@ Fp8GemmCall prepare_fp8_gemm(const at::Tensor& a_in, const at::Tensor& a_scales,
   p.k = call.a.size(1);
   p.k_blocks = shape.k_blocks;
   p.b_row_scaled = shape.b_scaling == Fp8BScaling::kRow;
+  call.hopper = arch.hopper_kernels;
   call.needs_launch = true;
   return call;
 }

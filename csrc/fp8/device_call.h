@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include "common/device_arch.h"
 #include "fp8/params.h"
 
 namespace deepseek_attn {
@@ -20,12 +21,15 @@ struct Fp8GemmCall {
   Fp8GemmParams params;
   Fp8GemmOut out_type = Fp8GemmOut::kBFloat16;
   at::Tensor a, b, a_scales, b_scales, out;
+  bool hopper = false;        // the sm90a kernel takes it
   bool needs_launch = false;  // false: the output is already final
 };
 
 Fp8QuantizeCall prepare_quantize_act(const at::Tensor& x, int64_t group_size, bool ue8m0);
 Fp8QuantizeCall prepare_quantize_weight(const at::Tensor& w, int64_t block_size, bool ue8m0);
+// `arch`: the device's (its Hopper flag picks the wgmma kernel).
 Fp8GemmCall prepare_fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
-                             const at::Tensor& b_scales, at::ScalarType out_dtype);
+                             const at::Tensor& b_scales, at::ScalarType out_dtype,
+                             const DeviceArch& arch);
 
 }  // namespace deepseek_attn

@@ -34,11 +34,15 @@ CSRC = os.path.join(ROOT, "csrc")
 EMULATION_INCLUDE = os.path.join(CSRC, "emulation", "include")
 BUILD = os.path.join(ROOT, "build", "emulated")
 ARCHS = (80, 89, 90)
-# Every kernel object sees the arch list of a default CUDA build, so the inline host gate
-# hopper_kernels_enabled() is one function in every object: the emulated device decides.
+# Every object sees the arch list of a default CUDA build (as setup.py defines it for all
+# sources), so this build "has" the sm90a kernels and the emulated device decides.
 CUDA_ARCHS_DEFINE = '-DDEEPSEEK_ATTN_CUDA_ARCHS="8.0;9.0a"'
 
-COMMON_FLAGS = ["-std=c++20", "-fPIC", "-g0", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function"]
+# -fno-gnu-unique: GCC makes the statics of inline functions (device_arch's cache) "unique"
+# symbols, which the dynamic linker shares between modules despite -Bsymbolic; each module
+# emulates its own device and must keep its own.
+COMMON_FLAGS = ["-std=c++20", "-fPIC", "-g0", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
+                "-fno-gnu-unique"]
 KERNEL_FLAGS = COMMON_FLAGS + [
     "-O1", "-DDSA_EMULATION=1",
     "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
@@ -133,7 +137,7 @@ def _kernel_flags(cuda_arch, overlay_dir=None):
 
 def _host_jobs():
     """The emulator runtime and the torch-facing code, shared by every module."""
-    torch_flags = _torch_flags() + [f"-I{EMULATION_INCLUDE}", f"-I{CSRC}"]
+    torch_flags = _torch_flags() + [CUDA_ARCHS_DEFINE, f"-I{EMULATION_INCLUDE}", f"-I{CSRC}"]
     common = os.path.join(BUILD, "host")
     jobs = [(os.path.join(CSRC, "emulation", "runtime.cpp"), os.path.join(common, "runtime.o"),
              RUNTIME_FLAGS + [f"-I{CSRC}"])]

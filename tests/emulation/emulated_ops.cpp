@@ -11,6 +11,7 @@
 
 #include "attention/device_call.h"
 #include "attention/launch.h"
+#include "common/cuda_device.h"
 #include "emulation/runtime.h"
 #include "fp8/device_call.h"
 #include "fp8/launch.h"
@@ -52,6 +53,13 @@ class DeviceMemory {
 
 cudaStream_t emulated_stream() { return nullptr; }
 
+// The emulated device's arch with the tests' SM count (it decides split-KV).
+DeviceArch arch_with_sms(int64_t sm_count) {
+  DeviceArch arch = device_arch(0);
+  arch.sm_count = int(sm_count);
+  return arch;
+}
+
 void check_launch(cudaError_t status) {
   TORCH_CHECK(status == cudaSuccess, "emulated launch failed: ", cudaGetErrorString(status));
 }
@@ -68,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at:
                                                   int64_t sm_count) {
   check_cuda_dtype(q);
   const FlashFwdCall call = prepare_flash_attn_fwd(q, k, v, softmax_scale, causal, window_left,
-                                                   window_right, softcap, int(sm_count));
+                                                   window_right, softcap, arch_with_sms(sm_count));
   if (call.needs_launch) {
     DeviceMemory memory;
     memory.add(call.q, "q", true);
@@ -80,15 +88,15 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at:
     memory.add(call.partial_lse, "partial_lse", false);
     memory.register_all();
     check_launch(cuda::launch_flash_fwd_for(call.params, q.scalar_type() == at::kBFloat16,
-                                            call.split, emulated_stream()));
+                                            call.split, call.hopper, emulated_stream()));
   }
   return {call.out, call.lse};
 }
 
 int64_t num_splits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal,
                    int64_t sm_count) {
-  const FlashFwdCall call =
-      prepare_flash_attn_fwd(q, k, v, 1.0, causal, -1, causal ? 0 : -1, 0.0, int(sm_count));
+  const FlashFwdCall call = prepare_flash_attn_fwd(q, k, v, 1.0, causal, -1, causal ? 0 : -1, 0.0,
+                                                   arch_with_sms(sm_count));
   return call.split.num_splits;
 }
 
@@ -146,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight(const at::Tensor& w, int64_t 
 
 at::Tensor fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
                     const at::Tensor& b_scales, at::ScalarType out_dtype) {
-  const Fp8GemmCall call = prepare_fp8_gemm(a, a_scales, b, b_scales, out_dtype);
+  const Fp8GemmCall call = prepare_fp8_gemm(a, a_scales, b, b_scales, out_dtype, device_arch(0));
   if (call.needs_launch) {
     DeviceMemory memory;
     memory.add(call.a, "a", true);
@@ -155,7 +163,8 @@ at::Tensor fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::T
     memory.add(call.b_scales, "b_scales", true);
     memory.add(call.out, "out", false);
     memory.register_all();
-    check_launch(cuda::launch_fp8_gemm_for(call.out_type, call.params, emulated_stream()));
+    check_launch(
+        cuda::launch_fp8_gemm_for(call.out_type, call.params, call.hopper, emulated_stream()));
   }
   return call.out;
 }
@@ -187,6 +196,7 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   using namespace deepseek_attn;
   dsa_emu::DeviceProperties device;
   device.compute_capability = arch;
+  device.sm_count = arch == 89 ? 142 : arch == 90 ? 132 : 108;  // L40, H100 SXM, A100
   // Per-block opt-in limits of an L40-class GPU, an A100 and an H100.
   device.max_shared_bytes_optin = arch == 89 ? 99 * 1024 : arch == 90 ? 227 * 1024 : 163 * 1024;
   dsa_emu::set_device_properties(device);
@@ -200,6 +210,7 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
   m.def("run_probe", &run_probe);
   m.def("last_kernel_name", &dsa_emu::last_kernel_name);
+  m.def("set_hopper_kernels_allowed", &set_hopper_kernels_allowed);
   m.def("counters", [] {
     const dsa_emu::Counters c = dsa_emu::counters();
     return std::map<std::string, uint64_t>{

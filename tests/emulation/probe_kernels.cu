@@ -179,6 +179,12 @@ __global__ void named_barrier_probe_kernel(float* data, int variant) {
   }
 }
 
+// setmaxnreg with a count the ISA forbids (36: not a multiple of 8).
+__global__ void setmaxnreg_probe_kernel(float* data) {
+  warpgroup_registers_decrease<36>();
+  data[threadIdx.x] = 1.f;
+}
+
 // elect.sync over the whole warp: exactly one lane is elected; every lane writes what it saw.
 __global__ void elect_probe_kernel(float* data) {
   const bool elected = dsa_emu::elect_one(0xffffffffu);
@@ -238,6 +244,9 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
     if (std::strcmp(name, named_barrier_probes[variant]) == 0) {
       return launch_kernel(named_barrier_probe_kernel, dim3(1), 256, 0, nullptr, data, variant);
     }
+  }
+  if (std::strcmp(name, "setmaxnreg_illegal_count") == 0) {
+    return launch_kernel(setmaxnreg_probe_kernel, dim3(1), 128, 0, nullptr, data);
   }
   if (std::strcmp(name, "elect_one") == 0) {
     return launch_kernel(elect_probe_kernel, dim3(1), 32, 0, nullptr, data);

@@ -173,19 +173,32 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
                                                     std::forward<Arguments>(arguments)...));
 }
 
+// Kernels have no register allocation here: every one reports 0 registers.
+struct cudaFuncAttributes {
+  int numRegs = 0;
+};
+template <typename Kernel>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, Kernel) {
+  *attributes = cudaFuncAttributes{};
+  return cudaSuccess;
+}
+
 // The emulated device: device 0, with the compute capability of the emulated arch.
 inline cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
 enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
   cudaDevAttrComputeCapabilityMajor = 75,
-  cudaDevAttrComputeCapabilityMinor = 76
+  cudaDevAttrComputeCapabilityMinor = 76,
 };
 inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
   const int capability = dsa_emu::device_properties().compute_capability;
   if (device != 0) return cudaErrorInvalidValue;
-  if (attribute == cudaDevAttrComputeCapabilityMajor) {
+  if (attribute == cudaDevAttrMultiProcessorCount) {
+    *value = dsa_emu::device_properties().sm_count;
+  } else if (attribute == cudaDevAttrComputeCapabilityMajor) {
     *value = capability / 10;
   } else if (attribute == cudaDevAttrComputeCapabilityMinor) {
     *value = capability % 10;

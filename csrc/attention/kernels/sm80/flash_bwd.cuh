@@ -14,8 +14,8 @@
 
 #include <cstdint>
 
-#include "attention/kernels/tile_io.cuh"
-#include "attention/launch.h"
+#include "attention/kernels/sm80/tile_io.cuh"
+#include "attention/heuristics.h"
 #include "attention/params.h"
 #include "common/online_softmax.h"
 

@@ -6,13 +6,13 @@
 //   warpgroups 1, 2  consumers, 64 rows each: per K block, 4 FP8 wgmma (m64n128k32) into a
 //                fresh fp32 block accumulator, then the block is promoted into the running
 //                total with its scales — (partial · sa) · sb, the SPEC §2 order.
-// The mma.sync kernel (gemm.cuh) remains for sm80/sm89 and DEEPSEEK_ATTN_DISABLE_HOPPER=1.
+// The mma.sync kernel (sm80/gemm.cuh) remains for sm80/sm89 and when the Hopper kernels are
+// switched off (common/device_arch.h).
 
 #include <cstdint>
 
 #include "common/cuda_hopper.cuh"
-#include "common/cuda_launch.cuh"
-#include "fp8/kernels/gemm.cuh"
+#include "fp8/kernels/sm80/gemm.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
@@ -26,6 +26,8 @@ struct Fp8GemmHopperTile {
   static constexpr int kBarrierOffset = kStages * kStageBytes;
   static constexpr int kSmemBytes = kBarrierOffset + 8 * 2 * kStages + 1024;  // +1024: alignment
   static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+  static_assert(warpgroup_registers_fit(kThreads, kProducerRegisters, kConsumerRegisters),
+                "setmaxnreg: the consumers take more registers than the producer gives up");
 };
 
 template <Fp8GemmOut kOut>
@@ -140,37 +142,6 @@ __global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
 #else
   __trap();  // launched only where the sm90a image exists (hopper_kernels_enabled)
 #endif
-}
-
-// A (rows, k) row-major e4m3 matrix as a 2-D tensor map with 128 x 128 boxes, 128-byte swizzled.
-inline bool encode_fp8_tensor_map(CUtensorMap* map, const uint8_t* base, int64_t rows,
-                                  int64_t k) {
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0 || k % 16 != 0) return false;
-  const cuuint64_t dims[2] = {cuuint64_t(k), cuuint64_t(rows)};
-  const cuuint64_t byte_strides[1] = {cuuint64_t(k)};
-  const cuuint32_t box[2] = {128, 128};
-  const cuuint32_t element_strides[2] = {1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<uint8_t*>(base), dims,
-                byte_strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// Launches the Hopper GEMM; false (nothing launched) when TMA cannot address the operands.
-template <Fp8GemmOut kOut>
-bool try_launch_fp8_gemm_hopper(const Fp8GemmParams& p, cudaStream_t stream,
-                                cudaError_t* status) {
-  using Tile = Fp8GemmHopperTile;
-  CUtensorMap a_map, b_map;
-  if (!encode_fp8_tensor_map(&a_map, p.a, p.m, p.k) ||
-      !encode_fp8_tensor_map(&b_map, p.b, p.n, p.k)) {
-    return false;
-  }
-  const dim3 grid(ceil_div(p.m, Tile::kBlockM), ceil_div(p.n, Tile::kBlockN));
-  *status = launch_kernel(fp8_gemm_hopper_kernel<kOut>, grid, Tile::kThreads, Tile::kSmemBytes,
-                          stream, a_map, b_map, p);
-  return true;
 }
 
 }  // namespace cuda

@@ -10,19 +10,19 @@
 // Tiles are 128-byte swizzled by TMA (two 64-column halves per 128-wide row) and read by wgmma
 // through swizzle-128 descriptors. Out-of-range rows and keys arrive as zeros and are masked.
 // The sm80 kernel (flash_fwd.cuh) remains for other head dims, split-KV decode, other GPUs,
-// and DEEPSEEK_ATTN_DISABLE_HOPPER=1.
+// and when the Hopper kernels are switched off (common/device_arch.h).
 
 #include <cstdint>
 
-#include "attention/kernels/flash_fwd.cuh"
+#include "attention/heuristics.h"
+#include "attention/kernels/sm80/flash_fwd.cuh"
 #include "common/cuda_hopper.cuh"
-#include "common/cuda_launch.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
 
 struct HopperFwdTile {
-  static constexpr int kDim = 128;
+  static constexpr int kDim = kHopperForwardHeadDim;
   static constexpr int kBlockM = 128, kBlockN = 128;
   static constexpr int kThreads = 3 * 128;
   static constexpr int kHalfBytes = 128 * 64 * 2;  // one TMA box: 128 rows x 64 columns
@@ -32,6 +32,8 @@ struct HopperFwdTile {
   static constexpr int kBarrierOffset = kTileBytes * (1 + 2 * kStages);
   static constexpr int kSmemBytes = kBarrierOffset + 8 * (1 + 3 * kStages) + 1024;
   static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+  static_assert(warpgroup_registers_fit(kThreads, kProducerRegisters, kConsumerRegisters),
+                "setmaxnreg: the consumers take more registers than the producer gives up");
 };
 
 template <bool kIsBf16>
@@ -188,48 +190,6 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
 #else
   __trap();  // launched only where the sm90a image exists (hopper_kernels_enabled)
 #endif
-}
-
-// A (batch, seqlen, heads, 128) BSHD view as a 4-D tensor map with 64 x 128-row boxes, 128-byte
-// swizzled; false when TMA cannot address it (strides must be non-zero multiples of 16 bytes).
-template <bool kIsBf16>
-bool encode_bshd_tensor_map(CUtensorMap* map, const void* base, int64_t batch, int64_t seqlen,
-                            int64_t heads, const BshdStrides& strides) {
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
-  const cuuint64_t dims[4] = {128, cuuint64_t(seqlen), cuuint64_t(heads), cuuint64_t(batch)};
-  const cuuint64_t byte_strides[3] = {cuuint64_t(strides.row) * 2, cuuint64_t(strides.head) * 2,
-                                      cuuint64_t(strides.batch) * 2};
-  for (const cuuint64_t stride : byte_strides) {
-    if (stride == 0 || stride % 16 != 0 || stride >= (cuuint64_t(1) << 40)) return false;
-  }
-  const cuuint32_t box[4] = {64, HopperFwdTile::kBlockM, 1, 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  return encode(map, kIsBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                4, const_cast<void*>(base), dims, byte_strides, box, element_strides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// Launches the Hopper forward; returns false (nothing launched) when the tensors cannot be
-// described to TMA, so the caller falls back to the sm80 kernel.
-template <bool kIsBf16>
-bool try_launch_flash_fwd_hopper(const AttentionFwdParams& p, cudaStream_t stream,
-                                 cudaError_t* status) {
-  CUtensorMap q_map, k_map, v_map;
-  if (!encode_bshd_tensor_map<kIsBf16>(&q_map, p.q, p.batch, p.seqlen_q, p.heads_q, p.q_strides) ||
-      !encode_bshd_tensor_map<kIsBf16>(&k_map, p.k, p.batch, p.seqlen_k, p.heads_kv,
-                                       p.k_strides) ||
-      !encode_bshd_tensor_map<kIsBf16>(&v_map, p.v, p.batch, p.seqlen_k, p.heads_kv,
-                                       p.v_strides)) {
-    return false;
-  }
-  const dim3 grid(ceil_div(p.seqlen_q, HopperFwdTile::kBlockM), static_cast<unsigned>(p.heads_q),
-                  static_cast<unsigned>(p.batch));
-  *status = launch_kernel(flash_fwd_hopper_kernel<kIsBf16>, grid, HopperFwdTile::kThreads,
-                          HopperFwdTile::kSmemBytes, stream, q_map, k_map, v_map, p);
-  return true;
 }
 
 }  // namespace cuda

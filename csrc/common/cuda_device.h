@@ -1,0 +1,40 @@
+#pragma once
+// The DeviceArch of a CUDA device, from the runtime once per device (host code of cuda.cpp and
+// of the emulated test extension, which gets the emulated device's answers).
+
+#include <cuda_runtime_api.h>
+
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "common/device_arch.h"
+
+namespace deepseek_attn {
+
+// Compute capability and multiprocessor count of `device`, read at its first use; the Hopper
+// flag also asks hopper_kernels_allowed(), at every call (an atomic load).
+inline DeviceArch device_arch(int device) {
+  constexpr int kMaxDevices = 64;
+  static DeviceArch known[kMaxDevices];
+  static std::once_flag read[kMaxDevices];
+  if (device < 0 || device >= kMaxDevices) {
+    throw std::invalid_argument("CUDA device index " + std::to_string(device) + " out of range");
+  }
+  std::call_once(read[device], [device] {
+    int major = 0, minor = 0, sms = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      throw std::runtime_error("cannot query CUDA device " + std::to_string(device));
+    }
+    known[device].compute_capability = major * 10 + minor;
+    known[device].sm_count = sms > 0 ? sms : 1;
+  });
+  DeviceArch arch = known[device];
+  arch.hopper_kernels =
+      arch.compute_capability == 90 && build_has_sm90a() && hopper_kernels_allowed();
+  return arch;
+}
+
+}  // namespace deepseek_attn
