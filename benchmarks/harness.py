@@ -11,14 +11,14 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import time
 
 import torch
 
+from deepseek_attn.testing import Timer  # noqa: F401  (the benchmarks' timer, harness.Timer)
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any current GPU's L2
 
 
 @dataclasses.dataclass
@@ -57,40 +57,6 @@ def device_slug(device):
         base = re.sub(r"\(.*\)", "", cpu_name()).strip()
         name = f"cpu {base} {torch.get_num_threads()}t"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-class Timer:
-    """Median wall time of a callable on one device, as SPEC §7 prescribes."""
-
-    def __init__(self, device, warmup=None, repeats=None):
-        self.device = device
-        self.is_cuda = device.type == "cuda"
-        self.warmup = warmup if warmup is not None else (3 if self.is_cuda else 1)
-        self.repeats = repeats if repeats is not None else (10 if self.is_cuda else 5)
-        self.flush_buffer = (torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
-                             if self.is_cuda else None)
-
-    def __call__(self, fn):
-        for _ in range(self.warmup):
-            fn()
-        if self.is_cuda:
-            torch.cuda.synchronize(self.device)
-        times = []
-        for _ in range(self.repeats):
-            if self.is_cuda:
-                self.flush_buffer.zero_()
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                begin = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - begin) * 1e3)
-        return statistics.median(times)
 
 
 def _resident_kib(field):

@@ -4,14 +4,13 @@ Exit status 0 when every registered op matches its reference on the best availab
 """
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import deepseek_attn
+from deepseek_attn.testing import Timer, spec6_error_ratio
 from deepseek_attn import _C
 from deepseek_attn.reference import (attention_ref, fp8_gemm_ref, quantize_act_ref,
                                      quantize_weight_ref)
@@ -62,15 +61,6 @@ def build_report():
     print()
 
 
-def _spec6_error_ratio(ours, same_dtype_ref, exact_ref, factor):
-    """Our error over the SPEC §6 bound (<= 1 passes); factor is 2 for values, 3 for grads."""
-    error = (ours.double() - exact_ref.double()).abs().nan_to_num(0.0)
-    if ours.dtype == torch.float32:  # atol = rtol = 1e-4, element by element
-        return (error / (1e-4 + 1e-4 * exact_ref.double().abs())).max().item()
-    pytorch_error = (same_dtype_ref.double() - exact_ref.double()).abs().nan_to_num(0.0)
-    return error.max().item() / (factor * pytorch_error.max().item() + 1e-5)
-
-
 def check_flash_attn(device, backward):
     """Forward (out, lse) or backward (dq, dk, dv) of flash_attn_func on a few SPEC §1 cases."""
     dtypes = [torch.bfloat16, torch.float16] if device.type == "cuda" else [torch.float32,
@@ -92,14 +82,14 @@ def check_flash_attn(device, backward):
             exact_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
             exact, _ = attention_ref(*exact_inputs, **options)
             if not backward:
-                worst = max(worst, _spec6_error_ratio(out, same, exact, factor=2))
+                worst = max(worst, spec6_error_ratio(out, same, exact, factor=2))
                 continue
             dout = torch.randn_like(out)
             ours = torch.autograd.grad(out, (q, k, v), dout)
             pytorch = torch.autograd.grad(same, (q, k, v), dout)
             exact_grads = torch.autograd.grad(exact, exact_inputs, dout.double())
             for a, b, c in zip(ours, pytorch, exact_grads):
-                worst = max(worst, _spec6_error_ratio(a, b, c, factor=3))
+                worst = max(worst, spec6_error_ratio(a, b, c, factor=3))
     return worst
 
 
@@ -172,20 +162,6 @@ def self_check():
     return all_passed
 
 
-def _median_ms(fn, device, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        begin = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(times)
-
-
 def short_benchmark(seqlen):
     device = best_device(f"{NAMESPACE}::flash_attn_fwd")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -198,12 +174,13 @@ def short_benchmark(seqlen):
     run_ours = lambda: deepseek_attn.flash_attn_func(*ours, causal=True)
     run_peer = lambda: F.scaled_dot_product_attention(*peer, is_causal=True)
     rows = []
+    timer = Timer(device, warmup=1, repeats=5)
     for mode, factor in (("fwd", 1.0), ("fwd+bwd", 3.5)):
         def timed(run, inputs):
             if mode == "fwd":
                 with torch.no_grad():
-                    return _median_ms(run, device, 5)
-            return _median_ms(lambda: run().sum().backward(), device, 5)
+                    return timer(run)
+            return timer(lambda: run().sum().backward())
 
         ours_ms, peer_ms = timed(run_ours, ours), timed(run_peer, peer)
         gflops = lambda ms: f"{forward_flops * factor / ms / 1e6:.1f}"

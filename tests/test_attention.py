@@ -11,8 +11,9 @@ import torch
 import deepseek_attn
 from deepseek_attn import FlashAttnFunction, flash_attn_func
 from deepseek_attn.reference import attention_ref, merge_partials, visible_mask
+from deepseek_attn.testing import assert_spec6_close, check_poison, poisoned
 
-from conftest import (ATTENTION_DEVICES, assert_spec6_close, bshd_inputs,
+from conftest import (ATTENTION_DEVICES, bshd_inputs,
                       requires_cuda_attention, skip_unsupported_dtype)
 
 _ops = torch.ops.deepseek_attn
@@ -164,6 +165,30 @@ def test_non_contiguous_inputs(device):
     flash_attn_func(*strided, causal=True).sum().backward()
     for contiguous_leaf, strided_leaf in zip(leaves, strided):
         torch.testing.assert_close(strided_leaf.grad, contiguous_leaf.grad, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", [Case(77, 130, heads_q=4, heads_kv=2, head_dim=64),
+                                  Case(50, head_dim=128, window=(20, 0), softcap=2.0)], ids=repr)
+@pytest.mark.parametrize("device", ATTENTION_DEVICES)
+def test_poisoned_inputs_are_never_read_or_written_past(device, case):
+    """q, k, v and dout as views inside NaN-filled buffers: an out-of-bounds read shows up as NaN
+    in the outputs or gradients, a stray write as a changed poison byte."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    q, k, v = case.inputs(dtype, device)
+    plain = [t.detach().requires_grad_() for t in (q, k, v)]
+    views = [poisoned(t).requires_grad_() for t in (q, k, v)]
+    out = flash_attn_func(*plain, **case.kwargs())
+    out_poisoned = flash_attn_func(*views, **case.kwargs())
+    dout = torch.randn_like(out)
+    dout_poisoned = poisoned(dout)
+    out.backward(dout)
+    out_poisoned.backward(dout_poisoned)
+    torch.testing.assert_close(out_poisoned, out, atol=0, rtol=0)
+    for name, view, leaf in zip("qkv", views, plain):
+        assert not view.grad.isnan().any(), f"d{name} read poison"
+        torch.testing.assert_close(view.grad, leaf.grad, atol=1e-6, rtol=1e-6)
+    for view in (*views, dout_poisoned):
+        check_poison(view)
 
 
 @pytest.mark.parametrize("device", ATTENTION_DEVICES)

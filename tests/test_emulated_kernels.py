@@ -11,7 +11,7 @@ import torch
 
 from deepseek_attn.reference import (fp8_gemm_ref, quantize_act_ref, quantize_weight_ref)
 
-from conftest import assert_spec6_close
+from deepseek_attn.testing import assert_spec6_close, check_poison, poisoned
 from test_attention import CASES, HOPPER_CASES, Case, reference_pair
 from test_fp8 import assert_fp8_close, assert_same_fp8, assert_same_scales
 
@@ -141,6 +141,28 @@ def check_packed_qkv(forward, case, dtype):
 def test_emulated_sm80_strided_and_packed_inputs(sm80):
     check_packed_qkv(lambda *inputs: emulated_forward(sm80, *inputs),
                      Case(97, batch=2, heads_q=4, head_dim=64), torch.bfloat16)
+
+
+@pytest.mark.parametrize("arch", [80, 90], ids=["sm80", "sm90"])
+def test_emulated_poisoned_inputs(sm80, sm90, arch):
+    """q, k, v (and dout) as aligned views inside NaN-filled buffers, which the kernels read in
+    place: a read past a tile's rows brings NaN into the results."""
+    module = sm80 if arch == 80 else sm90
+    case = Case(77, 150, heads_q=4, heads_kv=2, head_dim=64 if arch == 80 else 128)
+    q, k, v = case.inputs(torch.bfloat16, "cpu")
+    views = [poisoned(t) for t in (q, k, v)]
+    out, lse = emulated_forward(module, case, *views, sm_count=1)
+    assert module.last_kernel_name().startswith("flash_fwd_kernel<" if arch == 80
+                                                else "flash_fwd_hopper_kernel<")
+    (out_pt, _), (out_64, _), _ = reference_pair(case, q, k, v)
+    assert_spec6_close("out", out, out_pt, out_64, factor=2)
+    if arch == 80:
+        dout = poisoned(torch.randn_like(out))
+        grads = emulated_backward(module, case, dout, *views, out, lse, deterministic=False)
+        assert not any(g.isnan().any() for g in grads)
+        views.append(dout)
+    for view in views:
+        check_poison(view)
 
 
 def test_emulated_attention_rejects_batches_past_the_grid_limit(sm80):

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import assert_spec6_close
+from deepseek_attn.testing import assert_spec6_close
 from test_attention import Case, reference_pair
 from deepseek_attn.reference import fp8_gemm_ref, quantize_weight_ref
 

@@ -11,6 +11,8 @@ from deepseek_attn.nn import Fp8Linear
 from deepseek_attn.reference import (dequantize_act_ref, dequantize_weight_ref, fp8_gemm_ref,
                                      quantize_act_ref, quantize_weight_ref)
 
+from deepseek_attn.testing import check_poison, poisoned
+
 from conftest import device_params
 
 _ops = torch.ops.deepseek_attn
@@ -91,6 +93,26 @@ def test_quantize_weight_is_bit_exact(device, dtype, shape, ue8m0):
     ref_payload, ref_scales = quantize_weight_ref(w.cpu(), 128, ue8m0)
     assert_same_fp8(payload.cpu(), ref_payload)
     assert_same_scales(scales.cpu(), ref_scales)
+
+
+@pytest.mark.parametrize("device", GEMM_DEVICES)
+def test_poisoned_inputs_are_never_read_or_written_past(device):
+    """The quantisers and the GEMM over views inside NaN-filled buffers give what they give on
+    plain tensors, and leave the poison around their inputs untouched."""
+    x = torch.randn(70, 300, device=device)
+    w = torch.randn(200, 300, device=device) * 0.05
+    x_view, w_view = poisoned(x), poisoned(w)
+    for plain, view in ((quantize_act(x), quantize_act(x_view)),
+                        (quantize_weight(w), quantize_weight(w_view))):
+        assert_same_fp8(view[0].cpu(), plain[0].cpu())
+        assert_same_scales(view[1].cpu(), plain[1].cpu())
+    a, a_scales = quantize_act(x)
+    b, b_scales = quantize_weight(w)
+    views = [poisoned(t, contiguous=True) for t in (a, a_scales, b, b_scales)]  # as it requires
+    expected = fp8_gemm(a, a_scales, b, b_scales, torch.float32)
+    torch.testing.assert_close(fp8_gemm(*views, torch.float32), expected, atol=0, rtol=0)
+    for view in (x_view, w_view, *views):
+        check_poison(view)
 
 
 @pytest.mark.parametrize("device", QUANT_DEVICES)

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 import deepseek_attn
+from deepseek_attn.testing import check_poison, poisoned
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tools must run the same deepseek_attn these tests import, installed or built in place.
@@ -78,3 +82,20 @@ def test_set_hopper_kernels_returns_the_previous_setting():
         assert deepseek_attn.set_hopper_kernels(True) is True
     finally:
         deepseek_attn.set_hopper_kernels(previous)
+
+
+@pytest.mark.parametrize("contiguous", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn], ids=str)
+def test_poisoned_views_hold_the_values_and_catch_stray_accesses(dtype, contiguous):
+    t = torch.randn(3, 5, 8).to(dtype)
+    view = poisoned(t, contiguous=contiguous)
+    assert view.shape == t.shape and view.dtype == dtype
+    assert torch.equal(view.view(torch.uint8), t.view(torch.uint8))
+    assert view.is_contiguous() == contiguous
+    check_poison(view)
+    root = view._base.reshape(-1)
+    past_the_end = view.storage_offset() + view.numel() if contiguous else view.storage_offset() + 8
+    assert root[past_the_end].float().isnan()  # a read past the view sees NaN
+    root[past_the_end] = torch.zeros((), dtype=torch.float32).to(dtype)  # a stray write ...
+    with pytest.raises(AssertionError, match="1 elements around a \\(3, 5, 8\\) tensor"):
+        check_poison(view)  # ... is caught
