@@ -8,12 +8,16 @@
 
 TORCH_LIBRARY(deepseek_attn, m) {
   // SPEC §1 forward: (out (B,Sq,Hq,Dv), lse (B,Hq,Sq) fp32). causal implies window_right = 0.
-  m.def("flash_attn_fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool causal, "
-        "int window_left, int window_right, float softcap) -> (Tensor, Tensor)");
+  // `deterministic` only reaches the backward that the op's registered autograd runs.
+  m.def(
+      "flash_attn_fwd(Tensor q, Tensor k, Tensor v, float softmax_scale, bool causal, "
+      "int window_left, int window_right, float softcap, bool deterministic=False) -> "
+      "(Tensor, Tensor)");
   // SPEC §1 backward from the saved out and lse: (dq, dk, dv); dk/dv summed over GQA groups.
-  m.def("flash_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "float softmax_scale, bool causal, int window_left, int window_right, float softcap, "
-        "bool deterministic) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "flash_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "float softmax_scale, bool causal, int window_left, int window_right, float softcap, "
+      "bool deterministic) -> (Tensor, Tensor, Tensor)");
   // SPEC §2 activations: (e4m3 payload like x, fp32 scales (..., ceil(K/group_size))).
   m.def("quantize_act(Tensor x, int group_size, bool ue8m0) -> (Tensor, Tensor)");
   // SPEC §2 weights (N, K): (e4m3 payload, fp32 scales (ceil(N/block), ceil(K/block))).
@@ -44,9 +48,9 @@ PyMethodDef module_methods[] = {
 // Importing deepseek_attn._C loads the op library; the module itself carries build facts and
 // the Hopper kernel switch.
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
-                                          "deepseek_attn compiled ops (see torch.ops.deepseek_attn)",
-                                          -1, module_methods};
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_C", "deepseek_attn compiled ops (see torch.ops.deepseek_attn)", -1,
+      module_methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef DEEPSEEK_ATTN_WITH_CUDA

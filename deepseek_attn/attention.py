@@ -13,8 +13,25 @@ __all__ = ["FlashAttnFunction", "flash_attn_func"]
 _ops = torch.ops.deepseek_attn
 
 
+def _check_shapes(q, k, v):
+    """The shape rules of SPEC §1 that the real kernels check, for the fake ones (torch.compile
+    traces report the same errors instead of producing wrong shapes)."""
+    torch._check(q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
+                 lambda: "q, k, v must be (batch, seqlen, heads, head_dim)")
+    torch._check(k.shape[:3] == v.shape[:3], lambda: "k and v must agree on (batch, seqlen_k, "
+                 f"heads_kv) (got {tuple(k.shape)} and {tuple(v.shape)})")
+    torch._check(q.shape[0] == k.shape[0],
+                 lambda: f"q and k must have the same batch (got {q.shape[0]} and {k.shape[0]})")
+    torch._check(q.shape[3] == k.shape[3], lambda: "q and k must have the same head_dim "
+                 f"(got {q.shape[3]} and {k.shape[3]})")
+    torch._check(k.shape[2] > 0 and q.shape[2] % k.shape[2] == 0, lambda: "heads_q must be a "
+                 f"multiple of heads_kv (got {q.shape[2]} and {k.shape[2]})")
+
+
 @torch.library.register_fake("deepseek_attn::flash_attn_fwd")
-def _flash_attn_fwd_fake(q, k, v, softmax_scale, causal, window_left, window_right, softcap):
+def _flash_attn_fwd_fake(q, k, v, softmax_scale, causal, window_left, window_right, softcap,
+                         deterministic=False):
+    _check_shapes(q, k, v)
     batch, seqlen_q, heads_q, _ = q.shape
     out = q.new_empty((batch, seqlen_q, heads_q, v.shape[-1]))
     lse = q.new_empty((batch, heads_q, seqlen_q), dtype=torch.float32)
@@ -24,53 +41,59 @@ def _flash_attn_fwd_fake(q, k, v, softmax_scale, causal, window_left, window_rig
 @torch.library.register_fake("deepseek_attn::flash_attn_bwd")
 def _flash_attn_bwd_fake(dout, q, k, v, out, lse, softmax_scale, causal, window_left,
                          window_right, softcap, deterministic):
+    _check_shapes(q, k, v)
+    torch._check(dout.shape == out.shape, lambda: "dout must have out's shape "
+                 f"(got {tuple(dout.shape)} and {tuple(out.shape)})")
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, softmax_scale, causal, window_left, window_right, softcap = inputs
+# --- One autograd path: the op's registered autograd and FlashAttnFunction share both halves.
+
+def _save_for_backward(ctx, inputs, output):
+    """Setup context over the op's own arguments (q, k, v, scale, causal, left, right, softcap,
+    deterministic)."""
+    q, k, v, *args = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
-    ctx.args = (softmax_scale, causal, window_left, window_right, softcap)
+    ctx.args = tuple(args)  # register_autograd fills in defaulted arguments
     ctx.mark_non_differentiable(lse)
 
 
-def _backward(ctx, dout, dlse):
+def _attention_grads(ctx, dout):
+    """(dq, dk, dv) of SPEC §1 from the saved forward: the backward formula, once."""
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _ops.flash_attn_bwd(dout.contiguous(), q, k, v, out, lse, *ctx.args, False)
-    return dq, dk, dv, None, None, None, None, None
+    return _ops.flash_attn_bwd(dout.contiguous(), q, k, v, out, lse, *ctx.args)
+
+
+def _op_backward(ctx, dout, dlse):
+    return (*_attention_grads(ctx, dout), *([None] * len(ctx.args)))
 
 
 # The forward op itself is differentiable, so torch.ops.deepseek_attn.flash_attn_fwd can be used
 # directly (and passes torch.library.opcheck's autograd checks).
-torch.library.register_autograd("deepseek_attn::flash_attn_fwd", _backward,
-                                setup_context=_setup_context)
+torch.library.register_autograd("deepseek_attn::flash_attn_fwd", _op_backward,
+                                setup_context=_save_for_backward)
 
 
 class FlashAttnFunction(torch.autograd.Function):
-    """Autograd over flash_attn_fwd / flash_attn_bwd; returns (out, softmax_lse)."""
+    """Autograd over flash_attn_fwd / flash_attn_bwd; returns (out, softmax_lse). Arguments:
+    (q, k, v, softmax_scale, causal, window_size, softcap, deterministic)."""
 
     @staticmethod
     def forward(q, k, v, softmax_scale, causal, window_size, softcap, deterministic):
         window_left, window_right = window_size
         return _ops.flash_attn_fwd(q, k, v, softmax_scale, causal, window_left, window_right,
-                                   softcap)
+                                   softcap, deterministic)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         q, k, v, softmax_scale, causal, window_size, softcap, deterministic = inputs
-        out, lse = output
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (softmax_scale, causal, window_size[0], window_size[1], softcap)
-        ctx.deterministic = deterministic
-        ctx.mark_non_differentiable(lse)
+        _save_for_backward(ctx, (q, k, v, softmax_scale, causal, *window_size, softcap,
+                                 deterministic), output)
 
     @staticmethod
     def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _ops.flash_attn_bwd(dout.contiguous(), q, k, v, out, lse, *ctx.args,
-                                         ctx.deterministic)
-        return dq, dk, dv, None, None, None, None, None
+        return (*_attention_grads(ctx, dout), None, None, None, None, None)
 
 
 def _check_window(window_size):

@@ -243,6 +243,46 @@ def test_opcheck_forward_and_backward_ops(device):
     bwd_args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), out, lse, 0.2, True,
                 -1, -1, 0.0, False)
     torch.library.opcheck(_ops.flash_attn_bwd.default, bwd_args)
+    torch.library.opcheck(_ops.flash_attn_fwd.default, (q, k, v, 0.2, True, -1, -1, 0.0, True))
+
+
+@pytest.mark.parametrize("device", ATTENTION_DEVICES)
+def test_raw_op_and_autograd_function_share_one_backward(device):
+    """torch.ops.deepseek_attn.flash_attn_fwd is differentiable by itself, with `deterministic`
+    reaching its backward, and gives FlashAttnFunction's gradients bit for bit."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    case = Case(40, 70, heads_q=4, heads_kv=2, head_dim=64)
+    inputs = case.inputs(dtype, device)
+    dout = torch.randn(1, 40, 4, 64, dtype=dtype, device=device)
+
+    def grads(forward):
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        forward(*leaves)[0].backward(dout)
+        return [t.grad for t in leaves]
+
+    through_op = grads(lambda q, k, v: _ops.flash_attn_fwd(q, k, v, 0.125, True, -1, -1, 0.0,
+                                                           True))
+    through_function = grads(lambda q, k, v: FlashAttnFunction.apply(q, k, v, 0.125, True,
+                                                                     (-1, -1), 0.0, True))
+    for a, b in zip(through_op, through_function):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(through_op, grads(
+        lambda q, k, v: _ops.flash_attn_fwd(q, k, v, 0.125, True, -1, -1, 0.0, True))))
+
+
+def test_fake_kernels_check_shapes_like_the_real_ones():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(1, 8, 6, 64)
+        k = torch.empty(1, 8, 4, 64)  # 6 heads over 4 KV heads
+        with pytest.raises(RuntimeError, match="heads_q must be a multiple of heads_kv"):
+            _ops.flash_attn_fwd(q, k, k, 0.125, True, -1, -1, 0.0)
+        with pytest.raises(RuntimeError, match="q and k must have the same head_dim"):
+            _ops.flash_attn_fwd(q, torch.empty(1, 8, 2, 32), torch.empty(1, 8, 2, 32), 0.125,
+                                True, -1, -1, 0.0)
+        out, lse = _ops.flash_attn_fwd(q, k[:, :, :2], k[:, :, :2], 0.125, True, -1, -1, 0.0)
+        assert out.shape == (1, 8, 6, 64) and lse.shape == (1, 6, 8)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

@@ -13,21 +13,22 @@ void check_supported_dtype(const at::Tensor& q) {
   const bool low_or_single = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
   if (q.is_cpu()) {
     // fp64 is accepted on CPU so gradients can be checked numerically.
-    DSA_CHECK_TYPE(low_or_single || dtype == at::kDouble,
-                   "q must have dtype float32, bfloat16, float16 or float64 (got ", dtype, ")");
+    DEEPSEEK_ATTN_CHECK_TYPE(low_or_single || dtype == at::kDouble,
+                             "q must have dtype float32, bfloat16, float16 or float64 (got ", dtype,
+                             ")");
   } else {
-    DSA_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "q must have dtype bfloat16 or float16 on ", q.device().type(), " (got ", dtype,
-                   ")");
+    DEEPSEEK_ATTN_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
+                             "q must have dtype bfloat16 or float16 on ", q.device().type(),
+                             " (got ", dtype, ")");
   }
 }
 
 }  // namespace
 
-AttentionFwdParams check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor& k,
-                                              const at::Tensor& v, double softmax_scale,
-                                              bool causal, int64_t window_left,
-                                              int64_t window_right, double softcap) {
+AttentionShape check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, double softmax_scale, bool causal,
+                                          int64_t window_left, int64_t window_right,
+                                          double softcap) {
   check_defined(q, "q");
   check_defined(k, "k");
   check_defined(v, "v");
@@ -40,7 +41,7 @@ AttentionFwdParams check_attention_fwd_inputs(const at::Tensor& q, const at::Ten
   check_same_dtype(k, "k", q, "q");
   check_same_dtype(v, "v", q, "q");
 
-  AttentionFwdParams p;
+  AttentionShape p;
   p.batch = q.size(0);
   p.seqlen_q = q.size(1);
   p.heads_q = q.size(2);
@@ -53,23 +54,24 @@ AttentionFwdParams check_attention_fwd_inputs(const at::Tensor& q, const at::Ten
   check_size(k, "k", 3, p.head_dim_qk, "head_dim, as in q");
   check_size(v, "v", 1, p.seqlen_k, "seqlen_k, as in k");
   check_size(v, "v", 2, p.heads_kv, "heads_kv, as in k");
-  DSA_CHECK_VALUE(p.head_dim_qk > 0 && p.head_dim_v > 0,
-                  "head dims must be positive (got q head_dim ", p.head_dim_qk, ", v head_dim ",
-                  p.head_dim_v, ")");
-  DSA_CHECK_VALUE(p.heads_kv > 0 && p.heads_q % p.heads_kv == 0,
-                  "the number of query heads (", p.heads_q,
-                  ") must be a multiple of the number of key/value heads (", p.heads_kv, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(p.head_dim_qk > 0 && p.head_dim_v > 0,
+                            "head dims must be positive (got q head_dim ", p.head_dim_qk,
+                            ", v head_dim ", p.head_dim_v, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(
+      p.heads_kv > 0 && p.heads_q % p.heads_kv == 0, "the number of query heads (", p.heads_q,
+      ") must be a multiple of the number of key/value heads (", p.heads_kv, ")");
   check_last_dim_contiguous(q, "q");
   check_last_dim_contiguous(k, "k");
   check_last_dim_contiguous(v, "v");
 
-  DSA_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
-                  "softmax_scale must be a positive finite number (got ", softmax_scale, ")");
-  DSA_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0,
-                  "softcap must be >= 0 (0 disables it) (got ", softcap, ")");
-  DSA_CHECK_VALUE(window_left >= -1 && window_right >= -1,
-                  "window_size entries must be >= -1 (-1 = unbounded) (got (", window_left, ", ",
-                  window_right, "))");
+  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
+                            "softmax_scale must be a positive finite number (got ", softmax_scale,
+                            ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0,
+                            "softcap must be >= 0 (0 disables it) (got ", softcap, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(window_left >= -1 && window_right >= -1,
+                            "window_size entries must be >= -1 (-1 = unbounded) (got (",
+                            window_left, ", ", window_right, "))");
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.softcap = static_cast<float>(softcap);
   p.window_left = window_left;
@@ -78,7 +80,7 @@ AttentionFwdParams check_attention_fwd_inputs(const at::Tensor& q, const at::Ten
   return p;
 }
 
-void check_attention_bwd_inputs(const AttentionFwdParams& shape, const at::Tensor& q,
+void check_attention_bwd_inputs(const AttentionShape& shape, const at::Tensor& q,
                                 const at::Tensor& dout, const at::Tensor& out,
                                 const at::Tensor& lse) {
   check_defined(dout, "dout");
@@ -92,15 +94,15 @@ void check_attention_bwd_inputs(const AttentionFwdParams& shape, const at::Tenso
   check_dtype(lse, "softmax_lse", at::kFloat);
   const std::vector<int64_t> out_shape{shape.batch, shape.seqlen_q, shape.heads_q,
                                        shape.head_dim_v};
-  DSA_CHECK_VALUE(out.sizes() == at::IntArrayRef(out_shape), "out must have shape ",
-                  at::IntArrayRef(out_shape), " (batch, seqlen_q, heads_q, head_dim_v) (got ",
-                  out.sizes(), ")");
-  DSA_CHECK_VALUE(dout.sizes() == at::IntArrayRef(out_shape), "dout must have shape ",
-                  at::IntArrayRef(out_shape), " like out (got ", dout.sizes(), ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(out.sizes() == at::IntArrayRef(out_shape), "out must have shape ",
+                            at::IntArrayRef(out_shape),
+                            " (batch, seqlen_q, heads_q, head_dim_v) (got ", out.sizes(), ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(dout.sizes() == at::IntArrayRef(out_shape), "dout must have shape ",
+                            at::IntArrayRef(out_shape), " like out (got ", dout.sizes(), ")");
   const std::vector<int64_t> lse_shape{shape.batch, shape.heads_q, shape.seqlen_q};
-  DSA_CHECK_VALUE(lse.sizes() == at::IntArrayRef(lse_shape), "softmax_lse must have shape ",
-                  at::IntArrayRef(lse_shape), " (batch, heads_q, seqlen_q) (got ", lse.sizes(),
-                  ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(lse.sizes() == at::IntArrayRef(lse_shape),
+                            "softmax_lse must have shape ", at::IntArrayRef(lse_shape),
+                            " (batch, heads_q, seqlen_q) (got ", lse.sizes(), ")");
   check_last_dim_contiguous(dout, "dout");
   check_last_dim_contiguous(out, "out");
 }

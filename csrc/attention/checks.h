@@ -7,15 +7,14 @@
 
 namespace deepseek_attn {
 
-// Validates q/k/v and the scalar arguments; returns the problem sizes in a params struct
-// (pointers and strides left for the caller to fill).
-AttentionFwdParams check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor& k,
-                                              const at::Tensor& v, double softmax_scale,
-                                              bool causal, int64_t window_left,
-                                              int64_t window_right, double softcap);
+// Validates q/k/v and the scalar arguments; returns the problem they describe.
+AttentionShape check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, double softmax_scale, bool causal,
+                                          int64_t window_left, int64_t window_right,
+                                          double softcap);
 
 // Validates the extra tensors of the backward against the forward problem.
-void check_attention_bwd_inputs(const AttentionFwdParams& shape, const at::Tensor& q,
+void check_attention_bwd_inputs(const AttentionShape& shape, const at::Tensor& q,
                                 const at::Tensor& dout, const at::Tensor& out,
                                 const at::Tensor& lse);
 

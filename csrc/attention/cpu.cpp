@@ -59,14 +59,15 @@ TransposedKeys<T> transposed_keys(const at::Tensor& bshd) {
 
 // Row kernels. Each is written once as a template and instantiated for fp32 with AVX2/AVX-512
 // clones (the hot path) and for fp64. Forced inlining lets each clone vectorise its own copy.
-#define DSA_ROW_KERNEL_FP32(name, ret, params, args) \
-  DSA_CPU_MULTIVERSION ret name params { return name##_impl<float> args; }
+#define DEEPSEEK_ATTN_ROW_KERNEL_FP32(name, ret, params, args) \
+  DEEPSEEK_ATTN_CPU_MULTIVERSION ret name params { return name##_impl<float> args; }
 
 // Turns raw q·k dot products of one row into log2-domain logits: scale, soft-cap, mask.
 // Writes tanh of the capped logits to `tanh_out` when soft-capping (the backward needs it).
 template <typename T>
-DSA_ALWAYS_INLINE void scores_to_logits_impl(T* s, int64_t cols, T scale, T softcap, int64_t visible_begin,
-                           int64_t visible_end, T* tanh_out) {
+DEEPSEEK_ATTN_ALWAYS_INLINE void scores_to_logits_impl(T* s, int64_t cols, T scale, T softcap,
+                                                       int64_t visible_begin, int64_t visible_end,
+                                                       T* tanh_out) {
   if (softcap > 0) {
     const T inv_cap = scale / softcap;
     for (int64_t c = 0; c < cols; ++c) {
@@ -83,7 +84,7 @@ DSA_ALWAYS_INLINE void scores_to_logits_impl(T* s, int64_t cols, T scale, T soft
 }
 
 template <typename T>
-DSA_ALWAYS_INLINE T row_max_impl(const T* s, int64_t cols) {
+DEEPSEEK_ATTN_ALWAYS_INLINE T row_max_impl(const T* s, int64_t cols) {
   T m = -INFINITY;
   for (int64_t c = 0; c < cols; ++c) m = std::max(m, s[c]);
   return m;
@@ -91,7 +92,7 @@ DSA_ALWAYS_INLINE T row_max_impl(const T* s, int64_t cols) {
 
 // s <- 2^(s - shift) in place; returns the row sum. A shift of -inf means an empty row: zeros.
 template <typename T>
-DSA_ALWAYS_INLINE T exp2_shifted_inplace_impl(T* s, int64_t cols, T shift) {
+DEEPSEEK_ATTN_ALWAYS_INLINE T exp2_shifted_inplace_impl(T* s, int64_t cols, T shift) {
   if (shift == -INFINITY) {
     std::fill(s, s + cols, T(0));
     return 0;
@@ -106,13 +107,14 @@ DSA_ALWAYS_INLINE T exp2_shifted_inplace_impl(T* s, int64_t cols, T shift) {
 }
 
 template <typename T>
-DSA_ALWAYS_INLINE void scale_row_impl(T* x, int64_t n, T factor) {
+DEEPSEEK_ATTN_ALWAYS_INLINE void scale_row_impl(T* x, int64_t n, T factor) {
   for (int64_t i = 0; i < n; ++i) x[i] *= factor;
 }
 
 // dS = P * (dP - delta) [* (1 - tanh^2) when soft-capped], in place over dP.
 template <typename T>
-DSA_ALWAYS_INLINE void softmax_grad_row_impl(T* dp, const T* p, const T* tanh_row, int64_t cols, T delta) {
+DEEPSEEK_ATTN_ALWAYS_INLINE void softmax_grad_row_impl(T* dp, const T* p, const T* tanh_row,
+                                                       int64_t cols, T delta) {
   if (tanh_row != nullptr) {
     for (int64_t c = 0; c < cols; ++c) {
       dp[c] = p[c] * (dp[c] - delta) * (T(1) - tanh_row[c] * tanh_row[c]);
@@ -122,18 +124,18 @@ DSA_ALWAYS_INLINE void softmax_grad_row_impl(T* dp, const T* p, const T* tanh_ro
   }
 }
 
-DSA_ROW_KERNEL_FP32(scores_to_logits, void,
-                    (float* s, int64_t cols, float scale, float softcap, int64_t visible_begin,
-                     int64_t visible_end, float* tanh_out),
-                    (s, cols, scale, softcap, visible_begin, visible_end, tanh_out))
-DSA_ROW_KERNEL_FP32(row_max, float, (const float* s, int64_t cols), (s, cols))
-DSA_ROW_KERNEL_FP32(exp2_shifted_inplace, float, (float* s, int64_t cols, float shift),
-                    (s, cols, shift))
-DSA_ROW_KERNEL_FP32(scale_row, void, (float* x, int64_t n, float factor), (x, n, factor))
-DSA_ROW_KERNEL_FP32(softmax_grad_row, void,
-                    (float* dp, const float* p, const float* tanh_row, int64_t cols,
-                     float delta),
-                    (dp, p, tanh_row, cols, delta))
+DEEPSEEK_ATTN_ROW_KERNEL_FP32(scores_to_logits, void,
+                              (float* s, int64_t cols, float scale, float softcap,
+                               int64_t visible_begin, int64_t visible_end, float* tanh_out),
+                              (s, cols, scale, softcap, visible_begin, visible_end, tanh_out))
+DEEPSEEK_ATTN_ROW_KERNEL_FP32(row_max, float, (const float* s, int64_t cols), (s, cols))
+DEEPSEEK_ATTN_ROW_KERNEL_FP32(exp2_shifted_inplace, float, (float* s, int64_t cols, float shift),
+                              (s, cols, shift))
+DEEPSEEK_ATTN_ROW_KERNEL_FP32(scale_row, void, (float* x, int64_t n, float factor), (x, n, factor))
+DEEPSEEK_ATTN_ROW_KERNEL_FP32(softmax_grad_row, void,
+                              (float* dp, const float* p, const float* tanh_row, int64_t cols,
+                               float delta),
+                              (dp, p, tanh_row, cols, delta))
 
 void scores_to_logits(double* s, int64_t cols, double scale, double softcap,
                       int64_t visible_begin, int64_t visible_end, double* tanh_out) {
@@ -221,9 +223,10 @@ at::ScalarType accumulation_dtype(const at::Tensor& q) {
 std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v, double softmax_scale,
                                                       bool causal, int64_t window_left,
-                                                      int64_t window_right, double softcap) {
-  AttentionFwdParams p =
-      check_attention_fwd_inputs(q, k, v, softmax_scale, causal, window_left, window_right, softcap);
+                                                      int64_t window_right, double softcap,
+                                                      bool /*deterministic: backward only*/) {
+  AttentionFwdParams p(check_attention_fwd_inputs(q, k, v, softmax_scale, causal, window_left,
+                                                  window_right, softcap));
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto acc_dtype = accumulation_dtype(q);
   const at::Tensor q_acc = q.to(acc_dtype), k_acc = k.to(acc_dtype), v_acc = v.to(acc_dtype);
@@ -362,9 +365,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cpu(
     const at::Tensor& out, const at::Tensor& lse, double softmax_scale, bool causal,
     int64_t window_left, int64_t window_right, double softcap, bool deterministic) {
   (void)deterministic;  // the CPU reduction order is fixed: always deterministic
-  AttentionFwdParams p =
-      check_attention_fwd_inputs(q, k, v, softmax_scale, causal, window_left, window_right, softcap);
-  check_attention_bwd_inputs(p, q, dout, out, lse);
+  const AttentionShape shape = check_attention_fwd_inputs(q, k, v, softmax_scale, causal,
+                                                          window_left, window_right, softcap);
+  check_attention_bwd_inputs(shape, q, dout, out, lse);
+  AttentionFwdParams p(shape);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto acc_dtype = accumulation_dtype(q);
   const auto acc_options = q.options().dtype(acc_dtype);

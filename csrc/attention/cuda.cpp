@@ -24,10 +24,10 @@ std::optional<at::Device> cuda_device_of(const at::Tensor& q) {
 }
 
 std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                       const at::Tensor& v,
-                                                       double softmax_scale, bool causal,
-                                                       int64_t window_left,
-                                                       int64_t window_right, double softcap) {
+                                                       const at::Tensor& v, double softmax_scale,
+                                                       bool causal, int64_t window_left,
+                                                       int64_t window_right, double softcap,
+                                                       bool /*deterministic: backward only*/) {
   const c10::cuda::OptionalCUDAGuard device_guard(cuda_device_of(q));
   const FlashFwdCall call =
       prepare_flash_attn_fwd(q, k, v, softmax_scale, causal, window_left, window_right, softcap,

@@ -13,17 +13,18 @@
 namespace deepseek_attn {
 namespace {
 
-void check_device_support(const AttentionFwdParams& p) {
-#define DSA_IS_SUPPORTED(QK, V) (p.head_dim_qk == QK && p.head_dim_v == V) ||
-  const bool supported = DSA_ATTENTION_HEAD_DIMS(DSA_IS_SUPPORTED) false;
-#undef DSA_IS_SUPPORTED
-  DSA_CHECK_VALUE(supported, "head dims (q/k ", p.head_dim_qk, ", v ", p.head_dim_v,
-                  ") are not supported on CUDA; supported (Dqk/Dv): ", cuda::kSupportedHeadDims);
-  DSA_CHECK_VALUE(p.heads_q <= 65535 && p.heads_kv <= 65535,
-                  "at most 65535 heads are supported on CUDA (got ", p.heads_q, ")");
+void check_device_support(const AttentionShape& p) {
+#define DEEPSEEK_ATTN_IS_SUPPORTED(QK, V) (p.head_dim_qk == QK && p.head_dim_v == V) ||
+  const bool supported = DEEPSEEK_ATTN_ATTENTION_HEAD_DIMS(DEEPSEEK_ATTN_IS_SUPPORTED) false;
+#undef DEEPSEEK_ATTN_IS_SUPPORTED
+  DEEPSEEK_ATTN_CHECK_VALUE(
+      supported, "head dims (q/k ", p.head_dim_qk, ", v ", p.head_dim_v,
+      ") are not supported on CUDA; supported (Dqk/Dv): ", cuda::kSupportedHeadDims);
+  DEEPSEEK_ATTN_CHECK_VALUE(p.heads_q <= 65535 && p.heads_kv <= 65535,
+                            "at most 65535 heads are supported on CUDA (got ", p.heads_q, ")");
   // The batch is the grid's z dimension (times the KV splits, which are capped to fit).
-  DSA_CHECK_VALUE(p.batch <= 65535, "q.shape[0] (batch) must be at most 65535 on CUDA (got ",
-                  p.batch, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(p.batch <= 65535,
+                            "q.shape[0] (batch) must be at most 65535 on CUDA (got ", p.batch, ")");
 }
 
 // The kernels copy 16-byte chunks: rows must start 16-byte aligned. Others get a compact copy.
@@ -54,8 +55,8 @@ FlashFwdCall prepare_flash_attn_fwd(const at::Tensor& q, const at::Tensor& k, co
                                     const DeviceArch& arch) {
   FlashFwdCall call;
   AttentionFwdParams& p = call.params;
-  p = check_attention_fwd_inputs(q, k, v, softmax_scale, causal, window_left, window_right,
-                                 softcap);
+  p = AttentionFwdParams(check_attention_fwd_inputs(q, k, v, softmax_scale, causal, window_left,
+                                                    window_right, softcap));
   check_device_support(p);
   call.q = aligned_for_vector_loads(q);
   call.k = aligned_for_vector_loads(k);
@@ -90,8 +91,8 @@ FlashBwdCall prepare_flash_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
                                     int64_t window_left, int64_t window_right, double softcap,
                                     bool deterministic) {
   FlashBwdCall call;
-  const AttentionFwdParams shape = check_attention_fwd_inputs(q, k, v, softmax_scale, causal,
-                                                              window_left, window_right, softcap);
+  const AttentionShape shape = check_attention_fwd_inputs(q, k, v, softmax_scale, causal,
+                                                          window_left, window_right, softcap);
   check_device_support(shape);
   check_attention_bwd_inputs(shape, q, dout, out, lse);
   call.q = aligned_for_vector_loads(q);
@@ -111,7 +112,7 @@ FlashBwdCall prepare_flash_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
   }
 
   AttentionBwdParams& p = call.params;
-  static_cast<AttentionFwdParams&>(p) = shape;
+  static_cast<AttentionShape&>(p) = shape;
   fill_fwd_pointers(p, call.q, call.k, call.v, call.out, call.lse);
   p.dout = call.dout.data_ptr();
   p.dq = call.dq.data_ptr();

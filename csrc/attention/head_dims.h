@@ -6,7 +6,7 @@ namespace deepseek_attn {
 namespace cuda {
 
 // (Dqk, Dv) pairs with compiled kernels; anything else is rejected with this list.
-#define DSA_ATTENTION_HEAD_DIMS(X) X(64, 64) X(96, 96) X(128, 128) X(192, 128) X(256, 256)
+#define DEEPSEEK_ATTN_ATTENTION_HEAD_DIMS(X) X(64, 64) X(96, 96) X(128, 128) X(192, 128) X(256, 256)
 constexpr const char* kSupportedHeadDims = "64/64, 96/96, 128/128, 192/128, 256/256";
 
 }  // namespace cuda

@@ -26,15 +26,15 @@ cudaError_t launch_flash_bwd(const AttentionBwdParams& p, float* delta, cudaStre
 // compiled instantiation matching the params (head dims checked before).
 template <typename Launch>
 cudaError_t dispatch_head_dims(const AttentionFwdParams& p, bool is_bf16, Launch&& launch) {
-#define DSA_DISPATCH(QK, V)                                                                 \
-  if (p.head_dim_qk == QK && p.head_dim_v == V) {                                           \
+#define DEEPSEEK_ATTN_DISPATCH(QK, V)                                                            \
+  if (p.head_dim_qk == QK && p.head_dim_v == V) {                                                \
     return is_bf16 ? launch(std::integral_constant<int, QK>(), std::integral_constant<int, V>(), \
-                            std::true_type())                                               \
+                            std::true_type())                                                    \
                    : launch(std::integral_constant<int, QK>(), std::integral_constant<int, V>(), \
-                            std::false_type());                                             \
+                            std::false_type());                                                  \
   }
-  DSA_ATTENTION_HEAD_DIMS(DSA_DISPATCH)
-#undef DSA_DISPATCH
+  DEEPSEEK_ATTN_ATTENTION_HEAD_DIMS(DEEPSEEK_ATTN_DISPATCH)
+#undef DEEPSEEK_ATTN_DISPATCH
   return cudaErrorInvalidValue;  // unreachable: the head dims were checked first
 }
 

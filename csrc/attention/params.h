@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "common/visibility.h"
+#include "common/key_window.h"
 
 namespace deepseek_attn {
 
@@ -15,14 +15,8 @@ struct BshdStrides {
   int64_t head = 0;
 };
 
-struct AttentionFwdParams {
-  const void* q = nullptr;  // (B, Sq, Hq, Dqk)
-  const void* k = nullptr;  // (B, Sk, Hkv, Dqk)
-  const void* v = nullptr;  // (B, Sk, Hkv, Dv)
-  void* out = nullptr;      // (B, Sq, Hq, Dv)
-  float* lse = nullptr;     // (B, Hq, Sq), contiguous
-  BshdStrides q_strides, k_strides, v_strides, out_strides;
-
+// The problem a checked flash_attn call describes: sizes and options, no memory.
+struct AttentionShape {
   int64_t batch = 0;
   int64_t seqlen_q = 0;
   int64_t seqlen_k = 0;
@@ -36,14 +30,30 @@ struct AttentionFwdParams {
   int64_t window_left = -1;   // -1: unbounded
   int64_t window_right = -1;  // -1: unbounded; causal sets 0
 
-  DSA_HOST_DEVICE int64_t heads_per_kv() const { return heads_q / heads_kv; }
-  DSA_HOST_DEVICE KeyWindow key_window() const { return {seqlen_q, seqlen_k, window_left, window_right}; }
+  DEEPSEEK_ATTN_HOST_DEVICE int64_t heads_per_kv() const { return heads_q / heads_kv; }
+  DEEPSEEK_ATTN_HOST_DEVICE KeyWindow key_window() const {
+    return {seqlen_q, seqlen_k, window_left, window_right};
+  }
+};
+
+// A launch of the forward: the shape, then where the tensors live (filled by the caller).
+struct AttentionFwdParams : AttentionShape {
+  const void* q = nullptr;  // (B, Sq, Hq, Dqk)
+  const void* k = nullptr;  // (B, Sk, Hkv, Dqk)
+  const void* v = nullptr;  // (B, Sk, Hkv, Dv)
+  void* out = nullptr;      // (B, Sq, Hq, Dv)
+  float* lse = nullptr;     // (B, Hq, Sq), contiguous
+  BshdStrides q_strides, k_strides, v_strides, out_strides;
+
+  AttentionFwdParams() = default;
+  explicit AttentionFwdParams(const AttentionShape& shape) : AttentionShape(shape) {}
 };
 
 struct AttentionBwdParams : AttentionFwdParams {
-  const void* dout = nullptr;  // (B, Sq, Hq, Dv)
+  using AttentionFwdParams::AttentionFwdParams;
+  const void* dout = nullptr;    // (B, Sq, Hq, Dv)
   const float* delta = nullptr;  // (B, Hq, Sq) rowsum(dO * O), contiguous
-  void* dq = nullptr;          // (B, Sq, Hq, Dqk)
+  void* dq = nullptr;            // (B, Sq, Hq, Dqk)
   void* dk = nullptr;          // (B, Sk, Hkv, Dqk)
   void* dv = nullptr;          // (B, Sk, Hkv, Dv)
   BshdStrides dout_strides, dq_strides, dk_strides, dv_strides;

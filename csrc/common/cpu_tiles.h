@@ -16,15 +16,15 @@
 
 // Hot elementwise loops get AVX2 / AVX-512 clones picked at load time (x86-64 GCC and clang).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-#define DSA_CPU_MULTIVERSION __attribute__((target_clones("default", "avx2", "avx512f")))
+#define DEEPSEEK_ATTN_CPU_MULTIVERSION __attribute__((target_clones("default", "avx2", "avx512f")))
 #else
-#define DSA_CPU_MULTIVERSION
+#define DEEPSEEK_ATTN_CPU_MULTIVERSION
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
-#define DSA_ALWAYS_INLINE inline __attribute__((always_inline))
+#define DEEPSEEK_ATTN_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
-#define DSA_ALWAYS_INLINE inline
+#define DEEPSEEK_ATTN_ALWAYS_INLINE inline
 #endif
 
 namespace deepseek_attn::cpu {
@@ -90,7 +90,7 @@ void transpose_tile(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T*
 }
 
 // 2^x for x <= 0 to fp32 accuracy, exactly 0 below 2^-126; branch-free so loops vectorise.
-DSA_ALWAYS_INLINE float exp2_nonpositive(float x) {
+DEEPSEEK_ATTN_ALWAYS_INLINE float exp2_nonpositive(float x) {
   const bool underflow = !(x >= -126.f);  // also catches -inf and NaN
   x = underflow ? 0.f : x;
   const float n = std::floor(x + 0.5f);

@@ -13,14 +13,14 @@
 #include "common/cuda_mma.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DSA_HOPPER_DEVICE 1
+#define DEEPSEEK_ATTN_HOPPER_DEVICE 1
 #include "common/cuda_hopper_intrinsics.cuh"
 #endif
 
 namespace deepseek_attn {
 namespace cuda {
 
-#if defined(DSA_HOPPER_DEVICE)
+#if defined(DEEPSEEK_ATTN_HOPPER_DEVICE)
 
 // Shared-memory matrix descriptor for a 128-byte-swizzled operand (the layout TMA writes with
 // CU_TENSOR_MAP_SWIZZLE_128B; atoms of 8 rows x 128 bytes, 1024-byte aligned). For K-major
@@ -35,7 +35,7 @@ __device__ __forceinline__ uint64_t swizzle128_descriptor(const void* shared,
          (uint64_t((stride_bytes >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
 }
 
-#endif  // DSA_HOPPER_DEVICE
+#endif  // DEEPSEEK_ATTN_HOPPER_DEVICE
 
 // setmaxnreg between one producer and two consumer warpgroups of a `threads`-thread CTA (one
 // CTA per SM, __launch_bounds__(threads, 1)): each thread starts with the register file's share

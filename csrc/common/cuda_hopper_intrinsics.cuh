@@ -86,7 +86,9 @@ __device__ __forceinline__ void warpgroup_registers_increase() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
 }
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
@@ -105,7 +107,8 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[kTiles][4]) {
 }
 
 // The 64 fp32 accumulator operands of an m64n128 wgmma, d[n8 tile][fragment], as %0..%63.
-#define DSA_WGMMA_M64N128_ACCUMULATORS \
+// clang-format off: one n8 tile per line
+#define DEEPSEEK_ATTN_WGMMA_M64N128_ACCUMULATORS \
       "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), \
       "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), \
       "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), \
@@ -122,54 +125,61 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[kTiles][4]) {
       "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), \
       "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), \
       "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-#define DSA_WGMMA_M64N128_REGISTERS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+// clang-format on
+#define DEEPSEEK_ATTN_WGMMA_M64N128_REGISTERS                                                   \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, " \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "  \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "  \
+  "%56, %57, %58, %59, %60, %61, %62, %63}, "
 
 // d (64 x 128, fp32) = A·Bᵀ (+ d when `accumulate`), A (64 x K) and B (128 x K) K-major in
 // shared memory; SHAPE_TYPES is e.g. "m64n128k16.f32.bf16.bf16", TAIL the immediates.
-#define DSA_WGMMA_SS(SHAPE_TYPES, TAIL)                                                       \
-  asm volatile("{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %66, 0;\n"                 \
-               "wgmma.mma_async.sync.aligned." SHAPE_TYPES " " DSA_WGMMA_M64N128_REGISTERS   \
-               "%64, %65, accumulate, " TAIL ";\n}\n"                                        \
-               : DSA_WGMMA_M64N128_ACCUMULATORS                                               \
-               : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)))
+#define DEEPSEEK_ATTN_WGMMA_SS(SHAPE_TYPES, TAIL)                                           \
+  asm volatile(                                                                             \
+      "{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %66, 0;\n"                        \
+      "wgmma.mma_async.sync.aligned." SHAPE_TYPES " " DEEPSEEK_ATTN_WGMMA_M64N128_REGISTERS \
+      "%64, %65, accumulate, " TAIL ";\n}\n"                                                \
+      : DEEPSEEK_ATTN_WGMMA_M64N128_ACCUMULATORS                                            \
+      : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)))
 
 template <bool kIsBf16>
 __device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t desc_a,
                                                     uint64_t desc_b, bool accumulate) {
   if constexpr (kIsBf16) {
-    DSA_WGMMA_SS("m64n128k16.f32.bf16.bf16", "1, 1, 0, 0");
+    DEEPSEEK_ATTN_WGMMA_SS("m64n128k16.f32.bf16.bf16", "1, 1, 0, 0");
   } else {
-    DSA_WGMMA_SS("m64n128k16.f32.f16.f16", "1, 1, 0, 0");
+    DEEPSEEK_ATTN_WGMMA_SS("m64n128k16.f32.f16.f16", "1, 1, 0, 0");
   }
 }
 
 // FP8 tensor cores: A (64 x 32) and B (128 x 32) e4m3, K-major (the only layout FP8 wgmma reads).
 __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[16][4], uint64_t desc_a,
                                                       uint64_t desc_b, bool accumulate) {
-  DSA_WGMMA_SS("m64n128k32.f32.e4m3.e4m3", "1, 1");
+  DEEPSEEK_ATTN_WGMMA_SS("m64n128k32.f32.e4m3.e4m3", "1, 1");
 }
 
 // d (64 x 128, fp32) += A·B, A (64 x 16) in registers, B (16 x 128) N-major in shared memory.
 template <bool kIsBf16>
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4],
                                                     uint64_t desc_b, bool accumulate) {
-#define DSA_WGMMA_RS(SHAPE_TYPES)                                                              \
-  asm volatile("{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %69, 0;\n"                 \
-               "wgmma.mma_async.sync.aligned." SHAPE_TYPES " " DSA_WGMMA_M64N128_REGISTERS   \
-               "{%64, %65, %66, %67}, %68, accumulate, 1, 1, 1;\n}\n"                      \
-               : DSA_WGMMA_M64N128_ACCUMULATORS                                               \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(int(accumulate)))
+#define DEEPSEEK_ATTN_WGMMA_RS(SHAPE_TYPES)                                                 \
+  asm volatile(                                                                             \
+      "{\n.reg .pred accumulate;\nsetp.ne.b32 accumulate, %69, 0;\n"                        \
+      "wgmma.mma_async.sync.aligned." SHAPE_TYPES " " DEEPSEEK_ATTN_WGMMA_M64N128_REGISTERS \
+      "{%64, %65, %66, %67}, %68, accumulate, 1, 1, 1;\n}\n"                                \
+      : DEEPSEEK_ATTN_WGMMA_M64N128_ACCUMULATORS                                            \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(int(accumulate)))
   if constexpr (kIsBf16) {
-    DSA_WGMMA_RS("m64n128k16.f32.bf16.bf16");
+    DEEPSEEK_ATTN_WGMMA_RS("m64n128k16.f32.bf16.bf16");
   } else {
-    DSA_WGMMA_RS("m64n128k16.f32.f16.f16");
+    DEEPSEEK_ATTN_WGMMA_RS("m64n128k16.f32.f16.f16");
   }
-#undef DSA_WGMMA_RS
+#undef DEEPSEEK_ATTN_WGMMA_RS
 }
 
-#undef DSA_WGMMA_SS
-#undef DSA_WGMMA_M64N128_REGISTERS
-#undef DSA_WGMMA_M64N128_ACCUMULATORS
+#undef DEEPSEEK_ATTN_WGMMA_SS
+#undef DEEPSEEK_ATTN_WGMMA_M64N128_REGISTERS
+#undef DEEPSEEK_ATTN_WGMMA_M64N128_ACCUMULATORS
 
 }  // namespace cuda
 }  // namespace deepseek_attn

@@ -12,9 +12,9 @@
 #include <cstdint>
 
 // The kernel's dynamic shared memory as `type name[]`, 16-byte aligned.
-#define DSA_DYNAMIC_SHARED_MEMORY(type, name) extern __shared__ __align__(16) type name[]
+#define DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(type, name) extern __shared__ __align__(16) type name[]
 // A statically sized shared array `type name[count]`.
-#define DSA_STATIC_SHARED_ARRAY(type, name, count) __shared__ type name[count]
+#define DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(type, name, count) __shared__ type name[count]
 
 namespace deepseek_attn {
 namespace cuda {

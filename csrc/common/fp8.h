@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "common/visibility.h"  // DSA_HOST_DEVICE
+#include "common/key_window.h"  // DEEPSEEK_ATTN_HOST_DEVICE
 
 namespace deepseek_attn {
 
@@ -16,26 +16,26 @@ constexpr float kFp8Max = 448.f;
 constexpr float kFp8AmaxFloor = 1e-4f;
 
 // Running |x| maximum that keeps a NaN once it has seen one.
-DSA_HOST_DEVICE float nan_propagating_absmax(float running, float x) {
+DEEPSEEK_ATTN_HOST_DEVICE float nan_propagating_absmax(float running, float x) {
   const float magnitude = fabsf(x);
   return (magnitude > running || magnitude != magnitude) && running == running ? magnitude
                                                                                : running;
 }
 
-DSA_HOST_DEVICE uint32_t float_bits(float x) {
+DEEPSEEK_ATTN_HOST_DEVICE uint32_t float_bits(float x) {
   uint32_t bits;
   memcpy(&bits, &x, sizeof(bits));
   return bits;
 }
 
-DSA_HOST_DEVICE float float_from_bits(uint32_t bits) {
+DEEPSEEK_ATTN_HOST_DEVICE float float_from_bits(uint32_t bits) {
   float x;
   memcpy(&x, &bits, sizeof(x));
   return x;
 }
 
 // The smallest power of two >= s, exactly (s is a normal positive float here); NaN/inf pass.
-DSA_HOST_DEVICE float round_up_to_power_of_two(float s) {
+DEEPSEEK_ATTN_HOST_DEVICE float round_up_to_power_of_two(float s) {
   const uint32_t bits = float_bits(s);
   const uint32_t exponent = bits & 0x7f800000u;
   if (exponent == 0x7f800000u || (bits & 0x007fffffu) == 0u) return s;
@@ -44,7 +44,7 @@ DSA_HOST_DEVICE float round_up_to_power_of_two(float s) {
 
 // Scale of one group from its amax. IEEE division (fast-math builds must not turn it into a
 // reciprocal): host `/`, device __fdiv_rn.
-DSA_HOST_DEVICE float fp8_scale_from_amax(float amax, bool ue8m0) {
+DEEPSEEK_ATTN_HOST_DEVICE float fp8_scale_from_amax(float amax, bool ue8m0) {
   const float floored = amax < kFp8AmaxFloor ? kFp8AmaxFloor : amax;  // NaN stays NaN
 #if defined(__CUDA_ARCH__)
   const float scale = __fdiv_rn(floored, kFp8Max);
@@ -55,7 +55,7 @@ DSA_HOST_DEVICE float fp8_scale_from_amax(float amax, bool ue8m0) {
 }
 
 // x / s clamped to the e4m3 range (NaN stays NaN); the caller rounds it to e4m3.
-DSA_HOST_DEVICE float fp8_scaled_and_clamped(float x, float scale) {
+DEEPSEEK_ATTN_HOST_DEVICE float fp8_scaled_and_clamped(float x, float scale) {
 #if defined(__CUDA_ARCH__)
   const float scaled = __fdiv_rn(x, scale);
 #else

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "common/visibility.h"
+#include "common/key_window.h"
 
 namespace deepseek_attn {
 
@@ -19,7 +19,7 @@ struct LseMerge {
   float weight_second;
 };
 
-DSA_HOST_DEVICE LseMerge merge_lse(float lse_first, float lse_second) {
+DEEPSEEK_ATTN_HOST_DEVICE LseMerge merge_lse(float lse_first, float lse_second) {
   const float hi = fmaxf(lse_first, lse_second);
   if (hi == -INFINITY) return {-INFINITY, 0.f, 0.f};
   const float lo = fminf(lse_first, lse_second);
@@ -27,10 +27,10 @@ DSA_HOST_DEVICE LseMerge merge_lse(float lse_first, float lse_second) {
   return {lse, expf(lse_first - lse), expf(lse_second - lse)};
 }
 
-DSA_HOST_DEVICE float exp2_of(float x) { return exp2f(x); }
-DSA_HOST_DEVICE double exp2_of(double x) { return exp2(x); }
-DSA_HOST_DEVICE float log2_of(float x) { return log2f(x); }
-DSA_HOST_DEVICE double log2_of(double x) { return log2(x); }
+DEEPSEEK_ATTN_HOST_DEVICE float exp2_of(float x) { return exp2f(x); }
+DEEPSEEK_ATTN_HOST_DEVICE double exp2_of(double x) { return exp2(x); }
+DEEPSEEK_ATTN_HOST_DEVICE float log2_of(float x) { return log2f(x); }
+DEEPSEEK_ATTN_HOST_DEVICE double log2_of(double x) { return log2(x); }
 
 // Running state of one query row: max of the scaled scores (log2 domain) and the sum of exp2.
 // T is the accumulation type (fp32; fp64 for fp64 inputs on CPU).
@@ -40,7 +40,7 @@ struct OnlineSoftmaxRow {
   T sum = 0;
 
   // Folds in a new block maximum; returns the factor that rescales the old accumulator.
-  DSA_HOST_DEVICE T update_max(T block_max_log2) {
+  DEEPSEEK_ATTN_HOST_DEVICE T update_max(T block_max_log2) {
     const T new_max = max_log2 > block_max_log2 ? max_log2 : block_max_log2;
     const T rescale = (max_log2 == -INFINITY) ? T(0) : exp2_of(max_log2 - new_max);
     max_log2 = new_max;
@@ -49,7 +49,7 @@ struct OnlineSoftmaxRow {
   }
 
   // Natural-log LSE of the row; -inf when it saw no key.
-  DSA_HOST_DEVICE T lse() const {
+  DEEPSEEK_ATTN_HOST_DEVICE T lse() const {
     return sum > 0 ? (max_log2 + log2_of(sum)) * T(kLn2) : T(-INFINITY);
   }
 };

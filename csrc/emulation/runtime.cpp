@@ -304,7 +304,8 @@ void* g_context = nullptr;
 uintptr_t g_parameters_begin = 0, g_parameters_end = 0;
 SharedRegion g_dynamic_shared;
 std::vector<uint8_t> g_dynamic_storage;
-std::vector<std::unique_ptr<SharedRegion>> g_static_shared;  // DSA_STATIC_SHARED_ARRAY regions
+std::vector<std::unique_ptr<SharedRegion>>
+    g_static_shared;                // DEEPSEEK_ATTN_STATIC_SHARED_ARRAY regions
 uint32_t g_next_static_window = 0;  // shared-window address for the next static array
 std::string g_last_kernel_name;
 
@@ -2185,22 +2186,22 @@ void wgmma_wait(int pending_groups) {
 // GCC's -fsanitize=thread calls these before every load and store of the kernel objects (no
 // sanitizer runtime is linked: the emulator is the runtime).
 
-#define DSA_EMU_HOOK(name, bytes, write)                                                          \
+#define DEEPSEEK_ATTN_EMU_HOOK(name, bytes, write)                                                \
   extern "C" __attribute__((visibility("hidden"))) void name(void* p) {                           \
     if (dsa_emu::g_checking) dsa_emu::check_access(reinterpret_cast<uintptr_t>(p), bytes, write); \
   }
-#define DSA_EMU_ACCESS_HOOKS(bytes)                        \
-  DSA_EMU_HOOK(__tsan_read##bytes, bytes, false)           \
-  DSA_EMU_HOOK(__tsan_write##bytes, bytes, true)           \
-  DSA_EMU_HOOK(__tsan_unaligned_read##bytes, bytes, false) \
-  DSA_EMU_HOOK(__tsan_unaligned_write##bytes, bytes, true)
-DSA_EMU_ACCESS_HOOKS(1)
-DSA_EMU_ACCESS_HOOKS(2)
-DSA_EMU_ACCESS_HOOKS(4)
-DSA_EMU_ACCESS_HOOKS(8)
-DSA_EMU_ACCESS_HOOKS(16)
-#undef DSA_EMU_ACCESS_HOOKS
-#undef DSA_EMU_HOOK
+#define DEEPSEEK_ATTN_EMU_ACCESS_HOOKS(bytes)                        \
+  DEEPSEEK_ATTN_EMU_HOOK(__tsan_read##bytes, bytes, false)           \
+  DEEPSEEK_ATTN_EMU_HOOK(__tsan_write##bytes, bytes, true)           \
+  DEEPSEEK_ATTN_EMU_HOOK(__tsan_unaligned_read##bytes, bytes, false) \
+  DEEPSEEK_ATTN_EMU_HOOK(__tsan_unaligned_write##bytes, bytes, true)
+DEEPSEEK_ATTN_EMU_ACCESS_HOOKS(1)
+DEEPSEEK_ATTN_EMU_ACCESS_HOOKS(2)
+DEEPSEEK_ATTN_EMU_ACCESS_HOOKS(4)
+DEEPSEEK_ATTN_EMU_ACCESS_HOOKS(8)
+DEEPSEEK_ATTN_EMU_ACCESS_HOOKS(16)
+#undef DEEPSEEK_ATTN_EMU_ACCESS_HOOKS
+#undef DEEPSEEK_ATTN_EMU_HOOK
 
 extern "C" __attribute__((visibility("hidden"))) void __tsan_read_range(void* p, size_t bytes) {
   if (dsa_emu::g_checking) dsa_emu::check_access(reinterpret_cast<uintptr_t>(p), bytes, false);

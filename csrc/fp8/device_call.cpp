@@ -88,8 +88,8 @@ Fp8GemmCall prepare_fp8_gemm(const at::Tensor& a_in, const at::Tensor& a_scales,
                              const at::Tensor& b_in, const at::Tensor& b_scales,
                              at::ScalarType out_dtype, const DeviceArch& arch) {
   const Fp8GemmShape shape = check_fp8_gemm_inputs(a_in, a_scales, b_in, b_scales, out_dtype);
-  DSA_CHECK_VALUE((shape.n + 63) / 64 <= 65535,
-                  "fp8_gemm supports N up to 65535 * 64 on CUDA (got ", shape.n, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE((shape.n + 63) / 64 <= 65535,
+                            "fp8_gemm supports N up to 65535 * 64 on CUDA (got ", shape.n, ")");
   Fp8GemmCall call;
   call.out_type = gemm_out_of(out_dtype);
   call.out = at::empty({shape.m, shape.n}, a_in.options().dtype(out_dtype));

@@ -10,8 +10,8 @@
 #include <random>
 #include <vector>
 
+#include "common/key_window.h"
 #include "common/online_softmax.h"
-#include "common/visibility.h"
 
 namespace {
 

@@ -44,7 +44,7 @@ CUDA_ARCHS_DEFINE = '-DDEEPSEEK_ATTN_CUDA_ARCHS="8.0;9.0a"'
 COMMON_FLAGS = ["-std=c++20", "-fPIC", "-g0", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
                 "-fno-gnu-unique"]
 KERNEL_FLAGS = COMMON_FLAGS + [
-    "-O1", "-DDSA_EMULATION=1",
+    "-O1", "-DDEEPSEEK_ATTN_EMULATION=1",
     "-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0",
     "-fno-tree-vectorize", "-fno-store-merging",
 ]

@@ -42,7 +42,7 @@ __global__ void shuffle_outside_mask_kernel(float* data) {
 
 // Lane i gets lane i ^ 1's value; a ballot of odd lanes; __syncwarp orders shared writes.
 __global__ void warp_primitives_kernel(float* data) {
-  DSA_STATIC_SHARED_ARRAY(float, scratch, 32);
+  DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(float, scratch, 32);
   const unsigned lane = threadIdx.x;
   data[lane] = __shfl_xor_sync(0xffffffffu, float(lane), 1);
   const unsigned odd = __ballot_sync(0xffffffffu, lane % 2);
@@ -53,7 +53,7 @@ __global__ void warp_primitives_kernel(float* data) {
 
 // Threads read the shared value their predecessor wrote, without a barrier.
 __global__ void shared_read_race_kernel(float* data) {
-  DSA_STATIC_SHARED_ARRAY(float, scratch, 64);
+  DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(float, scratch, 64);
   scratch[threadIdx.x] = 1.f;
   if (threadIdx.x > 0) data[threadIdx.x % 32] = scratch[threadIdx.x - 1];
 }
@@ -66,7 +66,7 @@ __global__ void trap_kernel(float* data) {
 __global__ void out_of_bounds_store_kernel(float* data) { data[threadIdx.x + 1] = 0.f; }
 
 __global__ void dynamic_shared_kernel(float* data) {
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
   data[threadIdx.x] = float(shared_bytes[threadIdx.x]);  // never written
 }
 
@@ -78,7 +78,7 @@ __global__ void mma_loop_kernel(float* data) {
   if (threadIdx.x < 32) data[threadIdx.x] = acc[0];
 }
 
-#if defined(DSA_HOPPER_DEVICE)
+#if defined(DEEPSEEK_ATTN_HOPPER_DEVICE)
 // --- Hopper probes (the sm90 module compiles this file with the sm90a code paths) -----------
 
 constexpr int kTmaRows = 8, kTmaColumns = 32;  // the box: 8 rows x 32 fp32 = 1024 bytes
@@ -87,7 +87,7 @@ constexpr int kTmaRows = 8, kTmaColumns = 32;  // the box: 8 rows x 32 fp32 = 10
 // rows - 4 (so both dimensions run out of bounds), lands 128-byte swizzled; the block copies
 // the raw shared bytes to the output after the matrix.
 __global__ void tma_box_kernel(const __grid_constant__ CUtensorMap map, float* output, int rows) {
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
   unsigned char* box = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(box + 1024);
@@ -107,8 +107,8 @@ __global__ void tma_box_kernel(const __grid_constant__ CUtensorMap map, float* o
 
 // mbarrier protocol probes (one warp, or two where a producer and a consumer warp are needed).
 __global__ void mbarrier_probe_kernel(float* data, int variant) {
-  DSA_STATIC_SHARED_ARRAY(uint64_t, barrier, 1);
-  DSA_STATIC_SHARED_ARRAY(float, values, 32);
+  DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(uint64_t, barrier, 1);
+  DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(float, values, 32);
   const int thread = threadIdx.x;
   if (thread == 0) {
     mbarrier_init(barrier, variant == 3 || variant == 4 ? 32 : 1);
@@ -145,7 +145,7 @@ __global__ void mbarrier_probe_kernel(float* data, int variant) {
 // 0 legal (fence.proxy.async, barrier, wait before reading D), 1 reads D before the wait,
 // 2 leaves out fence.proxy.async.
 __global__ void wgmma_probe_kernel(float* data, int variant) {
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
   unsigned char* tiles = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
   const int thread = threadIdx.x;
@@ -168,7 +168,7 @@ __global__ void wgmma_probe_kernel(float* data, int variant) {
 // 0 bar.arrive / bar.sync 1 over 256 threads: ordered; 1 the reader syncs with a count of 128
 // (mismatch); 2 only the reader syncs (never completes); 3 no barrier (a race).
 __global__ void named_barrier_probe_kernel(float* data, int variant) {
-  DSA_STATIC_SHARED_ARRAY(float, values, 128);
+  DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(float, values, 128);
   const int thread = threadIdx.x;
   if (thread < 128) {
     values[thread] = float(thread);
@@ -190,7 +190,7 @@ __global__ void elect_probe_kernel(float* data) {
   const bool elected = dsa_emu::elect_one(0xffffffffu);
   data[threadIdx.x] = elected ? 1.f : 0.f;
 }
-#endif  // DSA_HOPPER_DEVICE
+#endif  // DEEPSEEK_ATTN_HOPPER_DEVICE
 
 // Runs the probe `name` over `data` (`count` floats); returns the launch status.
 cudaError_t run_emulator_probe(const char* name, float* data, int count, int shared_bytes) {
@@ -212,7 +212,7 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
       {"dynamic_shared", dynamic_shared_kernel, 1, 32},
       {"mma_loop", mma_loop_kernel, 1, 128},
   };
-#if defined(DSA_HOPPER_DEVICE)
+#if defined(DEEPSEEK_ATTN_HOPPER_DEVICE)
   const int matrix_rows = (count - kTmaRows * kTmaColumns) / 16;
   const bool nan_fill = std::strcmp(name, "tma_box_nan_fill") == 0;
   if (std::strcmp(name, "tma_box") == 0 || nan_fill) {

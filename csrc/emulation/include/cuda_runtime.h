@@ -22,9 +22,10 @@
 #define __grid_constant__
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
-// Kernels declare shared memory with DSA_STATIC_SHARED_ARRAY / DSA_DYNAMIC_SHARED_MEMORY
-// (common/cuda_intrinsics.cuh), which the emulator can track; a bare __shared__ fails to compile.
-#define __shared__ use_DSA_STATIC_SHARED_ARRAY_or_DSA_DYNAMIC_SHARED_MEMORY_from_cuda_intrinsics
+// Kernels declare shared memory with DEEPSEEK_ATTN_STATIC_SHARED_ARRAY /
+// DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY (common/cuda_intrinsics.cuh), which the emulator can track; a
+// bare __shared__ fails to compile.
+#define __shared__ use_DEEPSEEK_ATTN_STATIC_SHARED_ARRAY_or_DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY
 
 using dim3 = dsa_emu::Dim3;
 using uint3 = dsa_emu::Dim3;

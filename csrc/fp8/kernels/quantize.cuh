@@ -120,9 +120,10 @@ __global__ void __launch_bounds__(kQuantizeWarps * 32)
 constexpr int kWeightThreads = 256;
 
 template <Fp8Source kSource, int kVec>
-__global__ void __launch_bounds__(kWeightThreads) quantize_weight_kernel(const Fp8QuantizeParams p) {
+__global__ void __launch_bounds__(kWeightThreads)
+    quantize_weight_kernel(const Fp8QuantizeParams p) {
   using T = typename SourceType<kSource>::type;
-  DSA_STATIC_SHARED_ARRAY(float, warp_maxima, kWeightThreads / 32);
+  DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(float, warp_maxima, kWeightThreads / 32);
   const int64_t block_cols = (p.cols + p.group - 1) / p.group;
   const int64_t r0 = int64_t(blockIdx.x / block_cols) * p.group;
   const int64_t c0 = int64_t(blockIdx.x % block_cols) * p.group;
@@ -135,7 +136,8 @@ __global__ void __launch_bounds__(kWeightThreads) quantize_weight_kernel(const F
   float amax = 0.f;
   for (int64_t chunk = threadIdx.x; chunk < chunks; chunk += kWeightThreads) {
     float values[kVec];
-    const int64_t offset = (r0 + chunk / chunks_per_row) * p.cols + c0 + (chunk % chunks_per_row) * kVec;
+    const int64_t offset =
+        (r0 + chunk / chunks_per_row) * p.cols + c0 + (chunk % chunks_per_row) * kVec;
     load_as_float<kVec>(x + offset, values);
 #pragma unroll
     for (int i = 0; i < kVec; ++i) amax = nan_propagating_absmax(amax, values[i]);
@@ -151,7 +153,8 @@ __global__ void __launch_bounds__(kWeightThreads) quantize_weight_kernel(const F
 
   for (int64_t chunk = threadIdx.x; chunk < chunks; chunk += kWeightThreads) {
     float values[kVec];
-    const int64_t offset = (r0 + chunk / chunks_per_row) * p.cols + c0 + (chunk % chunks_per_row) * kVec;
+    const int64_t offset =
+        (r0 + chunk / chunks_per_row) * p.cols + c0 + (chunk % chunks_per_row) * kVec;
     load_as_float<kVec>(x + offset, values);
     store_e4m3<kVec>(p.payload + offset, values, scale);
   }

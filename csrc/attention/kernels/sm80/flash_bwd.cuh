@@ -14,8 +14,8 @@
 
 #include <cstdint>
 
-#include "attention/kernels/sm80/tile_io.cuh"
 #include "attention/heuristics.h"
+#include "attention/kernels/sm80/tile_mma.cuh"
 #include "attention/params.h"
 #include "common/online_softmax.h"
 
@@ -99,8 +99,9 @@ struct DkDvTile {
 // itself as the A operand. Warp w then owns query rows (w % 2) * 16 and half of the columns.
 template <int kDimQK, int kDimV, bool kIsBf16, typename T>
 __device__ __forceinline__ void accumulate_dq_atomic(
-    const AttentionBwdParams& p, const uint32_t (&ds_frags)[DkDvTile<kDimQK, kDimV>::kBlockM / 16][4],
-    T* ds_tile, const T* k_tile, int64_t rows_base, int64_t row0, int warp, int lane) {
+    const AttentionBwdParams& p,
+    const uint32_t (&ds_frags)[DkDvTile<kDimQK, kDimV>::kBlockM / 16][4], T* ds_tile,
+    const T* k_tile, int64_t rows_base, int64_t row0, int warp, int lane) {
   using Tile = DkDvTile<kDimQK, kDimV>;
   constexpr int kPitch = Tile::kDsPitch;
   uint32_t* ds_words = reinterpret_cast<uint32_t*>(ds_tile);
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccM = kBlockM / 8;
 
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
   T* k_tile = reinterpret_cast<T*>(shared_bytes);
   T* v_tile = k_tile + Tile::kKElements;
   T* stages = v_tile + Tile::kVElements;  // 2 x (Q tile, dO tile)
@@ -332,7 +333,7 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccN = kBlockN / 8;
 
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
   T* q_tile = reinterpret_cast<T*>(shared_bytes);
   T* do_tile = q_tile + Tile::kQElements;
   T* k_tiles = do_tile + Tile::kDoElements;      // two stages

@@ -11,8 +11,8 @@
 
 #include <cstdint>
 
-#include "attention/kernels/sm80/tile_io.cuh"
 #include "attention/heuristics.h"
+#include "attention/kernels/sm80/tile_mma.cuh"
 #include "attention/params.h"
 #include "common/online_softmax.h"
 
@@ -121,10 +121,10 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccN = kBlockN / 8, kAccV = kDimV / 8;
 
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
   T* q_tile = reinterpret_cast<T*>(shared_bytes);
-  T* k_tiles = q_tile + Tile::kQRegion;               // two stages
-  T* v_tiles = k_tiles + 2 * Tile::kKElements;        // two stages
+  T* k_tiles = q_tile + Tile::kQRegion;         // two stages
+  T* v_tiles = k_tiles + 2 * Tile::kKElements;  // two stages
 
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
   const int64_t m_block = blockIdx.x, head = blockIdx.y;

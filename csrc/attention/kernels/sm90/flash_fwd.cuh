@@ -42,12 +42,12 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
                             const __grid_constant__ CUtensorMap k_map,
                             const __grid_constant__ CUtensorMap v_map,
                             const AttentionFwdParams p) {
-#if defined(DSA_HOPPER_DEVICE)
+#if defined(DEEPSEEK_ATTN_HOPPER_DEVICE)
   using Tile = HopperFwdTile;
   using T = typename Element16<kIsBf16>::type;
   constexpr int kAccN = Tile::kBlockN / 8, kAccV = Tile::kDim / 8;
 
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
   unsigned char* shared = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
   unsigned char* q_tile = shared;

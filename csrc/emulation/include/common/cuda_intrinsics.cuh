@@ -14,11 +14,11 @@
 #endif
 
 // The launch's dynamic shared memory (the runtime sized it from the launch configuration).
-#define DSA_DYNAMIC_SHARED_MEMORY(type, name) \
+#define DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(type, name) \
   type* const name = static_cast<type*>(::dsa_emu::dynamic_shared_memory())
 // Each static array is its own bounds-checked region, the same one for every thread of the CTA.
-#define DSA_STATIC_SHARED_ARRAY(type, name, count) \
-  type* const name = static_cast<type*>(           \
+#define DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(type, name, count) \
+  type* const name = static_cast<type*>(                     \
       ::dsa_emu::static_shared_array(#name, sizeof(type) * (count), alignof(type)))
 
 namespace deepseek_attn {

@@ -73,7 +73,7 @@ template <Fp8GemmOut kOut>
 __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const Fp8GemmParams p) {
   using Tile = Fp8GemmTile;
   using Out = typename GemmOutType<kOut>::type;
-  DSA_DYNAMIC_SHARED_MEMORY(uint8_t, shared);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(uint8_t, shared);
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
   const int group = lane / 4, quad = lane % 4;
   const int64_t m0 = int64_t(blockIdx.x) * Tile::kBlockM;
@@ -85,8 +85,8 @@ __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const F
   auto load_stage = [&](int stage, int64_t kb) {
     uint8_t* a_tile = shared + stage * Tile::kStageBytes;
     load_fp8_tile<Tile::kBlockM>(a_tile, p.a, m0, p.m, kb * Tile::kBlockK, p.k, thread);
-    load_fp8_tile<Tile::kBlockN>(a_tile + Tile::kBlockM * Tile::kPitch, p.b, n0, p.n, kb * Tile::kBlockK, p.k,
-                  thread);
+    load_fp8_tile<Tile::kBlockN>(a_tile + Tile::kBlockM * Tile::kPitch, p.b, n0, p.n,
+                                 kb * Tile::kBlockK, p.k, thread);
   };
   load_stage(0, 0);
   cp_async_commit();
@@ -119,7 +119,8 @@ __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const F
 #pragma unroll
       for (int mt = 0; mt < Tile::kMTiles; ++mt) {
 #pragma unroll
-        for (int nt = 0; nt < Tile::kNTiles; ++nt) mma_16x8x32_e4m3(block[mt][nt], a[mt], b[nt][0], b[nt][1]);
+        for (int nt = 0; nt < Tile::kNTiles; ++nt)
+          mma_16x8x32_e4m3(block[mt][nt], a[mt], b[nt][0], b[nt][1]);
       }
     }
 #else
@@ -144,7 +145,8 @@ __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const F
 #pragma unroll
       for (int mt = 0; mt < Tile::kMTiles; ++mt) {
 #pragma unroll
-        for (int nt = 0; nt < Tile::kNTiles; ++nt) mma_16x8x16<false>(block[mt][nt], a[mt], b[nt][0], b[nt][1]);
+        for (int nt = 0; nt < Tile::kNTiles; ++nt)
+          mma_16x8x16<false>(block[mt][nt], a[mt], b[nt][0], b[nt][1]);
       }
     }
 
@@ -170,7 +172,8 @@ __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const F
         for (int mt = 0; mt < Tile::kMTiles; ++mt) {
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            total[mt][nt][2 * half + j] += block[mt][nt][2 * half + j] * a_scale[mt][half] * b_scale;
+            total[mt][nt][2 * half + j] +=
+                block[mt][nt][2 * half + j] * a_scale[mt][half] * b_scale;
           }
         }
       }

@@ -34,10 +34,10 @@ template <Fp8GemmOut kOut>
 __global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
     fp8_gemm_hopper_kernel(const __grid_constant__ CUtensorMap a_map,
                            const __grid_constant__ CUtensorMap b_map, const Fp8GemmParams p) {
-#if defined(DSA_HOPPER_DEVICE)
+#if defined(DEEPSEEK_ATTN_HOPPER_DEVICE)
   using Tile = Fp8GemmHopperTile;
   using Out = typename GemmOutType<kOut>::type;
-  DSA_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
   unsigned char* shared = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(shared + Tile::kBarrierOffset);  // [kStages]
@@ -88,7 +88,8 @@ __global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < Tile::kBlockK / 32; ++k) {  // 32 bytes of K per step in a swizzle row
-      const uint64_t desc_a = swizzle128_descriptor(a_tile + consumer * 64 * 128 + k * 32, 16, 1024);
+      const uint64_t desc_a =
+          swizzle128_descriptor(a_tile + consumer * 64 * 128 + k * 32, 16, 1024);
       const uint64_t desc_b = swizzle128_descriptor(b_tile + k * 32, 16, 1024);
       wgmma_m64n128k32_e4m3(block, desc_a, desc_b, k > 0);
     }
