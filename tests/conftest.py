@@ -2,6 +2,8 @@
 inputs are in deepseek_attn.testing)."""
 
 import contextlib
+import importlib.util
+import os
 
 import pytest
 import torch
@@ -57,6 +59,20 @@ def bshd_inputs(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim
     k = make(batch, seqlen_k, heads_kv, head_dim)
     v = make(batch, seqlen_k, heads_kv, head_dim_v)
     return q, k, v
+
+
+def _instantiation_table():
+    """csrc/instantiations.py: the one table of compiled CUDA instantiations."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc",
+                        "instantiations.py")
+    spec = importlib.util.spec_from_file_location("deepseek_attn_instantiations", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+INSTANTIATIONS = _instantiation_table()
+CUDA_HEAD_DIMS = INSTANTIATIONS.ATTENTION_HEAD_DIMS  # (Dqk, Dv) pairs with CUDA kernels
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from deepseek_attn import FlashAttnFunction, flash_attn_func
 from deepseek_attn.reference import attention_ref, merge_partials, visible_mask
 from deepseek_attn.testing import assert_spec6_close, check_poison, poisoned
 
-from conftest import (ATTENTION_DEVICES, bshd_inputs,
+from conftest import (ATTENTION_DEVICES, CUDA_HEAD_DIMS, bshd_inputs,
                       requires_cuda_attention, skip_unsupported_dtype)
 
 _ops = torch.ops.deepseek_attn
@@ -322,7 +322,7 @@ def test_deterministic_gradients_are_bitwise_identical(device):
 
 
 @requires_cuda_attention
-@pytest.mark.parametrize("head_dims", [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)])
+@pytest.mark.parametrize("head_dims", CUDA_HEAD_DIMS, ids=lambda d: f"d{d[0]}x{d[1]}")
 def test_cuda_atomic_dq_matches_the_deterministic_path(head_dims):
     # The default backward adds dQ with fp32 atomics; deterministic=True runs a separate dQ
     # kernel. Both sum the same exact bf16 products, so only fp32 summation order differs.

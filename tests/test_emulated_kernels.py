@@ -9,9 +9,10 @@ import os
 import pytest
 import torch
 
-from deepseek_attn.reference import (fp8_gemm_ref, quantize_act_ref, quantize_weight_ref)
-
+from deepseek_attn.reference import fp8_gemm_ref, quantize_act_ref, quantize_weight_ref
 from deepseek_attn.testing import assert_spec6_close, check_poison, poisoned
+
+from conftest import CUDA_HEAD_DIMS
 from test_attention import CASES, HOPPER_CASES, Case, reference_pair
 from test_fp8 import assert_fp8_close, assert_same_fp8, assert_same_scales
 
@@ -88,7 +89,6 @@ EMULATED_CASES = [case for case in CASES if case.seqlen_q * case.seqlen_k < 1_00
     Case(1, 700, heads_q=4, heads_kv=1, head_dim=256),        # split-KV with 32-key tiles
     Case(45, 77, heads_q=3, heads_kv=1, head_dim=96, window=(20, 3)),
 ]
-HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)]
 
 
 @pytest.mark.parametrize("case", EMULATED_CASES, ids=repr)
@@ -98,7 +98,7 @@ def test_emulated_sm80_attention_forward_and_backward(sm80, case):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("head_dims", HEAD_DIMS, ids=lambda d: f"d{d[0]}x{d[1]}")
+@pytest.mark.parametrize("head_dims", CUDA_HEAD_DIMS, ids=lambda d: f"d{d[0]}x{d[1]}")
 def test_emulated_sm80_every_instantiation(sm80, head_dims, dtype, schedule):
     case = Case(75, 90, heads_q=4, heads_kv=2, head_dim=head_dims[0], head_dim_v=head_dims[1],
                 window=(50, 3), causal=False, softcap=2.0)

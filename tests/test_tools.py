@@ -99,3 +99,11 @@ def test_poisoned_views_hold_the_values_and_catch_stray_accesses(dtype, contiguo
     root[past_the_end] = torch.zeros((), dtype=torch.float32).to(dtype)  # a stray write ...
     with pytest.raises(AssertionError, match="1 elements around a \\(3, 5, 8\\) tensor"):
         check_poison(view)  # ... is caught
+
+
+def test_generated_instantiations_match_their_table():
+    """csrc/instantiations.py writes the .cu instantiations, head_dims.h and the README cell:
+    none may drift from its table (run the script after editing the table)."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "csrc", "instantiations.py"),
+                             "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

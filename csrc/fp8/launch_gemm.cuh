@@ -1,42 +1,14 @@
 #pragma once
-// Grid, block and shared-memory choice of the FP8 kernels; included by kernels/inst/*.cu.
+// Grid and shared-memory choice of the FP8 GEMMs (mma.sync, and the sm90a kernel with its TMA
+// maps); included by kernels/inst/gemm_out_*.cu only.
 
+#include "common/cuda_launch.cuh"
 #include "fp8/kernels/sm80/gemm.cuh"
 #include "fp8/kernels/sm90/gemm.cuh"
-#include "fp8/kernels/quantize.cuh"
-#include "common/cuda_launch.cuh"
 #include "fp8/launch.h"
 
 namespace deepseek_attn {
 namespace cuda {
-
-// Vector loads need every group to start on a 4-element boundary.
-inline bool fp8_rows_allow_vector_loads(const Fp8QuantizeParams& p) {
-  return p.cols % 4 == 0 && p.group % 4 == 0;
-}
-
-template <Fp8Source kSource>
-cudaError_t launch_quantize_act(const Fp8QuantizeParams& p, cudaStream_t stream) {
-  const int64_t tasks = p.rows * ((p.cols + p.group - 1) / p.group);
-  const unsigned blocks = ceil_div(tasks, kQuantizeWarps);
-  if (fp8_rows_allow_vector_loads(p)) {
-    return launch_kernel(quantize_act_kernel<kSource, 4>, dim3(blocks), kQuantizeWarps * 32, 0,
-                         stream, p);
-  }
-  return launch_kernel(quantize_act_kernel<kSource, 1>, dim3(blocks), kQuantizeWarps * 32, 0,
-                       stream, p);
-}
-
-template <Fp8Source kSource>
-cudaError_t launch_quantize_weight(const Fp8QuantizeParams& p, cudaStream_t stream) {
-  const unsigned blocks = ceil_div(p.rows, p.group) * ceil_div(p.cols, p.group);
-  if (fp8_rows_allow_vector_loads(p)) {
-    return launch_kernel(quantize_weight_kernel<kSource, 4>, dim3(blocks), kWeightThreads, 0,
-                         stream, p);
-  }
-  return launch_kernel(quantize_weight_kernel<kSource, 1>, dim3(blocks), kWeightThreads, 0, stream,
-                       p);
-}
 
 // A (rows, k) row-major e4m3 matrix as a 2-D tensor map with 128 x 128 boxes, 128-byte swizzled.
 inline bool encode_fp8_tensor_map(CUtensorMap* map, const uint8_t* base, int64_t rows,
