@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (Dqk, Dv) pairs with CUDA attention kernels, each in both 16-bit dtypes.
 ATTENTION_HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)]
-ATTENTION_DTYPES = {"bf16": "true", "fp16": "false"}  # file suffix -> kIsBf16
+ATTENTION_DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}  # file suffix -> DType
 # FP8 quantiser sources and GEMM outputs: file suffix -> enumerator.
 FP8_QUANTIZE_SOURCES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
 FP8_GEMM_OUTPUTS = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
@@ -53,26 +53,26 @@ def generated_files():
     files = {"csrc/attention/head_dims.h": head_dims_text()}
     inst = "csrc/attention/kernels/inst"
     for qk, v in ATTENTION_HEAD_DIMS:
-        for suffix, is_bf16 in ATTENTION_DTYPES.items():
+        for suffix, dtype in ATTENTION_DTYPES.items():
             files[f"{inst}/flash_fwd_d{qk}x{v}_{suffix}.cu"] = _instantiation(
                 f"flash attention fwd, Dqk={qk}, Dv={v}, {suffix}", "attention/launch_fwd.cuh",
-                [f"template cudaError_t launch_flash_fwd<{qk}, {v}, {is_bf16}>(const "
+                [f"template cudaError_t launch_flash_fwd<{qk}, {v}, DType::{dtype}>(const "
                  "AttentionFwdParams&, const SplitKvParams&, bool, cudaStream_t);"])
             files[f"{inst}/flash_bwd_d{qk}x{v}_{suffix}.cu"] = _instantiation(
                 f"flash attention bwd, Dqk={qk}, Dv={v}, {suffix}", "attention/launch_bwd.cuh",
-                [f"template cudaError_t launch_flash_bwd<{qk}, {v}, {is_bf16}>(const "
+                [f"template cudaError_t launch_flash_bwd<{qk}, {v}, DType::{dtype}>(const "
                  "AttentionBwdParams&, float*, cudaStream_t);"])
     inst = "csrc/fp8/kernels/inst"
     for suffix, source in FP8_QUANTIZE_SOURCES.items():
         files[f"{inst}/quantize_{suffix}.cu"] = _instantiation(
             f"FP8 quantisers (1 x group activations, group x group weights) from {suffix}",
             "fp8/launch_quantize.cuh",
-            [f"template cudaError_t launch_quantize_{kind}<Fp8Source::{source}>(const "
+            [f"template cudaError_t launch_quantize_{kind}<DType::{source}>(const "
              "Fp8QuantizeParams&, cudaStream_t);" for kind in ("act", "weight")])
     for suffix, out in FP8_GEMM_OUTPUTS.items():
         files[f"{inst}/gemm_out_{suffix}.cu"] = _instantiation(
             f"block-scaled FP8 GEMM with {suffix} output", "fp8/launch_gemm.cuh",
-            [f"template cudaError_t launch_fp8_gemm<Fp8GemmOut::{out}>(const Fp8GemmParams&, "
+            [f"template cudaError_t launch_fp8_gemm<DType::{out}>(const Fp8GemmParams&, "
              "bool, cudaStream_t);"])
     return files
 

@@ -14,6 +14,7 @@
 #include "attention/device_call.h"
 #include "attention/launch.h"
 #include "common/cuda_device.h"
+#include "common/dtype_aten.h"
 
 namespace deepseek_attn {
 namespace {
@@ -33,9 +34,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cuda(const at::Tensor& q, cons
       prepare_flash_attn_fwd(q, k, v, softmax_scale, causal, window_left, window_right, softcap,
                              q.is_cuda() ? device_arch(q.get_device()) : DeviceArch{});
   if (call.needs_launch) {
-    C10_CUDA_CHECK(cuda::launch_flash_fwd_for(call.params, q.scalar_type() == at::kBFloat16,
-                                              call.split, call.hopper,
-                                              c10::cuda::getCurrentCUDAStream()));
+    C10_CUDA_CHECK(cuda::launch_flash_fwd_for(call.params, dtype_of(q.scalar_type()), call.split,
+                                              call.hopper, c10::cuda::getCurrentCUDAStream()));
   }
   return {call.out, call.lse};
 }
@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cuda(
       prepare_flash_attn_bwd(dout, q, k, v, out, lse, softmax_scale, causal, window_left,
                              window_right, softcap, deterministic);
   if (call.needs_launch) {
-    C10_CUDA_CHECK(cuda::launch_flash_bwd_for(call.params, q.scalar_type() == at::kBFloat16,
+    C10_CUDA_CHECK(cuda::launch_flash_bwd_for(call.params, dtype_of(q.scalar_type()),
                                               call.delta.data_ptr<float>(),
                                               c10::cuda::getCurrentCUDAStream()));
   }

@@ -13,7 +13,7 @@ namespace cuda {
 
 // A (batch, seqlen, heads, 128) BSHD view as a 4-D tensor map with 64 x 128-row boxes, 128-byte
 // swizzled; false when TMA cannot address it (strides must be non-zero multiples of 16 bytes).
-template <bool kIsBf16>
+template <DType kDType>
 bool encode_bshd_tensor_map(CUtensorMap* map, const void* base, int64_t batch, int64_t seqlen,
                             int64_t heads, const BshdStrides& strides) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
@@ -26,7 +26,9 @@ bool encode_bshd_tensor_map(CUtensorMap* map, const void* base, int64_t batch, i
   }
   const cuuint32_t box[4] = {64, HopperFwdTile::kBlockM, 1, 1};
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  return encode(map, kIsBf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+  return encode(map,
+                kDType == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                           : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
                 4, const_cast<void*>(base), dims, byte_strides, box, element_strides,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -36,45 +38,42 @@ bool encode_bshd_tensor_map(CUtensorMap* map, const void* base, int64_t batch, i
 // Launches the Hopper forward; returns false (nothing launched) when the tensors cannot be
 // described to TMA or the kernel exceeds its register share, so the caller falls back to the
 // sm80 kernel.
-template <bool kIsBf16>
+template <DType kDType>
 bool try_launch_flash_fwd_hopper(const AttentionFwdParams& p, cudaStream_t stream,
                                  cudaError_t* status) {
   CUtensorMap q_map, k_map, v_map;
-  if (!kernel_fits_register_share(flash_fwd_hopper_kernel<kIsBf16>, HopperFwdTile::kThreads) ||
-      !encode_bshd_tensor_map<kIsBf16>(&q_map, p.q, p.batch, p.seqlen_q, p.heads_q, p.q_strides) ||
-      !encode_bshd_tensor_map<kIsBf16>(&k_map, p.k, p.batch, p.seqlen_k, p.heads_kv,
-                                       p.k_strides) ||
-      !encode_bshd_tensor_map<kIsBf16>(&v_map, p.v, p.batch, p.seqlen_k, p.heads_kv,
-                                       p.v_strides)) {
+  if (!kernel_fits_register_share(flash_fwd_hopper_kernel<kDType>, HopperFwdTile::kThreads) ||
+      !encode_bshd_tensor_map<kDType>(&q_map, p.q, p.batch, p.seqlen_q, p.heads_q, p.q_strides) ||
+      !encode_bshd_tensor_map<kDType>(&k_map, p.k, p.batch, p.seqlen_k, p.heads_kv, p.k_strides) ||
+      !encode_bshd_tensor_map<kDType>(&v_map, p.v, p.batch, p.seqlen_k, p.heads_kv, p.v_strides)) {
     return false;
   }
   const dim3 grid(ceil_div(p.seqlen_q, HopperFwdTile::kBlockM), static_cast<unsigned>(p.heads_q),
                   static_cast<unsigned>(p.batch));
-  *status = launch_kernel(flash_fwd_hopper_kernel<kIsBf16>, grid, HopperFwdTile::kThreads,
+  *status = launch_kernel(flash_fwd_hopper_kernel<kDType>, grid, HopperFwdTile::kThreads,
                           HopperFwdTile::kSmemBytes, stream, q_map, k_map, v_map, p);
   return true;
 }
 
-template <int kDimQK, int kDimV, bool kIsBf16>
+template <int kDimQK, int kDimV, DType kDType>
 cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split, bool hopper,
                              cudaStream_t stream) {
   if constexpr (kDimQK == kHopperForwardHeadDim && kDimV == kHopperForwardHeadDim) {
     cudaError_t status = cudaSuccess;
-    if (hopper && try_launch_flash_fwd_hopper<kIsBf16>(p, stream, &status)) return status;
+    if (hopper && try_launch_flash_fwd_hopper<kDType>(p, stream, &status)) return status;
   }
   using Tile = FwdTile<kDimQK, kDimV>;
   const dim3 grid(ceil_div(p.seqlen_q, Tile::kBlockM), static_cast<unsigned>(p.heads_q),
                   static_cast<unsigned>(p.batch * split.num_splits));
   if (split.num_splits == 1) {
-    return launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, false>, grid, Tile::kThreads,
+    return launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kDType, false>, grid, Tile::kThreads,
                          Tile::kSmemBytes, stream, p, split);
   }
-  const cudaError_t status =
-      launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kIsBf16, true>, grid, Tile::kThreads,
-                    Tile::kSmemBytes, stream, p, split);
+  const cudaError_t status = launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kDType, true>, grid,
+                                           Tile::kThreads, Tile::kSmemBytes, stream, p, split);
   if (status != cudaSuccess) return status;
   const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
-  return launch_kernel(flash_fwd_combine_kernel<kIsBf16>, dim3(rows), kDimV < 128 ? kDimV : 128, 0,
+  return launch_kernel(flash_fwd_combine_kernel<kDType>, dim3(rows), kDimV < 128 ? kDimV : 128, 0,
                        stream, p, split);
 }
 

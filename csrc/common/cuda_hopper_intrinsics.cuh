@@ -142,10 +142,10 @@ __device__ __forceinline__ void wgmma_pin(float (&d)[kTiles][4]) {
       : DEEPSEEK_ATTN_WGMMA_M64N128_ACCUMULATORS                                            \
       : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)))
 
-template <bool kIsBf16>
+template <DType kDType>
 __device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t desc_a,
                                                     uint64_t desc_b, bool accumulate) {
-  if constexpr (kIsBf16) {
+  if constexpr (kDType == DType::kBFloat16) {
     DEEPSEEK_ATTN_WGMMA_SS("m64n128k16.f32.bf16.bf16", "1, 1, 0, 0");
   } else {
     DEEPSEEK_ATTN_WGMMA_SS("m64n128k16.f32.f16.f16", "1, 1, 0, 0");
@@ -159,7 +159,7 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[16][4], uint64_
 }
 
 // d (64 x 128, fp32) += A·B, A (64 x 16) in registers, B (16 x 128) N-major in shared memory.
-template <bool kIsBf16>
+template <DType kDType>
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4],
                                                     uint64_t desc_b, bool accumulate) {
 #define DEEPSEEK_ATTN_WGMMA_RS(SHAPE_TYPES)                                                 \
@@ -169,7 +169,7 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[16][4], const uin
       "{%64, %65, %66, %67}, %68, accumulate, 1, 1, 1;\n}\n"                                \
       : DEEPSEEK_ATTN_WGMMA_M64N128_ACCUMULATORS                                            \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(int(accumulate)))
-  if constexpr (kIsBf16) {
+  if constexpr (kDType == DType::kBFloat16) {
     DEEPSEEK_ATTN_WGMMA_RS("m64n128k16.f32.bf16.bf16");
   } else {
     DEEPSEEK_ATTN_WGMMA_RS("m64n128k16.f32.f16.f16");

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 // The kernel's dynamic shared memory as `type name[]`, 16-byte aligned.
 #define DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(type, name) extern __shared__ __align__(16) type name[]
 // A statically sized shared array `type name[count]`.
@@ -54,10 +56,10 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&regs)[4], const voi
 }
 
 // acc += A (16x16) * B (16x8), fp32 accumulation.
-template <bool kIsBf16>
+template <DType kDType>
 __device__ __forceinline__ void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0,
                                             uint32_t b1) {
-  if constexpr (kIsBf16) {
+  if constexpr (kDType == DType::kBFloat16) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
         "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"

@@ -1,6 +1,6 @@
 #pragma once
 // Register-level helpers of the tiled kernels on top of the PTX wrappers in cuda_intrinsics.cuh:
-// the 16-bit element type, the two-stage cp.async pipeline step, fp32 <-> packed 16-bit pairs and
+// the two-stage cp.async pipeline step, fp32 <-> packed 16-bit pairs and
 // quad reductions over the lanes of one C-fragment row. No torch headers.
 //
 // Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), lane = 4*group + quad:
@@ -11,21 +11,10 @@
 #include <cstdint>
 
 #include "common/cuda_intrinsics.cuh"
+#include "common/element.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
-
-// The 16-bit element type of a kernel instantiation (kIsBf16 keeps host code free of CUDA types).
-template <bool kIsBf16>
-struct Element16;
-template <>
-struct Element16<true> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct Element16<false> {
-  using type = __half;
-};
 
 // One step of a two-stage cp.async pipeline over steps [first, end): starts loading step + 1
 // into the other stage (when there is one), waits for `step`'s stage and syncs the block so
@@ -46,10 +35,10 @@ __device__ __forceinline__ int cp_async_double_buffer_step(int64_t step, int64_t
 }
 
 // Two floats rounded to the 16-bit type and packed, `low` in the low half (lower column).
-template <bool kIsBf16>
+template <DType kDType>
 __device__ __forceinline__ uint32_t pack_pair(float low, float high) {
   uint32_t packed;
-  if constexpr (kIsBf16) {
+  if constexpr (kDType == DType::kBFloat16) {
     const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
     packed = *reinterpret_cast<const uint32_t*>(&pair);
   } else {
@@ -59,9 +48,9 @@ __device__ __forceinline__ uint32_t pack_pair(float low, float high) {
   return packed;
 }
 
-template <bool kIsBf16>
+template <DType kDType>
 __device__ __forceinline__ float2 unpack_pair(uint32_t packed) {
-  if constexpr (kIsBf16) {
+  if constexpr (kDType == DType::kBFloat16) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed));
   } else {
     return __half22float2(*reinterpret_cast<const __half2*>(&packed));

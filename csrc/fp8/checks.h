@@ -5,10 +5,9 @@
 
 #include <cstdint>
 
-namespace deepseek_attn {
+#include "fp8/params.h"
 
-// Scale granularity of fp8_gemm's B operand: 128x128 blocks (weights) or 1x128 rows (wgrad).
-enum class Fp8BScaling { kBlock128, kRow };
+namespace deepseek_attn {
 
 struct Fp8GemmShape {
   int64_t m, n, k, k_blocks;

@@ -6,39 +6,18 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/dtype_aten.h"
 #include "fp8/checks.h"
 
 namespace deepseek_attn {
 namespace {
-
-Fp8Source source_of(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat:
-      return Fp8Source::kFloat32;
-    case at::kBFloat16:
-      return Fp8Source::kBFloat16;
-    default:
-      return Fp8Source::kFloat16;
-  }
-}
-
-Fp8GemmOut gemm_out_of(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kBFloat16:
-      return Fp8GemmOut::kBFloat16;
-    case at::kHalf:
-      return Fp8GemmOut::kFloat16;
-    default:
-      return Fp8GemmOut::kFloat32;
-  }
-}
 
 // Outputs and params of a quantiser over `x` viewed as rows of its last dimension.
 Fp8QuantizeCall quantize_call(const at::Tensor& x, at::IntArrayRef scale_shape, int64_t group,
                               bool ue8m0) {
   Fp8QuantizeCall call;
   call.x = x;
-  call.source = source_of(x.scalar_type());
+  call.source = dtype_of(x.scalar_type());
   call.payload = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
   call.scales = at::empty(scale_shape, x.options().dtype(at::kFloat));
   if (call.scales.numel() == 0) return call;
@@ -91,7 +70,7 @@ Fp8GemmCall prepare_fp8_gemm(const at::Tensor& a_in, const at::Tensor& a_scales,
   DEEPSEEK_ATTN_CHECK_VALUE((shape.n + 63) / 64 <= 65535,
                             "fp8_gemm supports N up to 65535 * 64 on CUDA (got ", shape.n, ")");
   Fp8GemmCall call;
-  call.out_type = gemm_out_of(out_dtype);
+  call.out_type = dtype_of(out_dtype);
   call.out = at::empty({shape.m, shape.n}, a_in.options().dtype(out_dtype));
   if (call.out.numel() == 0) return call;
   if (shape.k == 0) {
@@ -113,7 +92,7 @@ Fp8GemmCall prepare_fp8_gemm(const at::Tensor& a_in, const at::Tensor& a_scales,
   p.n = shape.n;
   p.k = call.a.size(1);
   p.k_blocks = shape.k_blocks;
-  p.b_row_scaled = shape.b_scaling == Fp8BScaling::kRow;
+  p.b_scaling = shape.b_scaling;
   call.hopper = arch.hopper_kernels;
   call.needs_launch = true;
   return call;

@@ -12,14 +12,14 @@ namespace deepseek_attn {
 
 struct Fp8QuantizeCall {
   Fp8QuantizeParams params;
-  Fp8Source source = Fp8Source::kFloat32;
+  DType source = DType::kFloat32;
   at::Tensor x, payload, scales;
   bool needs_launch = false;  // false: empty, the outputs are final
 };
 
 struct Fp8GemmCall {
   Fp8GemmParams params;
-  Fp8GemmOut out_type = Fp8GemmOut::kBFloat16;
+  DType out_type = DType::kBFloat16;
   at::Tensor a, b, a_scales, b_scales, out;
   bool hopper = false;        // the sm90a kernel takes it
   bool needs_launch = false;  // false: the output is already final

@@ -27,9 +27,8 @@ inline bool encode_fp8_tensor_map(CUtensorMap* map, const uint8_t* base, int64_t
 
 // Launches the Hopper GEMM; false (nothing launched) when TMA cannot address the operands or
 // the kernel exceeds its register share.
-template <Fp8GemmOut kOut>
-bool try_launch_fp8_gemm_hopper(const Fp8GemmParams& p, cudaStream_t stream,
-                                cudaError_t* status) {
+template <DType kOut>
+bool try_launch_fp8_gemm_hopper(const Fp8GemmParams& p, cudaStream_t stream, cudaError_t* status) {
   using Tile = Fp8GemmHopperTile;
   CUtensorMap a_map, b_map;
   if (!kernel_fits_register_share(fp8_gemm_hopper_kernel<kOut>, Tile::kThreads) ||
@@ -43,7 +42,7 @@ bool try_launch_fp8_gemm_hopper(const Fp8GemmParams& p, cudaStream_t stream,
   return true;
 }
 
-template <Fp8GemmOut kOut>
+template <DType kOut>
 cudaError_t launch_fp8_gemm(const Fp8GemmParams& p, bool hopper, cudaStream_t stream) {
   cudaError_t hopper_status = cudaSuccess;
   if (hopper && try_launch_fp8_gemm_hopper<kOut>(p, stream, &hopper_status)) return hopper_status;

@@ -13,7 +13,7 @@ inline bool fp8_rows_allow_vector_loads(const Fp8QuantizeParams& p) {
   return p.cols % 4 == 0 && p.group % 4 == 0;
 }
 
-template <Fp8Source kSource>
+template <DType kSource>
 cudaError_t launch_quantize_act(const Fp8QuantizeParams& p, cudaStream_t stream) {
   const int64_t tasks = p.rows * ((p.cols + p.group - 1) / p.group);
   const unsigned blocks = ceil_div(tasks, kQuantizeWarps);
@@ -25,7 +25,7 @@ cudaError_t launch_quantize_act(const Fp8QuantizeParams& p, cudaStream_t stream)
                        stream, p);
 }
 
-template <Fp8Source kSource>
+template <DType kSource>
 cudaError_t launch_quantize_weight(const Fp8QuantizeParams& p, cudaStream_t stream) {
   const unsigned blocks = ceil_div(p.rows, p.group) * ceil_div(p.cols, p.group);
   if (fp8_rows_allow_vector_loads(p)) {

@@ -3,12 +3,13 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace deepseek_attn {
 
-// Input dtypes of the quantisers.
-enum class Fp8Source { kFloat32, kBFloat16, kFloat16 };
-// Output dtypes of fp8_gemm.
-enum class Fp8GemmOut { kBFloat16, kFloat16, kFloat32 };
+// How fp8_gemm's B operand is scaled: one scale per 128 x 128 block (weights) or per 1 x 128
+// row group (activations, as in weight gradients).
+enum class Fp8BScaling { kBlock128, kRow };
 
 struct Fp8QuantizeParams {
   const void* x = nullptr;   // (rows, cols) contiguous
@@ -27,7 +28,7 @@ struct Fp8GemmParams {
   const float* b_scales = nullptr;  // (ceil(N/128) or N, K/128 rounded up), contiguous
   void* out = nullptr;              // (M, N), contiguous
   int64_t m = 0, n = 0, k = 0, k_blocks = 0;
-  bool b_row_scaled = false;        // 1x128 row scales instead of 128x128 blocks
+  Fp8BScaling b_scaling = Fp8BScaling::kBlock128;
 };
 
 }  // namespace deepseek_attn

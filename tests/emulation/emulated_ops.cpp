@@ -12,6 +12,7 @@
 #include "attention/device_call.h"
 #include "attention/launch.h"
 #include "common/cuda_device.h"
+#include "common/dtype_aten.h"
 #include "emulation/runtime.h"
 #include "fp8/device_call.h"
 #include "fp8/launch.h"
@@ -87,8 +88,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd(const at::Tensor& q, const at:
     memory.add(call.partial_out, "partial_out", false);
     memory.add(call.partial_lse, "partial_lse", false);
     memory.register_all();
-    check_launch(cuda::launch_flash_fwd_for(call.params, q.scalar_type() == at::kBFloat16,
-                                            call.split, call.hopper, emulated_stream()));
+    check_launch(cuda::launch_flash_fwd_for(call.params, dtype_of(q.scalar_type()), call.split,
+                                            call.hopper, emulated_stream()));
   }
   return {call.out, call.lse};
 }
@@ -122,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd(
     memory.add(call.delta, "delta", false);
     memory.add(call.dq_accum, "dq_accum", false);
     memory.register_all();
-    check_launch(cuda::launch_flash_bwd_for(call.params, q.scalar_type() == at::kBFloat16,
+    check_launch(cuda::launch_flash_bwd_for(call.params, dtype_of(q.scalar_type()),
                                             call.delta.data_ptr<float>(), emulated_stream()));
   }
   return {call.dq, call.dk, call.dv};

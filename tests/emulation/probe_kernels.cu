@@ -74,7 +74,7 @@ __global__ void dynamic_shared_kernel(float* data) {
 __global__ void mma_loop_kernel(float* data) {
   float acc[4] = {};
   const uint32_t a[4] = {0x3f803f80u, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u};  // bf16 ones
-  for (int i = 0; i < 1024; ++i) mma_16x8x16<true>(acc, a, 0x3f803f80u, 0x3f803f80u);
+  for (int i = 0; i < 1024; ++i) mma_16x8x16<DType::kBFloat16>(acc, a, 0x3f803f80u, 0x3f803f80u);
   if (threadIdx.x < 32) data[threadIdx.x] = acc[0];
 }
 
@@ -157,7 +157,7 @@ __global__ void wgmma_probe_kernel(float* data, int variant) {
   __syncthreads();
   float d[16][4];
   wgmma_fence();
-  wgmma_m64n128k16_ss<true>(d, swizzle128_descriptor(tiles, 16, 1024),
+  wgmma_m64n128k16_ss<DType::kBFloat16>(d, swizzle128_descriptor(tiles, 16, 1024),
                             swizzle128_descriptor(tiles + 64 * 128, 16, 1024), false);
   wgmma_commit();
   if (variant == 1) data[thread] = d[0][0];

@@ -12,26 +12,13 @@
 #include <cstdint>
 
 #include "common/cuda_intrinsics.cuh"
+#include "common/element.cuh"
 #include "common/fp8.h"
 #include "fp8/params.h"
 
 namespace deepseek_attn {
 namespace cuda {
 
-template <Fp8Source kSource>
-struct SourceType;
-template <>
-struct SourceType<Fp8Source::kFloat32> {
-  using type = float;
-};
-template <>
-struct SourceType<Fp8Source::kBFloat16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct SourceType<Fp8Source::kFloat16> {
-  using type = __half;
-};
 
 // kVec consecutive elements as floats (kVec = 4: one 16- or 8-byte load; kVec = 1: scalar).
 template <int kVec, typename T>
@@ -83,10 +70,10 @@ __device__ __forceinline__ float warp_amax(float value) {
 constexpr int kQuantizeWarps = 8;
 constexpr int kMaxGroup = 1024;
 
-template <Fp8Source kSource, int kVec>
+template <DType kSource, int kVec>
 __global__ void __launch_bounds__(kQuantizeWarps * 32)
     quantize_act_kernel(const Fp8QuantizeParams p) {
-  using T = typename SourceType<kSource>::type;
+  using T = Element<kSource>;
   constexpr int kMaxChunks = kMaxGroup / (32 * kVec);
   const int lane = threadIdx.x % 32;
   const int64_t groups = (p.cols + p.group - 1) / p.group;
@@ -119,10 +106,10 @@ __global__ void __launch_bounds__(kQuantizeWarps * 32)
 
 constexpr int kWeightThreads = 256;
 
-template <Fp8Source kSource, int kVec>
+template <DType kSource, int kVec>
 __global__ void __launch_bounds__(kWeightThreads)
     quantize_weight_kernel(const Fp8QuantizeParams p) {
-  using T = typename SourceType<kSource>::type;
+  using T = Element<kSource>;
   DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(float, warp_maxima, kWeightThreads / 32);
   const int64_t block_cols = (p.cols + p.group - 1) / p.group;
   const int64_t r0 = int64_t(blockIdx.x / block_cols) * p.group;

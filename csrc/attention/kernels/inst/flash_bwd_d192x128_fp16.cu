@@ -4,6 +4,6 @@
 
 namespace deepseek_attn {
 namespace cuda {
-template cudaError_t launch_flash_bwd<192, 128, false>(const AttentionBwdParams&, float*, cudaStream_t);
+template cudaError_t launch_flash_bwd<192, 128, DType::kFloat16>(const AttentionBwdParams&, float*, cudaStream_t);
 }  // namespace cuda
 }  // namespace deepseek_attn

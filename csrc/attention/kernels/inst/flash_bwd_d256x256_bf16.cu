@@ -4,6 +4,6 @@
 
 namespace deepseek_attn {
 namespace cuda {
-template cudaError_t launch_flash_bwd<256, 256, true>(const AttentionBwdParams&, float*, cudaStream_t);
+template cudaError_t launch_flash_bwd<256, 256, DType::kBFloat16>(const AttentionBwdParams&, float*, cudaStream_t);
 }  // namespace cuda
 }  // namespace deepseek_attn

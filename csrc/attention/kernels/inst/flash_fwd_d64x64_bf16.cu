@@ -4,6 +4,6 @@
 
 namespace deepseek_attn {
 namespace cuda {
-template cudaError_t launch_flash_fwd<64, 64, true>(const AttentionFwdParams&, const SplitKvParams&, bool, cudaStream_t);
+template cudaError_t launch_flash_fwd<64, 64, DType::kBFloat16>(const AttentionFwdParams&, const SplitKvParams&, bool, cudaStream_t);
 }  // namespace cuda
 }  // namespace deepseek_attn

@@ -23,9 +23,9 @@ namespace deepseek_attn {
 namespace cuda {
 
 // Δ (B, Hq, Sq) fp32. Rows of a 4-warp block, one warp each.
-template <bool kIsBf16>
+template <DType kDType>
 __global__ void flash_bwd_delta_kernel(const AttentionBwdParams p, float* delta) {
-  using T = typename Element16<kIsBf16>::type;
+  using T = Element<kDType>;
   const int64_t flat_row = int64_t(blockIdx.x) * 4 + threadIdx.x / 32;  // (b * Hq + h) * Sq + i
   const int lane = threadIdx.x % 32;
   if (flat_row >= p.batch * p.heads_q * p.seqlen_q) return;
@@ -97,7 +97,7 @@ struct DkDvTile {
 // dQ_accum[rows of the step] += dS K for one step of the dK/dV kernel. `ds_frags` is this warp's
 // dSᵀ (16 keys x kBlockM rows) as A fragments; it goes through shared memory because dQ needs dS
 // itself as the A operand. Warp w then owns query rows (w % 2) * 16 and half of the columns.
-template <int kDimQK, int kDimV, bool kIsBf16, typename T>
+template <int kDimQK, int kDimV, DType kDType, typename T>
 __device__ __forceinline__ void accumulate_dq_atomic(
     const AttentionBwdParams& p,
     const uint32_t (&ds_frags)[DkDvTile<kDimQK, kDimV>::kBlockM / 16][4], T* ds_tile,
@@ -127,8 +127,8 @@ __device__ __forceinline__ void accumulate_dq_atomic(
       uint32_t ds_a[1][4];
       ldmatrix_x4_trans(ds_a[0], ds_tile + (k * 16 + (lane / 16) * 8 + lane % 8) * kPitch +
                                      warp_row + ((lane / 8) % 2) * 8);
-      mma_a_regs_b<kIsBf16, 16, 16, Tile::kPitchQK>(part, ds_a, k_tile + k * 16 * Tile::kPitchQK,
-                                                    warp_col + column0, lane);
+      mma_a_regs_b<kDType, 16, 16, Tile::kPitchQK>(part, ds_a, k_tile + k * 16 * Tile::kPitchQK,
+                                                   warp_col + column0, lane);
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
@@ -142,11 +142,11 @@ __device__ __forceinline__ void accumulate_dq_atomic(
 
 // One pass of the dK/dV kernel computes dV (kDv), dK (kDk) or both, and with kDq (needs kDk)
 // adds dQ into p.dq_accum.
-template <int kDimQK, int kDimV, bool kIsBf16, bool kDk, bool kDv, bool kDq>
+template <int kDimQK, int kDimV, DType kDType, bool kDk, bool kDv, bool kDq>
 __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
     flash_bwd_dkdv_kernel(const AttentionBwdParams p) {
   using Tile = DkDvTile<kDimQK, kDimV>;
-  using T = typename Element16<kIsBf16>::type;
+  using T = Element<kDType>;
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccM = kBlockM / 8;
 
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
 
     // Sᵀ = K Qᵀ: this warp's 16 keys x kBlockM query rows.
     float probs[kAccM][4] = {};
-    mma_a_bt<kIsBf16, kDimQK, kBlockM>(probs, k_tile, warp * 16, q_tile, lane);
+    mma_a_bt<kDType, kDimQK, kBlockM>(probs, k_tile, warp * 16, q_tile, lane);
     const int64_t row_last = row0 + kBlockM < p.seqlen_q ? row0 + kBlockM : p.seqlen_q;
     const bool needs_mask = key_begin + kBlockN > p.seqlen_k || row0 + kBlockM > p.seqlen_q ||
                             !window.tile_fully_visible(row0, row_last, key_begin, key_end);
@@ -245,12 +245,12 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
 
     if constexpr (kDv) {  // dV += Pᵀ dO
       uint32_t p_frags[kBlockM / 16][4];
-      accumulators_to_a_fragments<kIsBf16, kBlockM>(probs, p_frags);
-      mma_a_regs_b<kIsBf16, kBlockM, kDimV, Tile::kPitchV>(dv_acc, p_frags, do_tile, 0, lane);
+      accumulators_to_a_fragments<kDType, kBlockM>(probs, p_frags);
+      mma_a_regs_b<kDType, kBlockM, kDimV, Tile::kPitchV>(dv_acc, p_frags, do_tile, 0, lane);
     }
     if constexpr (kDk) {  // dPᵀ = V dOᵀ; dSᵀ = Pᵀ ∘ (dPᵀ − Δ) ∘ dcap; dK += dSᵀ Q
       float dp[kAccM][4] = {};
-      mma_a_bt<kIsBf16, kDimV, kBlockM>(dp, v_tile, warp * 16, do_tile, lane);
+      mma_a_bt<kDType, kDimV, kBlockM>(dp, v_tile, warp * 16, do_tile, lane);
 #pragma unroll
       for (int n = 0; n < kAccM; ++n) {
 #pragma unroll
@@ -260,13 +260,13 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
         }
       }
       uint32_t ds_frags[kBlockM / 16][4];
-      accumulators_to_a_fragments<kIsBf16, kBlockM>(dp, ds_frags);
-      mma_a_regs_b<kIsBf16, kBlockM, kDimQK, Tile::kPitchQK>(dk_acc, ds_frags, q_tile, 0, lane);
+      accumulators_to_a_fragments<kDType, kBlockM>(dp, ds_frags);
+      mma_a_regs_b<kDType, kBlockM, kDimQK, Tile::kPitchQK>(dk_acc, ds_frags, q_tile, 0, lane);
       if constexpr (kDq) {
         const int64_t head = kv_head * group + step / steps_per_head;
-        accumulate_dq_atomic<kDimQK, kDimV, kIsBf16>(p, ds_frags, ds_tile, k_tile,
-                                                     (batch * p.heads_q + head) * p.seqlen_q,
-                                                     row0, warp, lane);
+        accumulate_dq_atomic<kDimQK, kDimV, kDType>(p, ds_frags, ds_tile, k_tile,
+                                                    (batch * p.heads_q + head) * p.seqlen_q, row0,
+                                                    warp, lane);
       }
     }
     __syncthreads();  // the stage (and the dS tile) is refilled by a later step
@@ -281,20 +281,20 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
     if constexpr (kDk) {
       T* dk = static_cast<T*>(p.dk) + batch * p.dk_strides.batch + kv_head * p.dk_strides.head +
               key * p.dk_strides.row;
-      store_fragment_row<kIsBf16>(dk, dk_acc, r, p.softmax_scale, lane);
+      store_fragment_row<kDType>(dk, dk_acc, r, p.softmax_scale, lane);
     }
     if constexpr (kDv) {
       T* dv = static_cast<T*>(p.dv) + batch * p.dv_strides.batch + kv_head * p.dv_strides.head +
               key * p.dv_strides.row;
-      store_fragment_row<kIsBf16>(dv, dv_acc, r, 1.f, lane);
+      store_fragment_row<kDType>(dv, dv_acc, r, 1.f, lane);
     }
   }
 }
 
 // dQ = scale · dq_accum, rounded to the input dtype (after the atomic dK/dQ pass).
-template <bool kIsBf16>
+template <DType kDType>
 __global__ void flash_bwd_dq_convert_kernel(const AttentionBwdParams p) {
-  using T = typename Element16<kIsBf16>::type;
+  using T = Element<kDType>;
   const int64_t pairs = p.batch * p.heads_q * p.seqlen_q * p.head_dim_qk / 2;
   for (int64_t pair = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; pair < pairs;
        pair += int64_t(gridDim.x) * blockDim.x) {
@@ -305,7 +305,7 @@ __global__ void flash_bwd_dq_convert_kernel(const AttentionBwdParams p) {
     T* dq = static_cast<T*>(p.dq) + batch * p.dq_strides.batch + head * p.dq_strides.head +
             row * p.dq_strides.row + column;
     *reinterpret_cast<uint32_t*>(dq) =
-        pack_pair<kIsBf16>(value.x * p.softmax_scale, value.y * p.softmax_scale);
+        pack_pair<kDType>(value.x * p.softmax_scale, value.y * p.softmax_scale);
   }
 }
 
@@ -325,11 +325,11 @@ struct DqTile {
       (kQElements + kDoElements + 2 * (kKElements + kVElements)) * 2;
 };
 
-template <int kDimQK, int kDimV, bool kIsBf16>
+template <int kDimQK, int kDimV, DType kDType>
 __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
     flash_bwd_dq_kernel(const AttentionBwdParams p) {
   using Tile = DqTile<kDimQK, kDimV>;
-  using T = typename Element16<kIsBf16>::type;
+  using T = Element<kDType>;
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccN = kBlockN / 8;
 
@@ -388,7 +388,7 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
       const T* v_tile = v_tiles + stage * Tile::kVElements;
 
       float probs[kAccN][4] = {};
-      mma_a_bt<kIsBf16, kDimQK, kBlockN>(probs, q_tile, warp * 16, k_tile, lane);
+      mma_a_bt<kDType, kDimQK, kBlockN>(probs, q_tile, warp * 16, k_tile, lane);
       const int64_t key0 = n_block * kBlockN;
       const int64_t key_last = key0 + kBlockN < p.seqlen_k ? key0 + kBlockN : p.seqlen_k;
       const bool needs_mask = key0 + kBlockN > p.seqlen_k ||
@@ -408,7 +408,7 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
         }
       }
       float dp[kAccN][4] = {};  // dP = dO Vᵀ, then dS = P ∘ (dP − Δ) ∘ dcap
-      mma_a_bt<kIsBf16, kDimV, kBlockN>(dp, do_tile, warp * 16, v_tile, lane);
+      mma_a_bt<kDType, kDimV, kBlockN>(dp, do_tile, warp * 16, v_tile, lane);
 #pragma unroll
       for (int n = 0; n < kAccN; ++n) {
 #pragma unroll
@@ -417,8 +417,8 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
         }
       }
       uint32_t ds_frags[kBlockN / 16][4];
-      accumulators_to_a_fragments<kIsBf16, kBlockN>(dp, ds_frags);
-      mma_a_regs_b<kIsBf16, kBlockN, kDimQK, Tile::kPitchQK>(dq_acc, ds_frags, k_tile, 0, lane);
+      accumulators_to_a_fragments<kDType, kBlockN>(dp, ds_frags);
+      mma_a_regs_b<kDType, kBlockN, kDimQK, Tile::kPitchQK>(dq_acc, ds_frags, k_tile, 0, lane);
       __syncthreads();
     }
   }
@@ -428,7 +428,7 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row_begin + warp_row + 8 * r;
     if (row >= p.seqlen_q) continue;
-    store_fragment_row<kIsBf16>(dq + row * p.dq_strides.row, dq_acc, r, p.softmax_scale, lane);
+    store_fragment_row<kDType>(dq + row * p.dq_strides.row, dq_acc, r, p.softmax_scale, lane);
   }
 }
 

@@ -113,11 +113,11 @@ struct FwdTile {
   static_assert(kDimQK % 16 == 0 && kDimV % 16 == 0, "head dims must be multiples of 16");
 };
 
-template <int kDimQK, int kDimV, bool kIsBf16, bool kSplit>
+template <int kDimQK, int kDimV, DType kDType, bool kSplit>
 __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
     flash_fwd_kernel(const AttentionFwdParams p, const SplitKvParams split) {
   using Tile = FwdTile<kDimQK, kDimV>;
-  using T = typename Element16<kIsBf16>::type;
+  using T = Element<kDType>;
   constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
   constexpr int kAccN = kBlockN / 8, kAccV = kDimV / 8;
 
@@ -172,8 +172,8 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
       const int stage = cp_async_double_buffer_step(n_block, n_begin, n_end, load_kv);
 
       float scores[kAccN][4] = {};
-      mma_a_bt<kIsBf16, kDimQK, kBlockN>(scores, q_tile, warp * 16,
-                                         k_tiles + stage * Tile::kKElements, lane);
+      mma_a_bt<kDType, kDimQK, kBlockN>(scores, q_tile, warp * 16,
+                                        k_tiles + stage * Tile::kKElements, lane);
 
       const int64_t key0 = n_block * kBlockN;
       const int64_t key_last = key0 + kBlockN < p.seqlen_k ? key0 + kBlockN : p.seqlen_k;
@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
       online_softmax_step(scores, rows, partial_sum, out_acc);
 
       uint32_t probs[kBlockN / 16][4];
-      accumulators_to_a_fragments<kIsBf16, kBlockN>(scores, probs);
-      mma_a_regs_b<kIsBf16, kBlockN, kDimV, Tile::kPitchV>(
+      accumulators_to_a_fragments<kDType, kBlockN>(scores, probs);
+      mma_a_regs_b<kDType, kBlockN, kDimV, Tile::kPitchV>(
           out_acc, probs, v_tiles + stage * Tile::kVElements, 0, lane);
       __syncthreads();  // this stage is refilled by the prefetch two iterations on
     }
@@ -218,8 +218,8 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
     __syncthreads();
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      store_fragment_row<kIsBf16>(out_tile + (row_in_tile + 8 * r) * Tile::kPitchV, out_acc, r,
-                                  1.f, lane);
+      store_fragment_row<kDType>(out_tile + (row_in_tile + 8 * r) * Tile::kPitchV, out_acc, r, 1.f,
+                                 lane);
       const int64_t row = row_begin + row_in_tile + 8 * r;
       if (lane % 4 == 0 && row < p.seqlen_q) {
         p.lse[(batch * p.heads_q + head) * p.seqlen_q + row] = lse[r];
@@ -239,9 +239,9 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
 }
 
 // Merges the split partials of one (batch, head, row) per block (SPEC §0 LSE merge).
-template <bool kIsBf16>
+template <DType kDType>
 __global__ void flash_fwd_combine_kernel(const AttentionFwdParams p, const SplitKvParams split) {
-  using T = typename Element16<kIsBf16>::type;
+  using T = Element<kDType>;
   const int64_t flat_row = blockIdx.x;  // (batch * Hq + head) * Sq + row
   const int64_t rows_per_split = p.batch * p.heads_q * p.seqlen_q;
   float max_lse = -INFINITY;

@@ -47,13 +47,13 @@ __device__ __forceinline__ void load_kv_block_async(T* k_tile, T* v_tile, const 
 
 // Writes this lane's part of one C-fragment row (`half` 0: row `group`, 1: row `group + 8`) of
 // a 16 x (8·kTiles) accumulator, times `scale`, as 16-bit pairs; `row` points at column 0.
-template <bool kIsBf16, int kTiles, typename T>
+template <DType kDType, int kTiles, typename T>
 __device__ __forceinline__ void store_fragment_row(T* row, const float (&acc)[kTiles][4], int half,
                                                    float scale, int lane) {
 #pragma unroll
   for (int d = 0; d < kTiles; ++d) {
     *reinterpret_cast<uint32_t*>(row + d * 8 + (lane % 4) * 2) =
-        pack_pair<kIsBf16>(acc[d][2 * half] * scale, acc[d][2 * half + 1] * scale);
+        pack_pair<kDType>(acc[d][2 * half] * scale, acc[d][2 * half + 1] * scale);
   }
 }
 

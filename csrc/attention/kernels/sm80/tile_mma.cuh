@@ -12,7 +12,7 @@ namespace cuda {
 
 // acc[n8 tile] += A (16 rows of `a_tile` from `a_row`, all kDepth columns) x B^T, where B's rows
 // are the kCols rows of `b_tile` (row-major, depth contiguous): scores = Q K^T and friends.
-template <bool kIsBf16, int kDepth, int kCols, typename T>
+template <DType kDType, int kDepth, int kCols, typename T>
 __device__ __forceinline__ void mma_a_bt(float (&acc)[kCols / 8][4], const T* a_tile, int a_row,
                                          const T* b_tile, int lane) {
   constexpr int kPitch = TilePitch<kDepth>::value;
@@ -25,33 +25,33 @@ __device__ __forceinline__ void mma_a_bt(float (&acc)[kCols / 8][4], const T* a_
       uint32_t b[4];
       const int b_row = n * 16 + lane % 8 + (lane / 16) * 8;
       ldmatrix_x4(b, b_tile + b_row * kPitch + k * 16 + ((lane / 8) % 2) * 8);
-      mma_16x8x16<kIsBf16>(acc[2 * n], a, b[0], b[1]);
-      mma_16x8x16<kIsBf16>(acc[2 * n + 1], a, b[2], b[3]);
+      mma_16x8x16<kDType>(acc[2 * n], a, b[0], b[1]);
+      mma_16x8x16<kDType>(acc[2 * n + 1], a, b[2], b[3]);
     }
   }
 }
 
 // A fragments of a 16 x kCols product held in C-fragment registers (fp32), rounded to 16 bits:
 // two adjacent n8 accumulators form the A fragment of one k16 step (FlashAttention-2's trick).
-template <bool kIsBf16, int kCols>
+template <DType kDType, int kCols>
 __device__ __forceinline__ void accumulators_to_a_fragments(const float (&acc)[kCols / 8][4],
                                                             uint32_t (&a)[kCols / 16][4]) {
 #pragma unroll
   for (int k = 0; k < kCols / 16; ++k) {
-    a[k][0] = pack_pair<kIsBf16>(acc[2 * k][0], acc[2 * k][1]);
-    a[k][1] = pack_pair<kIsBf16>(acc[2 * k][2], acc[2 * k][3]);
-    a[k][2] = pack_pair<kIsBf16>(acc[2 * k + 1][0], acc[2 * k + 1][1]);
-    a[k][3] = pack_pair<kIsBf16>(acc[2 * k + 1][2], acc[2 * k + 1][3]);
+    a[k][0] = pack_pair<kDType>(acc[2 * k][0], acc[2 * k][1]);
+    a[k][1] = pack_pair<kDType>(acc[2 * k][2], acc[2 * k][3]);
+    a[k][2] = pack_pair<kDType>(acc[2 * k + 1][0], acc[2 * k + 1][1]);
+    a[k][3] = pack_pair<kDType>(acc[2 * k + 1][2], acc[2 * k + 1][3]);
   }
 }
 
 // acc[n8 tile of columns] += A (register fragments, 16 x kDepth) x B, where B is the
 // (kDepth x kCols) tile `b_tile` stored row-major with pitch kBPitch: O += P V and friends.
 // Only columns [col_begin, col_begin + kCols) of the tile are used.
-template <bool kIsBf16, int kDepth, int kCols, int kBPitch, typename T>
+template <DType kDType, int kDepth, int kCols, int kBPitch, typename T>
 __device__ __forceinline__ void mma_a_regs_b(float (&acc)[kCols / 8][4],
-                                             const uint32_t (&a)[kDepth / 16][4],
-                                             const T* b_tile, int col_begin, int lane) {
+                                             const uint32_t (&a)[kDepth / 16][4], const T* b_tile,
+                                             int col_begin, int lane) {
 #pragma unroll
   for (int k = 0; k < kDepth / 16; ++k) {
 #pragma unroll
@@ -59,8 +59,8 @@ __device__ __forceinline__ void mma_a_regs_b(float (&acc)[kCols / 8][4],
       uint32_t b[4];
       const int b_row = k * 16 + lane % 8 + ((lane / 8) % 2) * 8;
       ldmatrix_x4_trans(b, b_tile + b_row * kBPitch + col_begin + n * 16 + (lane / 16) * 8);
-      mma_16x8x16<kIsBf16>(acc[2 * n], a[k], b[0], b[1]);
-      mma_16x8x16<kIsBf16>(acc[2 * n + 1], a[k], b[2], b[3]);
+      mma_16x8x16<kDType>(acc[2 * n], a[k], b[0], b[1]);
+      mma_16x8x16<kDType>(acc[2 * n + 1], a[k], b[2], b[3]);
     }
   }
 }

@@ -36,15 +36,14 @@ struct HopperFwdTile {
                 "setmaxnreg: the consumers take more registers than the producer gives up");
 };
 
-template <bool kIsBf16>
+template <DType kDType>
 __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
     flash_fwd_hopper_kernel(const __grid_constant__ CUtensorMap q_map,
                             const __grid_constant__ CUtensorMap k_map,
-                            const __grid_constant__ CUtensorMap v_map,
-                            const AttentionFwdParams p) {
+                            const __grid_constant__ CUtensorMap v_map, const AttentionFwdParams p) {
 #if defined(DEEPSEEK_ATTN_HOPPER_DEVICE)
   using Tile = HopperFwdTile;
-  using T = typename Element16<kIsBf16>::type;
+  using T = Element<kDType>;
   constexpr int kAccN = Tile::kBlockN / 8, kAccV = Tile::kDim / 8;
 
   DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
@@ -142,7 +141,7 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
             q_tile + half * Tile::kHalfBytes + consumer * 64 * 128 + offset, 16, 1024);
         const uint64_t desc_k =
             swizzle128_descriptor(k_tile + half * Tile::kHalfBytes + offset, 16, 1024);
-        wgmma_m64n128k16_ss<kIsBf16>(scores, desc_q, desc_k, k > 0);
+        wgmma_m64n128k16_ss<kDType>(scores, desc_q, desc_k, k > 0);
       }
       wgmma_commit();
       wgmma_wait_all();
@@ -156,7 +155,7 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
       scores_to_logits(scores, p, window, needs_mask, row_begin + row_in_tile, key0, lane);
       online_softmax_step(scores, rows, partial_sum, out_acc);
       uint32_t probs[Tile::kBlockN / 16][4];
-      accumulators_to_a_fragments<kIsBf16, Tile::kBlockN>(scores, probs);
+      accumulators_to_a_fragments<kDType, Tile::kBlockN>(scores, probs);
 
       // O += P V over 8 k16 steps of 16 keys (2 KB apart); V is N-major: its two 64-column
       // halves are 16 KB apart, groups of 8 keys 1 KB apart.
@@ -167,7 +166,7 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
       for (int k = 0; k < Tile::kBlockN / 16; ++k) {
         const uint64_t desc_v =
             swizzle128_descriptor(v_tile + k * 16 * 128, Tile::kHalfBytes, 1024);
-        wgmma_m64n128k16_rs<kIsBf16>(out_acc, probs[k], desc_v, true);
+        wgmma_m64n128k16_rs<kDType>(out_acc, probs[k], desc_v, true);
       }
       wgmma_commit();
       wgmma_wait_all();
@@ -184,7 +183,7 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
   for (int r = 0; r < 2; ++r) {
     const int64_t row = row_begin + row_in_tile + 8 * r;
     if (row >= p.seqlen_q) continue;
-    store_fragment_row<kIsBf16>(out + row * p.out_strides.row, out_acc, r, 1.f, lane);
+    store_fragment_row<kDType>(out + row * p.out_strides.row, out_acc, r, 1.f, lane);
     if (lane % 4 == 0) p.lse[(batch * p.heads_q + head) * p.seqlen_q + row] = lse[r];
   }
 #else

@@ -68,14 +68,14 @@ inline void wgmma_m64n128(float (&d)[16][4], dsa_emu::WgmmaType type, const uint
   dsa_emu::wgmma_mma_async(issue);
 }
 
-template <bool kIsBf16>
-constexpr dsa_emu::WgmmaType k16_type = kIsBf16 ? dsa_emu::WgmmaType::kBf16
-                                                : dsa_emu::WgmmaType::kFp16;
+template <DType kDType>
+constexpr dsa_emu::WgmmaType k16_type =
+    kDType == DType::kBFloat16 ? dsa_emu::WgmmaType::kBf16 : dsa_emu::WgmmaType::kFp16;
 
-template <bool kIsBf16>
+template <DType kDType>
 inline void wgmma_m64n128k16_ss(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b,
                                 bool accumulate) {
-  wgmma_m64n128(d, k16_type<kIsBf16>, nullptr, desc_a, desc_b, true, accumulate);
+  wgmma_m64n128(d, k16_type<kDType>, nullptr, desc_a, desc_b, true, accumulate);
 }
 
 inline void wgmma_m64n128k32_e4m3(float (&d)[16][4], uint64_t desc_a, uint64_t desc_b,
@@ -83,10 +83,10 @@ inline void wgmma_m64n128k32_e4m3(float (&d)[16][4], uint64_t desc_a, uint64_t d
   wgmma_m64n128(d, dsa_emu::WgmmaType::kE4m3, nullptr, desc_a, desc_b, true, accumulate);
 }
 
-template <bool kIsBf16>
+template <DType kDType>
 inline void wgmma_m64n128k16_rs(float (&d)[16][4], const uint32_t (&a)[4], uint64_t desc_b,
                                 bool accumulate) {
-  wgmma_m64n128(d, k16_type<kIsBf16>, a, 0, desc_b, false, accumulate);
+  wgmma_m64n128(d, k16_type<kDType>, a, 0, desc_b, false, accumulate);
 }
 
 }  // namespace cuda

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
 #include "emulation/runtime.h"
 
 #ifndef __CUDA_ARCH__
@@ -47,9 +48,9 @@ inline void ldmatrix_x4_trans(uint32_t (&regs)[4], const void* shared) {
   dsa_emu::ldmatrix(regs, 4, true, shared);
 }
 
-template <bool kIsBf16>
+template <DType kDType>
 inline void mma_16x8x16(float (&acc)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  dsa_emu::mma_m16n8k16(acc, a, b0, b1, kIsBf16);
+  dsa_emu::mma_m16n8k16(acc, a, b0, b1, kDType == DType::kBFloat16);
 }
 
 #if __CUDA_ARCH__ >= 890

@@ -4,6 +4,6 @@
 
 namespace deepseek_attn {
 namespace cuda {
-template cudaError_t launch_fp8_gemm<Fp8GemmOut::kBFloat16>(const Fp8GemmParams&, bool, cudaStream_t);
+template cudaError_t launch_fp8_gemm<DType::kBFloat16>(const Fp8GemmParams&, bool, cudaStream_t);
 }  // namespace cuda
 }  // namespace deepseek_attn

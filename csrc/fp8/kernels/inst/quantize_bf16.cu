@@ -4,7 +4,7 @@
 
 namespace deepseek_attn {
 namespace cuda {
-template cudaError_t launch_quantize_act<Fp8Source::kBFloat16>(const Fp8QuantizeParams&, cudaStream_t);
-template cudaError_t launch_quantize_weight<Fp8Source::kBFloat16>(const Fp8QuantizeParams&, cudaStream_t);
+template cudaError_t launch_quantize_act<DType::kBFloat16>(const Fp8QuantizeParams&, cudaStream_t);
+template cudaError_t launch_quantize_weight<DType::kBFloat16>(const Fp8QuantizeParams&, cudaStream_t);
 }  // namespace cuda
 }  // namespace deepseek_attn

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "common/cuda_mma.cuh"
+#include "common/element.cuh"
 #include "fp8/params.h"
 
 namespace deepseek_attn {
@@ -29,20 +30,6 @@ struct Fp8GemmTile {
   static constexpr int kSmemBytes = 2 * kStageBytes;
 };
 
-template <Fp8GemmOut kOut>
-struct GemmOutType;
-template <>
-struct GemmOutType<Fp8GemmOut::kBFloat16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct GemmOutType<Fp8GemmOut::kFloat16> {
-  using type = __half;
-};
-template <>
-struct GemmOutType<Fp8GemmOut::kFloat32> {
-  using type = float;
-};
 
 
 // Two adjacent e4m3 bytes widened (exactly) to an fp16 pair, the first in the low half.
@@ -69,10 +56,10 @@ __device__ __forceinline__ void load_fp8_tile(uint8_t* shared, const uint8_t* gl
   }
 }
 
-template <Fp8GemmOut kOut>
+template <DType kOut>
 __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const Fp8GemmParams p) {
   using Tile = Fp8GemmTile;
-  using Out = typename GemmOutType<kOut>::type;
+  using Out = Element<kOut>;
   DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(uint8_t, shared);
   const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
   const int group = lane / 4, quad = lane % 4;
@@ -146,7 +133,7 @@ __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const F
       for (int mt = 0; mt < Tile::kMTiles; ++mt) {
 #pragma unroll
         for (int nt = 0; nt < Tile::kNTiles; ++nt)
-          mma_16x8x16<false>(block[mt][nt], a[mt], b[nt][0], b[nt][1]);
+          mma_16x8x16<DType::kFloat16>(block[mt][nt], a[mt], b[nt][0], b[nt][1]);
       }
     }
 
@@ -166,7 +153,7 @@ __global__ void __launch_bounds__(Fp8GemmTile::kThreads) fp8_gemm_kernel(const F
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         const int64_t column = n0 + warp_n + nt * 8 + 2 * quad + j;
-        const int64_t scale_row = p.b_row_scaled ? column : column / 128;
+        const int64_t scale_row = p.b_scaling == Fp8BScaling::kRow ? column : column / 128;
         const float b_scale = column < p.n ? p.b_scales[scale_row * p.k_blocks + kb] : 0.f;
 #pragma unroll
         for (int mt = 0; mt < Tile::kMTiles; ++mt) {

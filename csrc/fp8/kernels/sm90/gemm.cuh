@@ -30,13 +30,13 @@ struct Fp8GemmHopperTile {
                 "setmaxnreg: the consumers take more registers than the producer gives up");
 };
 
-template <Fp8GemmOut kOut>
+template <DType kOut>
 __global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
     fp8_gemm_hopper_kernel(const __grid_constant__ CUtensorMap a_map,
                            const __grid_constant__ CUtensorMap b_map, const Fp8GemmParams p) {
 #if defined(DEEPSEEK_ATTN_HOPPER_DEVICE)
   using Tile = Fp8GemmHopperTile;
-  using Out = typename GemmOutType<kOut>::type;
+  using Out = Element<kOut>;
   DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_raw);
   unsigned char* shared = reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(shared_raw) + 1023) & ~uintptr_t(1023));
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
     // 128 columns, i.e. one for the whole tile; row-scaled B (weight gradients) one per column.
     const float a_scale_low = row < p.m ? p.a_scales[row * p.k_blocks + kb] : 0.f;
     const float a_scale_high = row + 8 < p.m ? p.a_scales[(row + 8) * p.k_blocks + kb] : 0.f;
-    if (!p.b_row_scaled) {
+    if (p.b_scaling == Fp8BScaling::kBlock128) {
       const float b_scale = p.b_scales[(n0 / 128) * p.k_blocks + kb];
 #pragma unroll
       for (int n = 0; n < 16; ++n) {
