@@ -4,8 +4,9 @@ CUDA sources (every csrc/**/*.cu and csrc/**/cuda.cpp) are compiled when torch i
 and a usable CUDA toolkit is found, whether or not a GPU is visible. Switches:
   DEEPSEEK_ATTN_FORCE_CPU=1    build without CUDA sources
   DEEPSEEK_ATTN_FORCE_CUDA=1   fail instead of falling back to CPU-only when no toolkit is found
-  TORCH_CUDA_ARCH_LIST         default "8.0;8.9;9.0a;9.0+PTX": A100, L40/Ada (the FP8 mma.sync
-                               path), H100 (the sm90a kernels), and PTX that newer GPUs JIT
+  TORCH_CUDA_ARCH_LIST         default "8.0+PTX;8.9;9.0a": A100 (and its PTX, which newer GPUs
+                               JIT), L40/Ada (the FP8 mma.sync path), H100 (the sm90a kernels).
+                               No plain 9.0 image: its Hopper kernels would be __trap() stubs
   MAX_JOBS                     parallel compile jobs (ninja)
   DEEPSEEK_ATTN_PTXAS_VERBOSE=1  print ptxas register/spill reports for every kernel
 """
@@ -19,7 +20,7 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;8.9;9.0a;9.0+PTX"
+DEFAULT_ARCH_LIST = "8.0+PTX;8.9;9.0a"
 
 
 def log(message):

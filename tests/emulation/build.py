@@ -36,7 +36,7 @@ BUILD = os.path.join(ROOT, "build", "emulated")
 ARCHS = (80, 89, 90)
 # Every object sees the arch list of a default CUDA build (as setup.py defines it for all
 # sources), so this build "has" the sm90a kernels and the emulated device decides.
-CUDA_ARCHS_DEFINE = '-DDEEPSEEK_ATTN_CUDA_ARCHS="8.0;8.9;9.0a;9.0+PTX"'
+CUDA_ARCHS_DEFINE = '-DDEEPSEEK_ATTN_CUDA_ARCHS="8.0+PTX;8.9;9.0a"'
 
 # -fno-gnu-unique: GCC makes the statics of inline functions (device_arch's cache) "unique"
 # symbols, which the dynamic linker shares between modules despite -Bsymbolic; each module
