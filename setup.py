@@ -8,6 +8,10 @@ and a usable CUDA toolkit is found, whether or not a GPU is visible. Switches:
                                JIT), L40/Ada (the FP8 mma.sync path), H100 (the sm90a kernels).
                                No plain 9.0 image: its Hopper kernels would be __trap() stubs
   MAX_JOBS                     parallel compile jobs (ninja)
+Quicker local builds (each leaves a clear error, or the CPU path, where its kernels would run):
+  DEEPSEEK_ATTN_DISABLE_BACKWARD=1  no CUDA attention backward (flash_attn_bwd raises on CUDA)
+  DEEPSEEK_ATTN_DISABLE_FP8=1       no CUDA FP8 kernels (the FP8 ops take CPU tensors only)
+  DEEPSEEK_ATTN_DISABLE_HOPPER=1    no sm90a image (also the runtime switch: read at first launch)
   DEEPSEEK_ATTN_PTXAS_VERBOSE=1  print ptxas register/spill reports for every kernel
 """
 
@@ -131,7 +135,20 @@ def make_extension(cuda_root):
             define_macros=define_macros)
 
     arch_list = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    if env_flag("DEEPSEEK_ATTN_DISABLE_HOPPER"):
+        arch_list = ";".join(arch for arch in arch_list.replace(" ", ";").split(";")
+                             if arch and not arch.startswith("9.0a"))
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     cuda_sources = relative_sources("csrc/**/cuda.cpp") + relative_sources("csrc/**/*.cu")
+    if env_flag("DEEPSEEK_ATTN_DISABLE_BACKWARD"):
+        cuda_sources = [path for path in cuda_sources if "/flash_bwd_" not in path]
+        define_macros.append(("DEEPSEEK_ATTN_WITHOUT_CUDA_BACKWARD", "1"))
+    if env_flag("DEEPSEEK_ATTN_DISABLE_FP8"):
+        cuda_sources = [path for path in cuda_sources if not path.startswith("csrc/fp8/")]
+    skipped = [name for name in ("BACKWARD", "FP8", "HOPPER")
+               if env_flag(f"DEEPSEEK_ATTN_DISABLE_{name}")]
+    if skipped:
+        log("quick build without: " + ", ".join(skipped) + " (DEEPSEEK_ATTN_DISABLE_*)")
     log(f"TORCH_CUDA_ARCH_LIST={arch_list}; {len(cuda_sources)} CUDA-side sources")
     nvcc_flags = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-lineinfo",
                   "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",

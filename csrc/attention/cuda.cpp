@@ -44,6 +44,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, double softmax_scale, bool causal,
     int64_t window_left, int64_t window_right, double softcap, bool deterministic) {
+#ifdef DEEPSEEK_ATTN_WITHOUT_CUDA_BACKWARD  // its kernels are not compiled: never referenced
+  TORCH_CHECK_NOT_IMPLEMENTED(false,
+                              "this build of deepseek_attn has no CUDA attention backward (built "
+                              "with DEEPSEEK_ATTN_DISABLE_BACKWARD=1); rebuild without it");
+  return {};
+#else
   const c10::cuda::OptionalCUDAGuard device_guard(cuda_device_of(q));
   const FlashBwdCall call =
       prepare_flash_attn_bwd(dout, q, k, v, out, lse, softmax_scale, causal, window_left,
@@ -54,6 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cuda(
                                               c10::cuda::getCurrentCUDAStream()));
   }
   return {call.dq, call.dk, call.dv};
+#endif
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 #pragma once
-// Host-side launch helpers shared by every family's launch.cuh. Launches go through
+// Host-side launch helpers shared by every family's launch_*.cuh. Launches go through
 // cudaLaunchKernelEx rather than <<<>>>, so this code also compiles as plain C++ against the
 // CPU emulator's runtime (csrc/emulation/include/cuda_runtime.h) and the emulated tests run the
 // real launch path.

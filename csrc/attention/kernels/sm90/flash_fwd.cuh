@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
     if (lane % 4 == 0) p.lse[(batch * p.heads_q + head) * p.seqlen_q + row] = lse[r];
   }
 #else
-  __trap();  // launched only where the sm90a image exists (hopper_kernels_enabled)
+  __trap();  // launched only where the sm90a image exists (DeviceArch::hopper_kernels)
 #endif
 }
 

@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(Fp8GemmHopperTile::kThreads, 1)
     }
   }
 #else
-  __trap();  // launched only where the sm90a image exists (hopper_kernels_enabled)
+  __trap();  // launched only where the sm90a image exists (DeviceArch::hopper_kernels)
 #endif
 }
 
