@@ -12,8 +12,9 @@
 
 namespace deepseek_attn {
 
-// Compute capability and multiprocessor count of `device`, read at its first use; the Hopper
-// flag also asks hopper_kernels_allowed(), at every call (an atomic load).
+// Compute capability, multiprocessor count and whether this build has sm90a images for
+// `device`, decided at its first use; the Hopper flag also asks hopper_kernels_allowed() at
+// every call (an atomic load).
 inline DeviceArch device_arch(int device) {
   constexpr int kMaxDevices = 64;
   static DeviceArch known[kMaxDevices];
@@ -30,10 +31,10 @@ inline DeviceArch device_arch(int device) {
     }
     known[device].compute_capability = major * 10 + minor;
     known[device].sm_count = sms > 0 ? sms : 1;
+    known[device].hopper_kernels = major == 9 && minor == 0 && build_has_sm90a();
   });
   DeviceArch arch = known[device];
-  arch.hopper_kernels =
-      arch.compute_capability == 90 && build_has_sm90a() && hopper_kernels_allowed();
+  arch.hopper_kernels = arch.hopper_kernels && hopper_kernels_allowed();
   return arch;
 }
 

@@ -1542,16 +1542,27 @@ uint8_t* host_address(const SharedRegion& region, uint32_t window) {
   return region.base + (window - region.window);
 }
 
-// The mbarrier `barrier` points to, checked: shared, 8-byte aligned, initialised, and its
-// initialisation ordered before this use by `thread`.
-Mbarrier& mbarrier_at(const void* barrier, int thread, const char* what) {
-  const uintptr_t address = reinterpret_cast<uintptr_t>(barrier);
+// cvta.to.shared of `address` inside `region`: host_address's inverse.
+uint32_t window_of(const SharedRegion& region, uintptr_t address) {
+  return region.window + uint32_t(address - reinterpret_cast<uintptr_t>(region.base));
+}
+
+// The region of an mbarrier operand, which must be an 8-byte aligned shared address.
+SharedRegion* mbarrier_region(uintptr_t address, const char* what) {
   SharedRegion* region = shared_region_of(address);
   if (region == nullptr || address % 8 != 0) {
     fault_from_fiber(std::string(what) + " on " + hex(address) +
                      ", which is not an 8-byte aligned shared-memory address");
   }
-  const uint32_t window = region->window + uint32_t(address - uintptr_t(region->base));
+  return region;
+}
+
+// The mbarrier `barrier` points to, checked: shared, 8-byte aligned, initialised, and its
+// initialisation ordered before this use by `thread`.
+Mbarrier& mbarrier_at(const void* barrier, int thread, const char* what) {
+  const uintptr_t address = reinterpret_cast<uintptr_t>(barrier);
+  SharedRegion* region = mbarrier_region(address, what);
+  const uint32_t window = window_of(*region, address);
   const auto found = g_mbarriers.find(window);
   if (found == g_mbarriers.end()) {
     fault_from_fiber(std::string(what) + " on " + shared_location(*region, address) +
@@ -1567,14 +1578,14 @@ Mbarrier& mbarrier_at(const void* barrier, int thread, const char* what) {
   return found->second;
 }
 
-// Phase completion: waiters of this phase become runnable and acquire what it released.
+// Phase completion, once its arrivals and transaction bytes are both done: waiters of this phase
+// become runnable and acquire what it released.
 void complete_phase(Mbarrier& barrier) {
   barrier.release[barrier.agent] = barrier.completed + 1;  // its TMA writes of this phase
   barrier.last_phase.swap(barrier.release);
   barrier.release.assign(g_clock_width, 0);
   ++barrier.completed;
   barrier.pending = barrier.count;
-  barrier.tx = 0;
   for (int t = 0; t < g_threads; ++t) {
     Fiber& f = *g_fibers[t];
     if (f.state == State::kAtMbarrier && f.waiting_barrier == barrier.window) {
@@ -1652,23 +1663,19 @@ uint32_t shared_window_address(const void* pointer) {
     fault_from_fiber(describe_wild_address(address, 1, "cvta.to.shared operand") +
                      " (must be shared memory)");
   }
-  return region->window + uint32_t(address - reinterpret_cast<uintptr_t>(region->base));
+  return window_of(*region, address);
 }
 
 void mbarrier_init(void* barrier, int arrivals) {
   RuntimeSection section;
   Fiber& fiber = current_fiber();
   const uintptr_t address = reinterpret_cast<uintptr_t>(barrier);
-  SharedRegion* region = shared_region_of(address);
-  if (region == nullptr || address % 8 != 0) {
-    fault_from_fiber("mbarrier.init on " + hex(address) +
-                     ", which is not an 8-byte aligned shared-memory address");
-  }
+  SharedRegion* region = mbarrier_region(address, "mbarrier.init");
   if (arrivals < 1 || arrivals > (1 << 20) - 1) {
     fault_from_fiber("mbarrier.init with arrival count " + std::to_string(arrivals) +
                      " (must be 1 .. 2^20 - 1)");
   }
-  const uint32_t window = region->window + uint32_t(address - uintptr_t(region->base));
+  const uint32_t window = window_of(*region, address);
   if (g_mbarriers.count(window)) {
     fault_from_fiber("mbarrier.init on " + shared_location(*region, address) +
                      ", which is already a live mbarrier");
@@ -1839,7 +1846,7 @@ void tma_load(void* shared, const void* tensor_map, void* barrier, const int* co
     fault_from_fiber(describe_wild_address(destination, box_bytes, "TMA destination") +
                      " (must be shared memory)");
   }
-  const uint32_t window = region->window + uint32_t(destination - uintptr_t(region->base));
+  const uint32_t window = window_of(*region, destination);
   // Swizzling acts on address bits, so a swizzled box must start where its pattern starts.
   const uint32_t alignment = map.swizzle_bytes ? 8u * map.swizzle_bytes : 128u;
   if (window % alignment != 0) {
