@@ -18,6 +18,14 @@ TORCH_LIBRARY(deepseek_attn, m) {
       "flash_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "float softmax_scale, bool causal, int window_left, int window_right, float softcap, "
       "bool deterministic) -> (Tensor, Tensor, Tensor)");
+  // The shared attention core's forward (csrc/core/): (out (B,Sq,Hq,Dv), lse (B,Hq,Sq) fp32)
+  // over a dense, paged (block_table, cache_seqlens) or latent (v=None; uint8 k: FP8 rows)
+  // source, and the window band, optionally intersected with token/block index lists.
+  m.def(
+      "attention_core_fwd(Tensor q, Tensor k, Tensor? v, Tensor? block_table, "
+      "Tensor? cache_seqlens, Tensor? indices, int index_block_size, int head_dim_v, "
+      "float softmax_scale, bool causal, int window_left, int window_right, float softcap) -> "
+      "(Tensor, Tensor)");
   // SPEC §2 activations: (e4m3 payload like x, fp32 scales (..., ceil(K/group_size))).
   m.def("quantize_act(Tensor x, int group_size, bool ue8m0) -> (Tensor, Tensor)");
   // SPEC §2 weights (N, K): (e4m3 payload, fp32 scales (ceil(N/block), ceil(K/block))).

@@ -3,6 +3,7 @@
 from deepseek_attn.attention import FlashAttnFunction, flash_attn_func
 from deepseek_attn.fp8 import dequantize, fp8_gemm, quantize_act, quantize_weight
 from deepseek_attn import nn  # noqa: F401  (deepseek_attn.nn.Fp8Linear)
+from deepseek_attn import core  # noqa: F401  (the shared core's op and its fake kernel)
 from deepseek_attn import _C
 
 __version__ = "0.1.0"

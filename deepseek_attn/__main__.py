@@ -93,6 +93,37 @@ def check_flash_attn(device, backward):
     return worst
 
 
+def check_attention_core(device):
+    """The core forward over a paged cache with token lists, and over the FP8 latent cache with
+    the causal band: SPEC §6 error ratio against the fp64 reference."""
+    from deepseek_attn.core import attention_core_fwd
+    from deepseek_attn.reference import attention_core_ref, quantize_latent_fp8_ref
+
+    generator = torch.Generator().manual_seed(4)
+    randn = lambda *shape: torch.randn(*shape, generator=generator)
+    table = torch.randperm(12, generator=generator)[:12].view(2, 6).int()
+    lengths = torch.tensor([90, 37], dtype=torch.int32)
+    indices = torch.randint(-1, 37, (2, 3, 2, 20), generator=generator).int()
+    latent = quantize_latent_fp8_ref(randn(12, 16, 1, 576))
+    cases = [(randn(2, 3, 8, 64), randn(12, 16, 2, 64), randn(12, 16, 2, 64),
+              dict(indices=indices)),
+             (randn(2, 3, 8, 576) * 0.3, latent, None, dict(causal=True))]
+    worst = 0.0
+    for q, k, v, options in cases:
+        options.update(block_table=table, cache_seqlens=lengths)
+        q = q.to(torch.bfloat16)
+        k = k if k.dtype == torch.uint8 else k.to(torch.bfloat16)
+        v = v.to(torch.bfloat16) if v is not None else None
+        on_device = {name: value.to(device) if torch.is_tensor(value) else value
+                     for name, value in options.items()}
+        out, _ = attention_core_fwd(q.to(device), k.to(device),
+                                    v.to(device) if v is not None else None, **on_device)
+        same, _ = attention_core_ref(q, k, v, **options, dtype=torch.bfloat16)
+        exact, _ = attention_core_ref(q, k, v, **options)
+        worst = max(worst, spec6_error_ratio(out.cpu(), same, exact, factor=2))
+    return worst
+
+
 def _bitwise_mismatch_ratio(payload, scales, expected_payload, expected_scales):
     """0 when the e4m3 payload and the scales match the reference bit for bit, else inf."""
     same_payload = torch.equal(payload.cpu().view(torch.uint8), expected_payload.view(torch.uint8))
@@ -131,6 +162,7 @@ def check_fp8_gemm(device):
 
 
 SELF_CHECKS = {
+    f"{NAMESPACE}::attention_core_fwd": check_attention_core,
     f"{NAMESPACE}::quantize_act": check_quantize_act,
     f"{NAMESPACE}::quantize_weight": check_quantize_weight,
     f"{NAMESPACE}::fp8_gemm": check_fp8_gemm,

@@ -6,9 +6,7 @@
 
 namespace deepseek_attn {
 
-namespace {
-
-void check_supported_dtype(const at::Tensor& q) {
+void check_supported_attention_dtype(const at::Tensor& q) {
   const auto dtype = q.scalar_type();
   const bool low_or_single = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
   if (q.is_cpu()) {
@@ -23,7 +21,22 @@ void check_supported_dtype(const at::Tensor& q) {
   }
 }
 
-}  // namespace
+void check_attention_scalars(AttentionShape& p, double softmax_scale, bool causal,
+                             int64_t window_left, int64_t window_right, double softcap) {
+  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
+                            "softmax_scale must be a positive finite number (got ", softmax_scale,
+                            ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0,
+                            "softcap must be >= 0 (0 disables it) (got ", softcap, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(window_left >= -1 && window_right >= -1,
+                            "window_size entries must be >= -1 (-1 = unbounded) (got (",
+                            window_left, ", ", window_right, "))");
+  p.softmax_scale = static_cast<float>(softmax_scale);
+  p.softcap = static_cast<float>(softcap);
+  p.window_left = window_left;
+  // Causal is the window (window_left, 0), as in flash-attn.
+  p.window_right = causal ? 0 : window_right;
+}
 
 AttentionShape check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, double softmax_scale, bool causal,
@@ -37,7 +50,7 @@ AttentionShape check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor&
   check_rank(v, "v", 4, "(batch, seqlen_k, heads_kv, head_dim_v)");
   check_same_device(k, "k", q, "q");
   check_same_device(v, "v", q, "q");
-  check_supported_dtype(q);
+  check_supported_attention_dtype(q);
   check_same_dtype(k, "k", q, "q");
   check_same_dtype(v, "v", q, "q");
 
@@ -64,19 +77,7 @@ AttentionShape check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor&
   check_last_dim_contiguous(k, "k");
   check_last_dim_contiguous(v, "v");
 
-  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
-                            "softmax_scale must be a positive finite number (got ", softmax_scale,
-                            ")");
-  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0,
-                            "softcap must be >= 0 (0 disables it) (got ", softcap, ")");
-  DEEPSEEK_ATTN_CHECK_VALUE(window_left >= -1 && window_right >= -1,
-                            "window_size entries must be >= -1 (-1 = unbounded) (got (",
-                            window_left, ", ", window_right, "))");
-  p.softmax_scale = static_cast<float>(softmax_scale);
-  p.softcap = static_cast<float>(softcap);
-  p.window_left = window_left;
-  // Causal is the window (window_left, 0), as in flash-attn.
-  p.window_right = causal ? 0 : window_right;
+  check_attention_scalars(p, softmax_scale, causal, window_left, window_right, softcap);
   return p;
 }
 

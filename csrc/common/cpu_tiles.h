@@ -29,6 +29,11 @@
 
 namespace deepseek_attn::cpu {
 
+// fp64 inputs compute in fp64 (gradcheck); everything else accumulates in fp32 (SPEC §0).
+inline at::ScalarType accumulation_dtype(const at::Tensor& q) {
+  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // A non-owning 2-D matrix view: rows x cols with leading dimension ld (row-major).
 template <typename T>
 at::Tensor matrix_view(const T* data, int64_t rows, int64_t cols, int64_t ld) {

@@ -1,0 +1,166 @@
+#include "core/checks.h"
+
+#include <cmath>
+
+#include "attention/checks.h"
+#include "common/checks.h"
+
+namespace deepseek_attn {
+
+namespace {
+
+bool is_latent_fp8(const at::Tensor& k) { return k.scalar_type() == at::kByte; }
+
+void check_int32_tensor(const at::Tensor& t, const char* name, const at::Tensor& q, int64_t rank,
+                        const char* layout) {
+  check_rank(t, name, rank, layout);
+  check_same_device(t, name, q, "q");
+  check_dtype(t, name, at::kInt);
+  check_last_dim_contiguous(t, name);
+}
+
+// The K/V part: storage, head dims, pages.
+void check_kv_source(const CoreFwdInputs& in, CoreFwdParams& p) {
+  const at::Tensor& q = in.q;
+  const at::Tensor& k = in.k;
+  const bool paged = in.block_table.has_value();
+  check_rank(k, "k", 4,
+             paged ? "(num_pages, page_size, heads_kv, head_dim)"
+                   : "(batch, seqlen_k, heads_kv, head_dim)");
+  check_same_device(k, "k", q, "q");
+  check_last_dim_contiguous(k, "k");
+  p.heads_kv = k.size(2);
+  if (is_latent_fp8(k)) {
+    constexpr int64_t kRowBytes = LatentFp8Layout::kRowBytes;
+    p.kv.storage = KvStorage::kLatentFp8;
+    check_size(k, "k", 3, kRowBytes, "bytes of an FP8 latent row, SPEC §3");
+    check_size(k, "k", 2, 1, "heads_kv: the latent cache has one head");
+    DEEPSEEK_ATTN_CHECK_VALUE(p.head_dim_qk == LatentFp8Layout::kDim,
+                              "q head_dim must be 576 to read the FP8 latent cache (got ",
+                              p.head_dim_qk, ")");
+    DEEPSEEK_ATTN_CHECK_VALUE(!in.v.has_value(),
+                              "v must be None with the FP8 latent cache: its values are the "
+                              "first 512 columns of each row");
+    DEEPSEEK_ATTN_CHECK_VALUE(in.head_dim_v == -1 || in.head_dim_v == LatentFp8Layout::kQuantized,
+                              "head_dim_v must be -1 or 512 with the FP8 latent cache (got ",
+                              in.head_dim_v, ")");
+    p.head_dim_v = LatentFp8Layout::kQuantized;
+  } else {
+    check_same_dtype(k, "k", q, "q");
+    check_size(k, "k", 3, p.head_dim_qk, "head_dim, as in q");
+    if (in.v.has_value()) {
+      const at::Tensor& v = *in.v;
+      check_rank(v, "v", 4, "like k, with head_dim_v last");
+      check_same_device(v, "v", q, "q");
+      check_same_dtype(v, "v", q, "q");
+      check_last_dim_contiguous(v, "v");
+      for (int64_t dim = 0; dim < 3; ++dim) check_size(v, "v", dim, k.size(dim), "as in k");
+      DEEPSEEK_ATTN_CHECK_VALUE(in.head_dim_v == -1 || in.head_dim_v == v.size(3),
+                                "head_dim_v must be -1 or v's head dim ", v.size(3), " (got ",
+                                in.head_dim_v, ")");
+      p.head_dim_v = v.size(3);
+    } else {
+      DEEPSEEK_ATTN_CHECK_VALUE(in.head_dim_v > 0 && in.head_dim_v <= p.head_dim_qk,
+                                "head_dim_v must be in [1, ", p.head_dim_qk,
+                                "] when v is None (values are the first head_dim_v columns of "
+                                "k) (got ",
+                                in.head_dim_v, ")");
+      p.head_dim_v = in.head_dim_v;
+    }
+  }
+  DEEPSEEK_ATTN_CHECK_VALUE(p.heads_kv > 0 && p.heads_q % p.heads_kv == 0,
+                            "the number of query heads (", p.heads_q,
+                            ") must be a multiple of the number of key/value heads (", p.heads_kv,
+                            ")");
+  if (paged) {
+    const at::Tensor& table = *in.block_table;
+    check_int32_tensor(table, "block_table", q, 2, "(batch, max_pages)");
+    check_size(table, "block_table", 0, p.batch, "batch, as in q");
+    DEEPSEEK_ATTN_CHECK_VALUE(k.size(1) > 0, "k.size(1) (page_size) must be positive (got ",
+                              k.size(1), ")");
+    p.kv.page_size = k.size(1);
+    p.kv.num_pages = k.size(0);
+    p.kv.max_pages = table.size(1);
+    p.seqlen_k = p.kv.max_pages * p.kv.page_size;
+  } else {
+    check_size(k, "k", 0, p.batch, "batch, as in q");
+    p.seqlen_k = k.size(1);
+    p.kv.page_size = std::max<int64_t>(p.seqlen_k, 1);
+    p.kv.num_pages = p.batch;
+  }
+  if (in.cache_seqlens.has_value()) {
+    check_int32_tensor(*in.cache_seqlens, "cache_seqlens", q, 1, "(batch,)");
+    check_size(*in.cache_seqlens, "cache_seqlens", 0, p.batch, "batch, as in q");
+  }
+}
+
+void check_selection(const CoreFwdInputs& in, const CoreFwdParams& p) {
+  if (!in.indices.has_value()) return;
+  const at::Tensor& indices = *in.indices;
+  check_int32_tensor(indices, "indices", in.q, 4, "(batch, seqlen_q, heads_kv, num_indices)");
+  check_size(indices, "indices", 0, p.batch, "batch, as in q");
+  check_size(indices, "indices", 1, p.seqlen_q, "seqlen_q, as in q");
+  check_size(indices, "indices", 2, p.heads_kv, "heads_kv, as in k");
+  DEEPSEEK_ATTN_CHECK_VALUE(in.index_block_size >= 1,
+                            "index_block_size must be >= 1 (1: token indices) (got ",
+                            in.index_block_size, ")");
+}
+
+}  // namespace
+
+CoreFwdParams check_core_fwd_inputs(const CoreFwdInputs& in, double softmax_scale, bool causal,
+                                    int64_t window_left, int64_t window_right, double softcap) {
+  const at::Tensor& q = in.q;
+  check_defined(q, "q");
+  check_defined(in.k, "k");
+  check_rank(q, "q", 4, "(batch, seqlen_q, heads_q, head_dim)");
+  check_supported_attention_dtype(q);
+  check_last_dim_contiguous(q, "q");
+  AttentionShape shape;
+  shape.batch = q.size(0);
+  shape.seqlen_q = q.size(1);
+  shape.heads_q = q.size(2);
+  shape.head_dim_qk = q.size(3);
+  DEEPSEEK_ATTN_CHECK_VALUE(shape.head_dim_qk > 0, "q head_dim must be positive (got ",
+                            shape.head_dim_qk, ")");
+  check_attention_scalars(shape, softmax_scale, causal, window_left, window_right, softcap);
+  CoreFwdParams p(shape);
+  check_kv_source(in, p);
+  check_selection(in, p);
+  return p;
+}
+
+void point_core_params(CoreFwdParams& p, const at::Tensor& q, const at::Tensor& k,
+                       const std::optional<at::Tensor>& v, const CoreFwdInputs& in,
+                       const at::Tensor& out, const at::Tensor& lse) {
+  p.q = q.data_ptr();
+  p.q_strides = bshd_strides(q);
+  p.out = out.data_ptr();
+  p.out_strides = bshd_strides(out);
+  p.lse = lse.data_ptr<float>();
+  p.kv.k = k.data_ptr();
+  p.kv.k_strides = bshd_strides(k);
+  if (v.has_value()) {
+    p.kv.v = v->data_ptr();
+    p.kv.v_strides = bshd_strides(*v);
+  } else {
+    p.kv.v = nullptr;
+    p.kv.v_strides = p.kv.k_strides;
+  }
+  if (in.block_table.has_value()) {
+    p.kv.block_table = in.block_table->data_ptr<int32_t>();
+    p.kv.block_table_stride = in.block_table->stride(0);
+  }
+  if (in.cache_seqlens.has_value()) {
+    p.kv.cache_seqlens = in.cache_seqlens->data_ptr<int32_t>();
+  }
+  if (in.indices.has_value()) {
+    const at::Tensor& indices = *in.indices;
+    p.selection.indices = indices.data_ptr<int32_t>();
+    p.selection.index_strides = bshd_strides(indices);
+    p.selection.num_indices = indices.size(3);
+    p.selection.index_block_size = in.index_block_size;
+  }
+}
+
+}  // namespace deepseek_attn

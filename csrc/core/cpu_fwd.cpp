@@ -1,0 +1,320 @@
+// CPU main loop of the shared attention core (forward of SPEC §1, over the sources of §3 and the
+// selections of §4-§5).
+//
+// A task is one query tile of one kv head: up to kRowsPerTask rows, each a (query token, query
+// head) pair of the kv head's GQA group, tokens outer, so the heads of a group share every key
+// tile. Keys come in tiles of kKeysPerTile: consecutive keys of the window band, or consecutive
+// entries of an index list. Dense band tiles are read in place (K transposed once per call);
+// every other tile is gathered through the KV source into scratch, so paged, latent and listed
+// keys reuse the same tile GEMMs and row kernels. Inputs are promoted to fp32 once (fp64 stays
+// fp64, for gradcheck); the FP8 latent cache is dequantised as its rows are gathered.
+
+#include "core/cpu_fwd.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/cpu_tiles.h"
+#include "common/online_softmax.h"
+#include "core/cpu_rows.h"
+
+namespace deepseek_attn {
+namespace {
+
+constexpr int64_t kRowsPerTask = 64;
+constexpr int64_t kKeysPerTile = 256;
+
+// The KV source in the accumulation type T: element caches converted to T, the FP8 latent
+// cache as its bytes.
+template <typename T>
+struct CpuKvSource {
+  KvSourceParams layout;
+  int64_t dim_qk = 0, dim_v = 0;
+  const T* k_transposed = nullptr;  // dense band tiles: (B, Hkv, Dqk, Sk), else null
+  int64_t seqlen_k = 0;
+
+  const T* k() const { return static_cast<const T*>(layout.k); }
+  const T* values() const {
+    return static_cast<const T*>(layout.values_in_keys() ? layout.k : layout.v);
+  }
+
+  // Key `key` of (batch, head) as column `col` of k_tile (Dqk x cols) and row `col` of v_tile
+  // (cols x Dv). The key's page is valid (checked before the loop).
+  void gather(int64_t batch, int64_t head, int64_t key, int64_t col, int64_t cols, T* k_tile,
+              T* v_tile) const {
+    const int64_t page = layout.page_of(batch, key);
+    T* v_row = v_tile + col * dim_v;
+    if (layout.storage == KvStorage::kLatentFp8) {
+      using Layout = LatentFp8Layout;
+      const uint8_t* row = static_cast<const uint8_t*>(layout.k) +
+                           layout.row_offset(layout.k_strides, page, key, head);
+      float scales[Layout::kQuantized / Layout::kGroup];
+      std::memcpy(scales, row + Layout::kScaleOffset, sizeof(scales));
+      for (int64_t d = 0; d < Layout::kQuantized; ++d) {
+        const T value = T(e4m3_to_float(row[d]) * scales[d / Layout::kGroup]);
+        k_tile[d * cols + col] = value;
+        v_row[d] = value;
+      }
+      for (int64_t d = 0; d < Layout::kRope; ++d) {
+        uint16_t bits;
+        std::memcpy(&bits, row + Layout::kRopeOffset + 2 * d, sizeof(bits));
+        k_tile[(Layout::kQuantized + d) * cols + col] = T(bf16_bits_to_float(bits));
+      }
+      return;
+    }
+    const T* k_row = k() + layout.row_offset(layout.k_strides, page, key, head);
+    for (int64_t d = 0; d < dim_qk; ++d) k_tile[d * cols + col] = k_row[d];
+    const T* v_src = layout.values_in_keys()
+                         ? k_row
+                         : values() + layout.row_offset(layout.v_strides, page, key, head);
+    std::copy(v_src, v_src + dim_v, v_row);
+  }
+
+  // An unselected slot: zeros, so its (masked) column contributes exactly nothing.
+  void clear(int64_t col, int64_t cols, T* k_tile, T* v_tile) const {
+    for (int64_t d = 0; d < dim_qk; ++d) k_tile[d * cols + col] = T(0);
+    std::fill(v_tile + col * dim_v, v_tile + (col + 1) * dim_v, T(0));
+  }
+};
+
+template <typename T>
+struct TaskScratch {
+  std::vector<T> q_tile, scores, out, k_tile, v_tile;
+  std::vector<uint8_t> selected;
+};
+
+// How the (query token, query head) rows of one kv head are cut into tasks.
+struct TaskGrid {
+  int64_t heads_per_task, head_chunks, tokens_per_task, token_tiles;
+
+  TaskGrid(const CoreFwdParams& p) {
+    const int64_t group = p.heads_per_kv();
+    heads_per_task = std::min(group, kRowsPerTask);
+    head_chunks = (group + heads_per_task - 1) / heads_per_task;
+    // An index list belongs to one query token, so listed tasks hold one token.
+    tokens_per_task = p.selection.listed() ? 1 : std::max<int64_t>(1, kRowsPerTask / group);
+    token_tiles = (p.seqlen_q + tokens_per_task - 1) / tokens_per_task;
+  }
+};
+
+template <typename T>
+void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
+  const T* q = static_cast<const T*>(p.q);
+  const KeySelectionParams& selection = p.selection;
+  const TaskGrid grid(p);
+  const int64_t group = p.heads_per_kv(), dqk = p.head_dim_qk, dv = p.head_dim_v;
+  const int64_t n_tasks = p.batch * p.heads_kv * grid.head_chunks * grid.token_tiles;
+
+  auto seqlen_of = [&](int64_t b) { return kv.layout.seqlen_of(b, p.seqlen_k); };
+  std::vector<int64_t> costs(n_tasks);
+  for (int64_t t = 0; t < n_tasks; ++t) {
+    const int64_t tile = t % grid.token_tiles;
+    const int64_t b = t / (grid.token_tiles * grid.head_chunks * p.heads_kv);
+    const int64_t t0 = tile * grid.tokens_per_task;
+    const int64_t t1 = std::min(t0 + grid.tokens_per_task, p.seqlen_q);
+    const KeyWindow band = selection.band(p.seqlen_q, seqlen_of(b));
+    costs[t] = selection.listed()
+                   ? selection.num_entries()
+                   : std::max<int64_t>(band.end_key(t1 - 1) - band.first_key(t0), 0);
+  }
+  std::vector<TaskScratch<T>> scratch(at::get_num_threads());
+
+  cpu::run_tasks_costliest_first(costs, [&](int64_t task, int64_t slot) {
+    const int64_t tile = task % grid.token_tiles;
+    const int64_t chunk = (task / grid.token_tiles) % grid.head_chunks;
+    const int64_t hk = (task / (grid.token_tiles * grid.head_chunks)) % p.heads_kv;
+    const int64_t b = task / (grid.token_tiles * grid.head_chunks * p.heads_kv);
+    const int64_t t0 = tile * grid.tokens_per_task;
+    const int64_t t1 = std::min(t0 + grid.tokens_per_task, p.seqlen_q);
+    const int64_t h0 = hk * group + chunk * grid.heads_per_task;
+    const int64_t nh = std::min(h0 + grid.heads_per_task, (hk + 1) * group) - h0;
+    const int64_t rows = (t1 - t0) * nh;  // row r: token t0 + r / nh, head h0 + r % nh
+    const int64_t seqlen = seqlen_of(b);
+    const KeyWindow band = selection.band(p.seqlen_q, seqlen);
+
+    TaskScratch<T>& s = scratch[slot];
+    s.q_tile.resize(rows * dqk);
+    s.scores.resize(rows * kKeysPerTile);
+    s.out.assign(rows * dv, T(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* q_row = q + b * p.q_strides.batch + (t0 + r / nh) * p.q_strides.row +
+                       (h0 + r % nh) * p.q_strides.head;
+      std::copy(q_row, q_row + dqk, s.q_tile.data() + r * dqk);
+    }
+    std::vector<OnlineSoftmaxRow<T>> state(rows);
+
+    // One key tile: S = Q K^T, mask, online softmax, O += P V. Band tiles start at key j0;
+    // listed tiles pass which of their columns hold a selected key.
+    auto consume_tile = [&](const T* k_tile, int64_t ld_k, const T* v_tile, int64_t ld_v,
+                            int64_t cols, int64_t j0, bool full, const uint8_t* selected) {
+      cpu::gemm_nn(rows, cols, dqk, s.q_tile.data(), dqk, k_tile, ld_k, false, s.scores.data(),
+                   cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* scores = s.scores.data() + r * cols;
+        const int64_t token = t0 + r / nh;
+        const int64_t vis_begin = full || selected ? 0 : band.first_key(token) - j0;
+        const int64_t vis_end = full || selected ? cols : band.end_key(token) - j0;
+        cpu::scores_to_logits(scores, cols, T(p.softmax_scale), T(p.softcap), vis_begin, vis_end,
+                              static_cast<T*>(nullptr));
+        if (selected != nullptr) cpu::mask_columns(scores, selected, cols);
+        const T rescale = state[r].update_max(cpu::row_max(scores, cols));
+        state[r].sum += cpu::exp2_shifted_inplace(scores, cols, state[r].max_log2);
+        if (rescale != T(1)) cpu::scale_row(s.out.data() + r * dv, dv, rescale);
+      }
+      cpu::gemm_nn(rows, dv, cols, s.scores.data(), cols, v_tile, ld_v, true, s.out.data(), dv);
+    };
+
+    if (!selection.listed()) {
+      const int64_t key_begin = band.first_key(t0), key_end = band.end_key(t1 - 1);
+      for (int64_t j0 = key_begin; j0 < key_end; j0 += kKeysPerTile) {
+        const int64_t cols = std::min(kKeysPerTile, key_end - j0);
+        const bool full = band.tile_fully_visible(t0, t1, j0, j0 + cols);
+        if (kv.k_transposed != nullptr) {  // dense: tiles in place
+          const T* k_tile = kv.k_transposed + ((b * p.heads_kv + hk) * dqk) * kv.seqlen_k + j0;
+          const BshdStrides& vs = kv.layout.values_in_keys() ? kv.layout.k_strides
+                                                             : kv.layout.v_strides;
+          const T* v_tile = kv.values() + kv.layout.row_offset(vs, b, j0, hk);
+          consume_tile(k_tile, kv.seqlen_k, v_tile, vs.row, cols, j0, full, nullptr);
+          continue;
+        }
+        s.k_tile.resize(dqk * cols);
+        s.v_tile.resize(cols * dv);
+        for (int64_t c = 0; c < cols; ++c) {
+          kv.gather(b, hk, j0 + c, c, cols, s.k_tile.data(), s.v_tile.data());
+        }
+        consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, j0, full, nullptr);
+      }
+    } else {
+      const int64_t entries = selection.num_entries();
+      for (int64_t e0 = 0; e0 < entries; e0 += kKeysPerTile) {
+        const int64_t cols = std::min(kKeysPerTile, entries - e0);
+        s.k_tile.resize(dqk * cols);
+        s.v_tile.resize(cols * dv);
+        s.selected.resize(cols);
+        bool any = false;
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t key = selection.key_of_entry(b, t0, hk, e0 + c);
+          const bool selected = key >= 0 && key < seqlen && band.visible(t0, key);
+          s.selected[c] = selected;
+          any = any || selected;
+          if (selected) {
+            kv.gather(b, hk, key, c, cols, s.k_tile.data(), s.v_tile.data());
+          } else {
+            kv.clear(c, cols, s.k_tile.data(), s.v_tile.data());
+          }
+        }
+        if (any) {
+          consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, 0, false,
+                       s.selected.data());
+        }
+      }
+    }
+
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t token = t0 + r / nh, head = h0 + r % nh;
+      T* dst = out + b * p.out_strides.batch + token * p.out_strides.row +
+               head * p.out_strides.head;
+      const T inv_sum = state[r].sum > 0 ? T(1) / state[r].sum : T(0);
+      for (int64_t d = 0; d < dv; ++d) dst[d] = s.out[r * dv + d] * inv_sum;
+      p.lse[(b * p.heads_q + head) * p.seqlen_q + token] = static_cast<float>(state[r].lse());
+    }
+  });
+}
+
+// SPEC §0: on CPU, out-of-range indices, pages and lengths are caller errors, reported before
+// any work (CUDA skips them instead).
+void check_index_values(const CoreFwdParams& p, const CoreFwdInputs& in) {
+  std::vector<int64_t> seqlens(p.batch, p.seqlen_k);
+  if (in.cache_seqlens.has_value()) {
+    const at::Tensor lengths = in.cache_seqlens->contiguous();
+    const int32_t* data = lengths.data_ptr<int32_t>();
+    for (int64_t b = 0; b < p.batch; ++b) {
+      DEEPSEEK_ATTN_CHECK_VALUE(data[b] >= 0 && data[b] <= p.seqlen_k, "cache_seqlens[", b,
+                                "] must be in [0, ", p.seqlen_k,
+                                "] (the keys the cache holds for a sequence) (got ", data[b], ")");
+      seqlens[b] = data[b];
+    }
+  }
+  if (in.block_table.has_value()) {
+    const auto table = in.block_table->accessor<int32_t, 2>();
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const int64_t used = (seqlens[b] + p.kv.page_size - 1) / p.kv.page_size;
+      for (int64_t slot = 0; slot < used; ++slot) {
+        DEEPSEEK_ATTN_CHECK_VALUE(table[b][slot] >= 0 && table[b][slot] < p.kv.num_pages,
+                                  "block_table[", b, ", ", slot, "] must be a page of k in [0, ",
+                                  p.kv.num_pages, ") since sequence ", b, " has ", seqlens[b],
+                                  " keys (got ", table[b][slot], ")");
+      }
+    }
+  }
+  if (in.indices.has_value()) {
+    const auto indices = in.indices->accessor<int32_t, 4>();
+    const int64_t block = in.index_block_size;
+    for (int64_t b = 0; b < indices.size(0); ++b) {
+      for (int64_t i = 0; i < indices.size(1); ++i) {
+        for (int64_t h = 0; h < indices.size(2); ++h) {
+          for (int64_t n = 0; n < indices.size(3); ++n) {
+            const int64_t index = indices[b][i][h][n];
+            DEEPSEEK_ATTN_CHECK_VALUE(
+                index >= -1 && index * block < seqlens[b], "indices[", b, ", ", i, ", ", h, ", ",
+                n, "] = ", index, " is out of range: sequence ", b, " has ", seqlens[b],
+                " keys (index_block_size ", block, "); -1 marks an empty slot");
+          }
+        }
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_core_fwd_op(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+    const std::optional<at::Tensor>& block_table, const std::optional<at::Tensor>& cache_seqlens,
+    const std::optional<at::Tensor>& indices, int64_t index_block_size, int64_t head_dim_v,
+    double softmax_scale, bool causal, int64_t window_left, int64_t window_right,
+    double softcap) {
+  return attention_core_fwd_cpu(
+      {q, k, v, block_table, cache_seqlens, indices, index_block_size, head_dim_v}, softmax_scale,
+      causal, window_left, window_right, softcap);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& in,
+                                                          double softmax_scale, bool causal,
+                                                          int64_t window_left,
+                                                          int64_t window_right, double softcap) {
+  CoreFwdParams p =
+      check_core_fwd_inputs(in, softmax_scale, causal, window_left, window_right, softcap);
+  check_index_values(p, in);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto acc_dtype = cpu::accumulation_dtype(in.q);
+  const bool fp8 = p.kv.storage == KvStorage::kLatentFp8;
+  const at::Tensor q_acc = in.q.to(acc_dtype);
+  const at::Tensor k_acc = fp8 ? in.k : in.k.to(acc_dtype);
+  const std::optional<at::Tensor> v_acc =
+      in.v.has_value() ? std::optional<at::Tensor>(in.v->to(acc_dtype)) : std::nullopt;
+  at::Tensor out_acc = at::empty({p.batch, p.seqlen_q, p.heads_q, p.head_dim_v},
+                                 in.q.options().dtype(acc_dtype));
+  at::Tensor lse = at::empty({p.batch, p.heads_q, p.seqlen_q}, in.q.options().dtype(at::kFloat));
+  point_core_params(p, q_acc, k_acc, v_acc, in, out_acc, lse);
+  // Dense band tiles are read in place from K transposed once, so every tile product is A·B.
+  const bool in_place = !fp8 && !in.block_table.has_value() && !p.selection.listed();
+  const at::Tensor k_transposed =
+      in_place ? k_acc.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(acc_dtype, "attention_core_fwd_cpu", [&] {
+    CpuKvSource<scalar_t> kv{p.kv, p.head_dim_qk, p.head_dim_v,
+                             in_place ? k_transposed.data_ptr<scalar_t>() : nullptr, p.seqlen_k};
+    core_fwd_cpu<scalar_t>(p, kv, out_acc.data_ptr<scalar_t>());
+  });
+  return {out_acc.to(in.q.scalar_type()), lse};
+}
+
+TORCH_LIBRARY_IMPL(deepseek_attn, CPU, m) { m.impl("attention_core_fwd", &attention_core_fwd_op); }
+
+}  // namespace deepseek_attn

@@ -1,0 +1,38 @@
+#pragma once
+// The row kernels of the CPU attention core (forward and backward): logits from raw dot
+// products, row maxima, exp2 in place, rescaling, the softmax gradient, and the column mask of
+// index lists. fp32 versions get AVX2/AVX-512 clones (cpu_rows.cpp); fp64 ones serve gradcheck.
+
+#include <cstdint>
+
+namespace deepseek_attn::cpu {
+
+// Turns raw q·k dot products of one row into log2-domain logits: scale, soft-cap, and -inf
+// outside columns [visible_begin, visible_end). Writes tanh of the capped logits to `tanh_out`
+// when soft-capping (the backward needs it).
+void scores_to_logits(float* s, int64_t cols, float scale, float softcap, int64_t visible_begin,
+                      int64_t visible_end, float* tanh_out);
+void scores_to_logits(double* s, int64_t cols, double scale, double softcap,
+                      int64_t visible_begin, int64_t visible_end, double* tanh_out);
+
+float row_max(const float* s, int64_t cols);
+double row_max(const double* s, int64_t cols);
+
+// s <- 2^(s - shift) in place; returns the row sum. A shift of -inf means an empty row: zeros.
+float exp2_shifted_inplace(float* s, int64_t cols, float shift);
+double exp2_shifted_inplace(double* s, int64_t cols, double shift);
+
+void scale_row(float* x, int64_t n, float factor);
+void scale_row(double* x, int64_t n, double factor);
+
+// dS = P * (dP - delta) [* (1 - tanh^2) when soft-capped], in place over dP.
+void softmax_grad_row(float* dp, const float* p, const float* tanh_row, int64_t cols,
+                      float delta);
+void softmax_grad_row(double* dp, const double* p, const double* tanh_row, int64_t cols,
+                      double delta);
+
+// s[c] <- -inf where column c holds no selected key (an index list's empty or masked slot).
+void mask_columns(float* s, const uint8_t* selected, int64_t cols);
+void mask_columns(double* s, const uint8_t* selected, int64_t cols);
+
+}  // namespace deepseek_attn::cpu
