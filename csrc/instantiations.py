@@ -7,7 +7,9 @@ Edit the table below, never the files it writes:
 - csrc/attention/kernels/inst/flash_{fwd,bwd}_d<Dqk>x<Dv>_<dtype>.cu, one explicit instantiation
   per file so builds parallelise and an edit recompiles one file;
 - csrc/fp8/kernels/inst/{quantize,gemm_out}_<dtype>.cu;
-- csrc/attention/head_dims.h, the list the CUDA checks accept and dispatch over;
+- csrc/core/kernels/inst/core_fwd_{rows_d<Dqk>x<Dv>,latent,latent_fp8}_<dtype>.cu;
+- csrc/attention/head_dims.h and csrc/core/head_dims.h, the lists the CUDA checks accept and
+  dispatch over;
 - the CUDA head-dim cell of the README's support matrix.
 The tests read ATTENTION_HEAD_DIMS from this module (tests/conftest.py), so they cover exactly
 what is built.
@@ -22,6 +24,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (Dqk, Dv) pairs with CUDA attention kernels, each in both 16-bit dtypes.
 ATTENTION_HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)]
 ATTENTION_DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}  # file suffix -> DType
+# The core forward (csrc/core/): (Dqk, Dv) pairs of separate K/V rows (dense or paged), in both
+# 16-bit dtypes; latent rows are 576/512, in both dtypes, and as FP8 rows with a bf16 query.
+CORE_ROWS_HEAD_DIMS = [(64, 64), (128, 128), (192, 128)]
+CORE_LATENT_HEAD_DIMS = (576, 512)
 # FP8 quantiser sources and GEMM outputs: file suffix -> enumerator.
 FP8_QUANTIZE_SOURCES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
 FP8_GEMM_OUTPUTS = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
@@ -48,9 +54,41 @@ def head_dims_text():
             f"constexpr const char* kSupportedHeadDims = \"{names}\";\n\n" + NAMESPACES[1])
 
 
+def core_head_dims_text():
+    pairs = " ".join(f"X({qk}, {v})" for qk, v in CORE_ROWS_HEAD_DIMS)
+    names = ", ".join(f"{qk}/{v}" for qk, v in CORE_ROWS_HEAD_DIMS)
+    qk, v = CORE_LATENT_HEAD_DIMS
+    return (f"#pragma once\n{GENERATED}"
+            "// Which head dims the core's CUDA kernels take: plain C++ for the host checks and dispatch.\n\n"
+            + NAMESPACES[0] + "\n"
+            "// (Dqk, Dv) pairs of separate K/V rows with compiled kernels.\n"
+            f"#define DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(X) {pairs}\n"
+            f"constexpr const char* kCoreSupportedHeadDims = \"{names}; latent {qk}/{v}\";\n"
+            "// The latent rows (values in the keys, bf16/fp16 or FP8).\n"
+            f"constexpr int kCoreLatentDimQK = {qk};\nconstexpr int kCoreLatentDimV = {v};\n\n"
+            + NAMESPACES[1])
+
+
+def _core_instantiation(name, qk, v, dtype, kv):
+    return _instantiation(
+        f"core attention fwd, {name}, Dqk={qk}, Dv={v}, {dtype}", "core/launch_fwd.cuh",
+        [f"template cudaError_t launch_core_fwd<{qk}, {v}, DType::{dtype}, CoreKv::{kv}>(const "
+         "CoreFwdParams&, const SplitKvParams&, cudaStream_t);"])
+
+
 def generated_files():
     """{path relative to the repository: text} of every file the table writes (but the README)."""
-    files = {"csrc/attention/head_dims.h": head_dims_text()}
+    files = {"csrc/attention/head_dims.h": head_dims_text(),
+             "csrc/core/head_dims.h": core_head_dims_text()}
+    inst = "csrc/core/kernels/inst"
+    for suffix, dtype in ATTENTION_DTYPES.items():
+        for qk, v in CORE_ROWS_HEAD_DIMS:
+            files[f"{inst}/core_fwd_rows_d{qk}x{v}_{suffix}.cu"] = _core_instantiation(
+                "K/V rows", qk, v, dtype, "kRows")
+        files[f"{inst}/core_fwd_latent_{suffix}.cu"] = _core_instantiation(
+            "latent rows", *CORE_LATENT_HEAD_DIMS, dtype, "kLatent")
+    files[f"{inst}/core_fwd_latent_fp8_bf16.cu"] = _core_instantiation(
+        "FP8 latent rows", *CORE_LATENT_HEAD_DIMS, "kBFloat16", "kLatentFp8")
     inst = "csrc/attention/kernels/inst"
     for qk, v in ATTENTION_HEAD_DIMS:
         for suffix, dtype in ATTENTION_DTYPES.items():
@@ -105,7 +143,7 @@ def main(argv):
             with open(path, "w") as handle:
                 handle.write(text)
     # Instantiation files the table no longer names would still be compiled: they must go.
-    for folder in ("csrc/attention/kernels/inst", "csrc/fp8/kernels/inst"):
+    for folder in ("csrc/attention/kernels/inst", "csrc/core/kernels/inst", "csrc/fp8/kernels/inst"):
         for name in sorted(os.listdir(os.path.join(ROOT, folder))):
             relative = f"{folder}/{name}"
             if name.endswith(".cu") and relative not in wanted:

@@ -335,7 +335,7 @@ def test_emulated_sm90_launch_code_dispatch(sm90):
     decode = Case(1, 1500, heads_q=2, heads_kv=1, head_dim=128)
     assert sm90.num_splits(*decode.inputs(torch.bfloat16, "cpu"), True, 132) > 1
     emulated_forward(sm90, decode, *decode.inputs(torch.bfloat16, "cpu"), sm_count=132)
-    assert sm90.last_kernel_name().startswith("flash_fwd_combine_kernel<")
+    assert sm90.last_kernel_name().startswith("split_kv_combine_kernel<")
     other_dim = Case(70, head_dim=64)
     emulated_forward(sm90, other_dim, *other_dim.inputs(torch.bfloat16, "cpu"), sm_count=1)
     assert sm90.last_kernel_name().startswith("flash_fwd_kernel<64, 64,")

@@ -96,18 +96,53 @@ def run_quantize_weight(module):
     assert torch.equal(payload.view(torch.uint8), ref_payload.view(torch.uint8))
 
 
+def run_core_forward(case):
+    """The core forward on the emulated module against the fp64 reference (test_core.py)."""
+    from test_core import check_core_forward
+    from test_emulated_core import emulated_core
+
+    return lambda module: check_core_forward(emulated_core(module, sm_count=1), case,
+                                             torch.bfloat16, "cpu")
+
+
+def core_cases():
+    from test_core import CoreCase, latent_case
+
+    return {"fp8_band": latent_case("band", batch=1, seqlen_k=300)[1],
+            "causal_tokens": CoreCase("dense", "tokens", seqlen_q=5, causal=True, num_indices=40),
+            "dense_blocks": CoreCase("dense", "blocks", causal=True, seqlen_q=20, seqlen_k=100,
+                                     num_indices=3, index_block_size=16)}
+
+
 FWD = "flash_fwd_d64x64_bf16.cu"
 HOPPER_FWD = "flash_fwd_d128x128_bf16.cu"
 HOPPER_FWD_SOURCE = "attention/kernels/sm90/flash_fwd.cuh"
 BWD = "flash_bwd_d64x64_bf16.cu"
+CORE_SOURCE = "core/kernels/sm80/core_fwd.cuh"
 MUTATIONS = [
+    Mutation("core_fp8_dequantised_with_the_wrong_scale", CORE_SOURCE,
+             "4 * (column / LatentFp8Layout::kGroup)", "4 * (column / 256)",
+             "core_fwd_latent_fp8_bf16.cu", run_core_forward(core_cases()["fp8_band"]), WRONG_ANSWER),
+    Mutation("core_list_ignores_the_band", CORE_SOURCE,
+             "return key >= 0 &&\n                                work.band.visible(work.token_of_row(warp_row + 8 * half), key);",
+             "return key >= 0;", "core_fwd_rows_d64x64_bf16.cu",
+             run_core_forward(core_cases()["causal_tokens"]), WRONG_ANSWER),
+    Mutation("core_blocks_lose_causality_inside", CORE_SOURCE,
+             "kListed || p.kv.block_table != nullptr ||", "p.kv.block_table != nullptr ||",
+             "core_fwd_rows_d64x64_bf16.cu", run_core_forward(core_cases()["dense_blocks"]),
+             WRONG_ANSWER),
+    Mutation("core_split_columns_share_one_chunk", CORE_SOURCE,
+             "const int column0 = int(blockIdx.y % Tile::kColumnChunks) * kVColumns;",
+             "const int column0 = 0;", "core_fwd_latent_fp8_bf16.cu",
+             run_core_forward(core_cases()["fp8_band"]),
+             r"global-memory race: store at offset 0 of 'lse'"),
     Mutation("missing_syncthreads_before_stage_refill", "attention/kernels/sm80/flash_fwd.cuh",
              "      __syncthreads();  // this stage is refilled by the prefetch two iterations on\n",
              "", FWD, run_attention_forward, r"shared-memory race: cp\.async overwrites"),
     Mutation("wait_group_1_where_0_is_needed", "common/cuda_mma.cuh",
              "  } else {\n    cp_async_wait<0>();", "  } else {\n    cp_async_wait<1>();",
              FWD, run_attention_forward, r"destination of a cp\.async .* has not landed"),
-    Mutation("tile_load_reads_one_row_past_the_end", "attention/kernels/sm80/tile_copy.cuh",
+    Mutation("tile_load_reads_one_row_past_the_end", "core/kernels/sm80/tile_copy.cuh",
              "const bool valid = source_row < seqlen;", "const bool valid = source_row <= seqlen;",
              FWD, run_attention_forward, r"cp\.async source at 0x[0-9a-f]+ is 0 bytes past the end of 'k'"),
     Mutation("tail_mask_off_by_one", "attention/kernels/sm80/flash_fwd.cuh",
@@ -115,7 +150,7 @@ MUTATIONS = [
              "const bool needs_mask = key0 + kBlockN > p.seqlen_k + 1 ||", FWD,
              lambda module: run_attention_forward(module, Case(100, 64 * 4 + 63, causal=False)),
              WRONG_ANSWER),
-    Mutation("wrong_fragment_index", "attention/kernels/sm80/tile_mma.cuh",
+    Mutation("wrong_fragment_index", "core/kernels/sm80/tile_mma.cuh",
              "a[k][1] = pack_pair<kDType>(acc[2 * k][2], acc[2 * k][3]);",
              "a[k][1] = pack_pair<kDType>(acc[2 * k + 1][0], acc[2 * k + 1][1]);",
              FWD, run_attention_forward, WRONG_ANSWER),
@@ -127,7 +162,7 @@ MUTATIONS = [
              "    T* out_tile = q_tile;\n    __syncthreads();",
              "    T* out_tile = q_tile;\n    if (warp == 3) return;\n    __syncthreads();",
              FWD, run_attention_forward, r"deadlock: __syncthreads is not reached by every thread"),
-    Mutation("tile_pitch_breaks_16_byte_alignment", "attention/kernels/sm80/tile_copy.cuh",
+    Mutation("tile_pitch_breaks_16_byte_alignment", "core/kernels/sm80/tile_copy.cuh",
              "static constexpr int value = kDim + 8;", "static constexpr int value = kDim + 4;",
              FWD, run_attention_forward, r"misaligned"),
     Mutation("q_tile_never_loaded", "attention/kernels/sm80/flash_fwd.cuh",

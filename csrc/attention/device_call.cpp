@@ -9,6 +9,7 @@
 #include "attention/head_dims.h"
 #include "attention/heuristics.h"
 #include "common/checks.h"
+#include "common/vector_loads.h"
 
 namespace deepseek_attn {
 namespace {
@@ -25,13 +26,6 @@ void check_device_support(const AttentionShape& p) {
   // The batch is the grid's z dimension (times the KV splits, which are capped to fit).
   DEEPSEEK_ATTN_CHECK_VALUE(p.batch <= 65535,
                             "q.shape[0] (batch) must be at most 65535 on CUDA (got ", p.batch, ")");
-}
-
-// The kernels copy 16-byte chunks: rows must start 16-byte aligned. Others get a compact copy.
-at::Tensor aligned_for_vector_loads(const at::Tensor& t) {
-  const bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 &&
-                       t.stride(0) % 8 == 0 && t.stride(1) % 8 == 0 && t.stride(2) % 8 == 0;
-  return aligned ? t : t.contiguous();
 }
 
 void fill_fwd_pointers(AttentionFwdParams& p, const at::Tensor& q, const at::Tensor& k,

@@ -8,13 +8,10 @@
 
 #include "attention/params.h"
 #include "common/device_arch.h"
+#include "core/heuristics.h"
 
 namespace deepseek_attn {
 namespace cuda {
-
-// Key-block width of the forward (and dQ) kernels for these head dims; wide heads take 32 keys
-// to keep the S/P fragments and the K/V buffers small. The split-KV heuristic needs it too.
-constexpr int fwd_block_n(int dim_qk, int dim_v) { return dim_qk > 128 || dim_v > 128 ? 32 : 64; }
 
 // The head dims (q/k and v) of the sm90a forward (kernels/sm90/flash_fwd.cuh).
 constexpr int kHopperForwardHeadDim = 128;
@@ -23,11 +20,7 @@ constexpr int kHopperForwardHeadDim = 128;
 inline int choose_num_splits(const AttentionFwdParams& p, int sm_count) {
   const int64_t ctas = p.batch * p.heads_q * ((p.seqlen_q + 63) / 64);
   const int block_n = fwd_block_n(p.head_dim_qk, p.head_dim_v);
-  const int64_t key_blocks = (p.seqlen_k + block_n - 1) / block_n;
-  if (ctas >= sm_count || key_blocks < 4) return 1;
-  int64_t splits = (2 * sm_count + ctas - 1) / ctas;
-  splits = std::min<int64_t>({splits, key_blocks / 2, 64, 65535 / p.batch});
-  return static_cast<int>(std::max<int64_t>(splits, 1));
+  return choose_split_count(ctas, (p.seqlen_k + block_n - 1) / block_n, p.batch, sm_count);
 }
 
 // The Hopper forward takes 128/128 heads without split-KV on an sm90 device that allows it (it

@@ -73,7 +73,7 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
                                            Tile::kThreads, Tile::kSmemBytes, stream, p, split);
   if (status != cudaSuccess) return status;
   const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
-  return launch_kernel(flash_fwd_combine_kernel<kDType>, dim3(rows), kDimV < 128 ? kDimV : 128, 0,
+  return launch_kernel(split_kv_combine_kernel<kDType, AttentionFwdParams>, dim3(rows), kDimV < 128 ? kDimV : 128, 0,
                        stream, p, split);
 }
 

@@ -4,37 +4,9 @@
 
 #include <cstdint>
 
-#include "common/key_window.h"
+#include "common/attention_shape.h"
 
 namespace deepseek_attn {
-
-// Strides are in elements of the tensor's own dtype; tensors are BSHD with a unit last stride.
-struct BshdStrides {
-  int64_t batch = 0;
-  int64_t row = 0;
-  int64_t head = 0;
-};
-
-// The problem a checked flash_attn call describes: sizes and options, no memory.
-struct AttentionShape {
-  int64_t batch = 0;
-  int64_t seqlen_q = 0;
-  int64_t seqlen_k = 0;
-  int64_t heads_q = 0;
-  int64_t heads_kv = 0;
-  int64_t head_dim_qk = 0;
-  int64_t head_dim_v = 0;
-
-  float softmax_scale = 1.f;
-  float softcap = 0.f;        // 0: no soft-capping
-  int64_t window_left = -1;   // -1: unbounded
-  int64_t window_right = -1;  // -1: unbounded; causal sets 0
-
-  DEEPSEEK_ATTN_HOST_DEVICE int64_t heads_per_kv() const { return heads_q / heads_kv; }
-  DEEPSEEK_ATTN_HOST_DEVICE KeyWindow key_window() const {
-    return {seqlen_q, seqlen_k, window_left, window_right};
-  }
-};
 
 // A launch of the forward: the shape, then where the tensors live (filled by the caller).
 struct AttentionFwdParams : AttentionShape {
@@ -59,14 +31,6 @@ struct AttentionBwdParams : AttentionFwdParams {
   BshdStrides dout_strides, dq_strides, dk_strides, dv_strides;
   bool deterministic = false;  // CUDA: true avoids float atomics (separate dQ kernel)
   float* dq_accum = nullptr;   // (B, Hq, Sq, Dqk) fp32, zeroed: dQ by atomics when !deterministic
-};
-
-// Split-KV forward (decode): where each split's fp32 partial results go, as
-// (num_splits, B, Hq, Sq, Dv) and (num_splits, B, Hq, Sq); merged with the SPEC §0 LSE rule.
-struct SplitKvParams {
-  int num_splits = 1;
-  float* partial_out = nullptr;
-  float* partial_lse = nullptr;
 };
 
 }  // namespace deepseek_attn

@@ -30,6 +30,7 @@ void check_kv_source(const CoreFwdInputs& in, CoreFwdParams& p) {
   check_same_device(k, "k", q, "q");
   check_last_dim_contiguous(k, "k");
   p.heads_kv = k.size(2);
+  p.kv.separate_values = in.v.has_value();
   if (is_latent_fp8(k)) {
     constexpr int64_t kRowBytes = LatentFp8Layout::kRowBytes;
     p.kv.storage = KvStorage::kLatentFp8;

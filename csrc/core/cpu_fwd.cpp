@@ -89,25 +89,11 @@ struct TaskScratch {
   std::vector<uint8_t> selected;
 };
 
-// How the (query token, query head) rows of one kv head are cut into tasks.
-struct TaskGrid {
-  int64_t heads_per_task, head_chunks, tokens_per_task, token_tiles;
-
-  TaskGrid(const CoreFwdParams& p) {
-    const int64_t group = p.heads_per_kv();
-    heads_per_task = std::min(group, kRowsPerTask);
-    head_chunks = (group + heads_per_task - 1) / heads_per_task;
-    // An index list belongs to one query token, so listed tasks hold one token.
-    tokens_per_task = p.selection.listed() ? 1 : std::max<int64_t>(1, kRowsPerTask / group);
-    token_tiles = (p.seqlen_q + tokens_per_task - 1) / tokens_per_task;
-  }
-};
-
 template <typename T>
 void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
   const T* q = static_cast<const T*>(p.q);
   const KeySelectionParams& selection = p.selection;
-  const TaskGrid grid(p);
+  const QueryTiles grid(p.heads_per_kv(), selection.listed(), p.seqlen_q, kRowsPerTask);
   const int64_t group = p.heads_per_kv(), dqk = p.head_dim_qk, dv = p.head_dim_v;
   const int64_t n_tasks = p.batch * p.heads_kv * grid.head_chunks * grid.token_tiles;
 
@@ -116,8 +102,8 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
   for (int64_t t = 0; t < n_tasks; ++t) {
     const int64_t tile = t % grid.token_tiles;
     const int64_t b = t / (grid.token_tiles * grid.head_chunks * p.heads_kv);
-    const int64_t t0 = tile * grid.tokens_per_task;
-    const int64_t t1 = std::min(t0 + grid.tokens_per_task, p.seqlen_q);
+    const int64_t t0 = tile * grid.tokens_per_tile;
+    const int64_t t1 = std::min(t0 + grid.tokens_per_tile, p.seqlen_q);
     const KeyWindow band = selection.band(p.seqlen_q, seqlen_of(b));
     costs[t] = selection.listed()
                    ? selection.num_entries()
@@ -130,10 +116,10 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
     const int64_t chunk = (task / grid.token_tiles) % grid.head_chunks;
     const int64_t hk = (task / (grid.token_tiles * grid.head_chunks)) % p.heads_kv;
     const int64_t b = task / (grid.token_tiles * grid.head_chunks * p.heads_kv);
-    const int64_t t0 = tile * grid.tokens_per_task;
-    const int64_t t1 = std::min(t0 + grid.tokens_per_task, p.seqlen_q);
-    const int64_t h0 = hk * group + chunk * grid.heads_per_task;
-    const int64_t nh = std::min(h0 + grid.heads_per_task, (hk + 1) * group) - h0;
+    const int64_t t0 = tile * grid.tokens_per_tile;
+    const int64_t t1 = std::min(t0 + grid.tokens_per_tile, p.seqlen_q);
+    const int64_t h0 = hk * group + chunk * grid.heads_per_tile;
+    const int64_t nh = std::min(h0 + grid.heads_per_tile, (hk + 1) * group) - h0;
     const int64_t rows = (t1 - t0) * nh;  // row r: token t0 + r / nh, head h0 + r % nh
     const int64_t seqlen = seqlen_of(b);
     const KeyWindow band = selection.band(p.seqlen_q, seqlen);

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "attention/params.h"
+#include "common/attention_shape.h"
 #include "common/fp8.h"
 #include "common/key_window.h"
 
@@ -17,6 +17,11 @@ enum class KvStorage : int {
   kElements,   // head_dim values of the query's dtype
   kLatentFp8,  // SPEC §3's 656-byte latent row: 512 e4m3, 4 fp32 scales, 64 bf16
 };
+
+// The KV-source policy the CUDA kernels are templated on: separate K and V rows (dense or
+// paged), or latent rows whose first head_dim_v columns are the values, stored in the query's
+// dtype or as SPEC §3's FP8 rows.
+enum class CoreKv { kRows, kLatent, kLatentFp8 };
 
 // SPEC §3 FP8 latent row: bytes [0,512) e4m3 c_kv, [512,528) fp32 scales (one per 128 values),
 // [528,656) bf16 k_pe.
@@ -52,8 +57,8 @@ DEEPSEEK_ATTN_HOST_DEVICE float bf16_bits_to_float(uint16_t bits) {
 // per sequence, page_size = seqlen_k, the page stride = the batch stride).
 struct KvSourceParams {
   const void* k = nullptr;  // (pages, page_size, heads_kv, head_dim_qk) or latent FP8 bytes
-  const void* v = nullptr;  // (pages, page_size, heads_kv, head_dim_v); null: the first
-                            // head_dim_v columns of k's rows are the values (latent)
+  const void* v = nullptr;  // (pages, page_size, heads_kv, head_dim_v), when separate_values
+  bool separate_values = true;  // false: the first head_dim_v columns of k's rows (latent)
   BshdStrides k_strides;    // batch = page stride; in elements (bytes for kLatentFp8)
   BshdStrides v_strides;
   KvStorage storage = KvStorage::kElements;
@@ -64,7 +69,12 @@ struct KvSourceParams {
   int64_t max_pages = 0;
   const int32_t* cache_seqlens = nullptr;  // (batch,); null: every sequence has seqlen_k keys
 
-  DEEPSEEK_ATTN_HOST_DEVICE bool values_in_keys() const { return v == nullptr; }
+  DEEPSEEK_ATTN_HOST_DEVICE bool values_in_keys() const { return !separate_values; }
+
+  DEEPSEEK_ATTN_HOST_DEVICE CoreKv policy() const {
+    return storage == KvStorage::kLatentFp8 ? CoreKv::kLatentFp8
+                                            : (values_in_keys() ? CoreKv::kLatent : CoreKv::kRows);
+  }
 
   DEEPSEEK_ATTN_HOST_DEVICE int64_t seqlen_of(int64_t batch, int64_t seqlen_k) const {
     return cache_seqlens != nullptr ? int64_t(cache_seqlens[batch]) : seqlen_k;
@@ -116,6 +126,20 @@ struct KeySelectionParams {
         indices[batch * index_strides.batch + query * index_strides.row +
                 head * index_strides.head + entry / index_block_size];
     return index < 0 ? -1 : index * index_block_size + entry % index_block_size;
+  }
+};
+
+// How the (query token, query head) rows of one kv head are cut into query tiles of at most
+// `rows` rows, tokens outer, so the heads of a GQA group share every key tile. An index list
+// belongs to one query token, so listed tiles hold one token.
+struct QueryTiles {
+  int64_t heads_per_tile, head_chunks, tokens_per_tile, token_tiles;
+
+  DEEPSEEK_ATTN_HOST_DEVICE QueryTiles(int64_t group, bool listed, int64_t seqlen_q, int64_t rows) {
+    heads_per_tile = group < rows ? group : rows;
+    head_chunks = (group + heads_per_tile - 1) / heads_per_tile;
+    tokens_per_tile = listed || rows / group < 1 ? 1 : rows / group;
+    token_tiles = (seqlen_q + tokens_per_tile - 1) / tokens_per_tile;
   }
 };
 

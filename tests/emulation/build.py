@@ -117,7 +117,8 @@ def _kernel_jobs(arch):
     specific = _instantiation_files("fp8", "gemm")
     if arch == 90:  # its probes include the Hopper ones
         specific += _instantiation_files("attention", "flash_fwd_d128x128") + [probes]
-    shared = [source for source in _instantiation_files("attention") + _instantiation_files("fp8", "quantize") + [probes]
+    shared = [source for source in _instantiation_files("attention") + _instantiation_files("core")
+              + _instantiation_files("fp8", "quantize") + [probes]
               if source not in specific]
     jobs = [(source, os.path.join(BUILD, "sm80", os.path.basename(source) + ".o"), 800)
             for source in shared]
@@ -141,8 +142,8 @@ def _host_jobs():
     common = os.path.join(BUILD, "host")
     jobs = [(os.path.join(CSRC, "emulation", "runtime.cpp"), os.path.join(common, "runtime.o"),
              RUNTIME_FLAGS + [f"-I{CSRC}"])]
-    for source in ("attention/device_call.cpp", "attention/checks.cpp", "fp8/device_call.cpp",
-                   "fp8/checks.cpp"):
+    for source in ("attention/device_call.cpp", "attention/checks.cpp", "core/device_call.cpp",
+                   "core/checks.cpp", "fp8/device_call.cpp", "fp8/checks.cpp"):
         jobs.append((os.path.join(CSRC, source),
                      os.path.join(common, source.replace("/", "_") + ".o"), torch_flags))
     jobs.append((os.path.join(ROOT, "tests", "emulation", "emulated_ops.cpp"),

@@ -13,6 +13,8 @@
 #include "attention/launch.h"
 #include "common/cuda_device.h"
 #include "common/dtype_aten.h"
+#include "core/device_call.h"
+#include "core/launch.h"
 #include "emulation/runtime.h"
 #include "fp8/device_call.h"
 #include "fp8/launch.h"
@@ -99,6 +101,48 @@ int64_t num_splits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   const FlashFwdCall call = prepare_flash_attn_fwd(q, k, v, 1.0, causal, -1, causal ? 0 : -1, 0.0,
                                                    arch_with_sms(sm_count));
   return call.split.num_splits;
+}
+
+// attention_core_fwd's arguments, then the emulated device's SM count.
+std::tuple<at::Tensor, at::Tensor> attention_core_fwd(
+    const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
+    const std::optional<at::Tensor>& block_table, const std::optional<at::Tensor>& cache_seqlens,
+    const std::optional<at::Tensor>& indices, int64_t index_block_size, int64_t head_dim_v,
+    double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap,
+    int64_t sm_count) {
+  check_cuda_dtype(q);
+  const CoreFwdCall call = prepare_attention_core_fwd(
+      {q, k, v, block_table, cache_seqlens, indices, index_block_size, head_dim_v}, softmax_scale,
+      causal, window_left, window_right, softcap, arch_with_sms(sm_count));
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(call.q, "q", true);
+    memory.add(call.k, "k", true);
+    if (call.v.has_value()) memory.add(*call.v, "v", true);
+    for (const auto& [tensor, name] : {std::pair{block_table, "block_table"},
+                                       std::pair{cache_seqlens, "cache_seqlens"},
+                                       std::pair{indices, "indices"}}) {
+      if (tensor.has_value()) memory.add(*tensor, name, true);
+    }
+    memory.add(call.out, "out", false);
+    memory.add(call.lse, "lse", false);
+    memory.add(call.partial_out, "partial_out", false);
+    memory.add(call.partial_lse, "partial_lse", false);
+    memory.register_all();
+    check_launch(cuda::launch_core_fwd_for(call.params, dtype_of(q.scalar_type()), call.split,
+                                           emulated_stream()));
+  }
+  return {call.out, call.lse};
+}
+
+int64_t core_num_splits(const at::Tensor& q, const at::Tensor& k,
+                        const std::optional<at::Tensor>& v,
+                        const std::optional<at::Tensor>& block_table, int64_t head_dim_v,
+                        int64_t sm_count) {
+  return prepare_attention_core_fwd({q, k, v, block_table, std::nullopt, std::nullopt, 1,
+                                     head_dim_v},
+                                    1.0, true, -1, -1, 0.0, arch_with_sms(sm_count))
+      .split.num_splits;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd(
@@ -204,6 +248,8 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.attr("arch") = arch;
   m.def("flash_attn_fwd", &flash_attn_fwd);
   m.def("flash_attn_bwd", &flash_attn_bwd);
+  m.def("attention_core_fwd", &attention_core_fwd);
+  m.def("core_num_splits", &core_num_splits);
   m.def("num_splits", &num_splits);
   m.def("quantize_act", &quantize_act);
   m.def("quantize_weight", &quantize_weight);

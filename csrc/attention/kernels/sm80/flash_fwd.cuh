@@ -7,94 +7,31 @@
 // visited; masking runs only on tiles that cross the band edge or the sequence end.
 //
 // Split-KV (decode): blockIdx.z also enumerates `num_splits` slices of the key blocks; each
-// writes an fp32 partial (out, lse) and flash_fwd_combine_kernel merges them (SPEC §0).
+// writes an fp32 partial (out, lse) and split_kv_combine_kernel merges them (SPEC §0).
 
 #include <cstdint>
 
 #include "attention/heuristics.h"
-#include "attention/kernels/sm80/tile_mma.cuh"
+#include "core/kernels/sm80/tile_mma.cuh"
 #include "attention/params.h"
 #include "common/online_softmax.h"
+#include "core/kernels/sm80/softmax_fragments.cuh"
+#include "core/kernels/sm80/split_combine.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
 
-// Log2-domain logits of one warp's 16 x (8·kAccN) score fragment (scaled, soft-capped), with
-// -inf outside the visible band when the tile crosses its edge. `row` is the fragment's row
-// `group`; `key0` the tile's first key.
-template <int kAccN>
-__device__ __forceinline__ void scores_to_logits(float (&scores)[kAccN][4],
-                                                 const AttentionFwdParams& p,
-                                                 const KeyWindow& window, bool needs_mask,
-                                                 int64_t row, int64_t key0, int lane) {
-  const float scale_log2 = p.softmax_scale * float(kLog2e);
-  const float cap_inverse = p.softcap > 0.f ? p.softmax_scale / p.softcap : 0.f;
-  const float cap_log2 = p.softcap * float(kLog2e);
-#pragma unroll
-  for (int n = 0; n < kAccN; ++n) {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      float s = scores[n][e];
-      s = p.softcap > 0.f ? cap_log2 * tanhf(s * cap_inverse) : s * scale_log2;
-      if (needs_mask) {
-        const int64_t key = key0 + n * 8 + (lane % 4) * 2 + (e & 1);
-        if (key >= p.seqlen_k || !window.visible(row + (e >= 2 ? 8 : 0), key)) s = -INFINITY;
-      }
-      scores[n][e] = s;
-    }
+// The SPEC §0 band test of one fragment element: `row` is the fragment's row `group`, `key0`
+// the tile's first key.
+struct BandVisibility {
+  const AttentionFwdParams& p;
+  const KeyWindow& window;
+  int64_t row, key0;
+  __device__ __forceinline__ bool operator()(int half, int column) const {
+    const int64_t key = key0 + column;
+    return key < p.seqlen_k && window.visible(row + 8 * half, key);
   }
-}
-
-// One online-softmax step on a warp's fragment (rows `group` and `group + 8`): folds the tile's
-// row maxima into `rows`, turns the logits into probabilities and rescales the output.
-template <int kAccN, int kAccV>
-__device__ __forceinline__ void online_softmax_step(float (&scores)[kAccN][4],
-                                                    OnlineSoftmaxRow<float> (&rows)[2],
-                                                    float (&partial_sum)[2],
-                                                    float (&out_acc)[kAccV][4]) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float block_max = -INFINITY;
-#pragma unroll
-    for (int n = 0; n < kAccN; ++n) {
-      block_max = fmaxf(block_max, fmaxf(scores[n][2 * r], scores[n][2 * r + 1]));
-    }
-    const float rescale = rows[r].update_max(quad_max(block_max));
-    // A row that has seen only masked keys keeps max -inf: use 0 so exp2 gives exact zeros.
-    const float shift = rows[r].max_log2 == -INFINITY ? 0.f : rows[r].max_log2;
-    partial_sum[r] *= rescale;
-#pragma unroll
-    for (int n = 0; n < kAccN; ++n) {
-      scores[n][2 * r] = exp2f(scores[n][2 * r] - shift);
-      scores[n][2 * r + 1] = exp2f(scores[n][2 * r + 1] - shift);
-      partial_sum[r] += scores[n][2 * r] + scores[n][2 * r + 1];
-    }
-#pragma unroll
-    for (int d = 0; d < kAccV; ++d) {
-      out_acc[d][2 * r] *= rescale;
-      out_acc[d][2 * r + 1] *= rescale;
-    }
-  }
-}
-
-// End of the key loop: row sums across the quad, natural-log LSE, output divided by the sum
-// (rows that saw no key keep output 0 and get lse -inf).
-template <int kAccV>
-__device__ __forceinline__ void finish_rows(OnlineSoftmaxRow<float> (&rows)[2],
-                                            const float (&partial_sum)[2],
-                                            float (&out_acc)[kAccV][4], float (&lse)[2]) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    rows[r].sum = quad_sum(partial_sum[r]);
-    lse[r] = rows[r].lse();
-    const float inverse = rows[r].sum > 0.f ? 1.f / rows[r].sum : 0.f;
-#pragma unroll
-    for (int d = 0; d < kAccV; ++d) {
-      out_acc[d][2 * r] *= inverse;
-      out_acc[d][2 * r + 1] *= inverse;
-    }
-  }
-}
+};
 
 template <int kDimQK, int kDimV>
 struct FwdTile {
@@ -160,7 +97,8 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
                                                      p.seqlen_q, thread);
     auto load_kv = [&](int stage, int64_t n_block) {
       load_kv_block_async<kBlockN, kDimQK, kDimV, Tile::kThreads>(
-          k_tiles + stage * Tile::kKElements, v_tiles + stage * Tile::kVElements, k, v, p, n_block,
+          k_tiles + stage * Tile::kKElements, v_tiles + stage * Tile::kVElements, k, v, p, p.k_strides, p.v_strides,
+          n_block,
           thread);
     };
     load_kv(0, n_begin);
@@ -179,7 +117,8 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
       const int64_t key_last = key0 + kBlockN < p.seqlen_k ? key0 + kBlockN : p.seqlen_k;
       const bool needs_mask = key0 + kBlockN > p.seqlen_k ||
                               !window.tile_fully_visible(row_begin, row_end, key0, key_last);
-      scores_to_logits(scores, p, window, needs_mask, row_begin + warp_row, key0, lane);
+      scores_to_logits(scores, p.softmax_scale, p.softcap, needs_mask, lane,
+                       BandVisibility{p, window, row_begin + warp_row, key0});
       online_softmax_step(scores, rows, partial_sum, out_acc);
 
       uint32_t probs[kBlockN / 16][4];
@@ -236,42 +175,6 @@ __global__ void __launch_bounds__(FwdTile<kDimQK, kDimV>::kThreads)
       }
     }
   }
-}
-
-// Merges the split partials of one (batch, head, row) per block (SPEC §0 LSE merge).
-template <DType kDType>
-__global__ void flash_fwd_combine_kernel(const AttentionFwdParams p, const SplitKvParams split) {
-  using T = Element<kDType>;
-  const int64_t flat_row = blockIdx.x;  // (batch * Hq + head) * Sq + row
-  const int64_t rows_per_split = p.batch * p.heads_q * p.seqlen_q;
-  float max_lse = -INFINITY;
-  for (int s = 0; s < split.num_splits; ++s) {
-    max_lse = fmaxf(max_lse, split.partial_lse[s * rows_per_split + flat_row]);
-  }
-  float total = 0.f;
-  if (max_lse != -INFINITY) {
-    for (int s = 0; s < split.num_splits; ++s) {
-      total += expf(split.partial_lse[s * rows_per_split + flat_row] - max_lse);
-    }
-  }
-  const float lse = total > 0.f ? max_lse + logf(total) : -INFINITY;
-
-  const int64_t row = flat_row % p.seqlen_q;
-  const int64_t head = (flat_row / p.seqlen_q) % p.heads_q;
-  const int64_t batch = flat_row / (p.seqlen_q * p.heads_q);
-  T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch + head * p.out_strides.head +
-           row * p.out_strides.row;
-  for (int64_t d = threadIdx.x; d < p.head_dim_v; d += blockDim.x) {
-    float value = 0.f;
-    if (lse != -INFINITY) {
-      for (int s = 0; s < split.num_splits; ++s) {
-        const float weight = expf(split.partial_lse[s * rows_per_split + flat_row] - lse);
-        value += weight * split.partial_out[(s * rows_per_split + flat_row) * p.head_dim_v + d];
-      }
-    }
-    out[d] = T(value);
-  }
-  if (threadIdx.x == 0) p.lse[flat_row] = lse;
 }
 
 }  // namespace cuda

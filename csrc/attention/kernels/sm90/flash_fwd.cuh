@@ -152,7 +152,8 @@ __global__ void __launch_bounds__(HopperFwdTile::kThreads, 1)
                                                                  : p.seqlen_k;
       const bool needs_mask = key0 + Tile::kBlockN > p.seqlen_k ||
                               !window.tile_fully_visible(row_begin, row_end, key0, key_last);
-      scores_to_logits(scores, p, window, needs_mask, row_begin + row_in_tile, key0, lane);
+      scores_to_logits(scores, p.softmax_scale, p.softcap, needs_mask, lane,
+                       BandVisibility{p, window, row_begin + row_in_tile, key0});
       online_softmax_step(scores, rows, partial_sum, out_acc);
       uint32_t probs[Tile::kBlockN / 16][4];
       accumulators_to_a_fragments<kDType, Tile::kBlockN>(scores, probs);

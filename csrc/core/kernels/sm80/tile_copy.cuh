@@ -1,11 +1,11 @@
 #pragma once
-// How the sm80 attention kernels move tiles: cp.async loads of Q/K/V row blocks into
+// How the sm80 attention kernels (the core and the attention family) move tiles: cp.async loads of Q/K/V row blocks into
 // shared-memory tiles (row-major, pitch dim + 8 elements: 16 extra bytes per row make every
 // ldmatrix of 8 rows hit 32 distinct banks), and 16-bit stores of accumulator rows.
 
 #include <cstdint>
 
-#include "attention/params.h"
+#include "common/attention_shape.h"
 #include "common/cuda_mma.cuh"
 
 namespace deepseek_attn {
@@ -37,11 +37,13 @@ __device__ __forceinline__ void load_tile_async(T* shared, const T* global, int6
 // Issues the cp.async copies of key block `n_block` (kBlockN rows) of both K and V.
 template <int kBlockN, int kDimQK, int kDimV, int kThreads, typename T>
 __device__ __forceinline__ void load_kv_block_async(T* k_tile, T* v_tile, const T* k, const T* v,
-                                                    const AttentionFwdParams& p, int64_t n_block,
+                                                    const AttentionShape& p,
+                                                    const BshdStrides& k_strides,
+                                                    const BshdStrides& v_strides, int64_t n_block,
                                                     int thread) {
-  load_tile_async<kBlockN, kDimQK, kThreads>(k_tile, k, p.k_strides.row, n_block * kBlockN,
+  load_tile_async<kBlockN, kDimQK, kThreads>(k_tile, k, k_strides.row, n_block * kBlockN,
                                              p.seqlen_k, thread);
-  load_tile_async<kBlockN, kDimV, kThreads>(v_tile, v, p.v_strides.row, n_block * kBlockN,
+  load_tile_async<kBlockN, kDimV, kThreads>(v_tile, v, v_strides.row, n_block * kBlockN,
                                             p.seqlen_k, thread);
 }
 

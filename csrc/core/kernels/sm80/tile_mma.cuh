@@ -1,10 +1,11 @@
 #pragma once
-// The register-fragment products of the sm80 attention kernels (forward, split-KV, backward):
+// The register-fragment products of the sm80 attention kernels (core forward, flash forward,
+// split-KV, backward):
 // ldmatrix + mma.sync m16n8k16 over the shared-memory tiles of tile_copy.cuh.
 
 #include <cstdint>
 
-#include "attention/kernels/sm80/tile_copy.cuh"
+#include "core/kernels/sm80/tile_copy.cuh"
 #include "common/cuda_mma.cuh"
 
 namespace deepseek_attn {

@@ -1,0 +1,78 @@
+// See device_call.h. Plain ATen: no CUDA headers, so the CPU-only build compiles it too.
+
+#include "core/device_call.h"
+
+#include <limits>
+
+#include "common/checks.h"
+#include "common/vector_loads.h"
+#include "core/head_dims.h"
+#include "core/heuristics.h"
+
+namespace deepseek_attn {
+namespace {
+
+void check_device_support(const CoreFwdParams& p, const at::Tensor& q) {
+  const CoreKv kv = p.kv.policy();
+  bool supported = kv != CoreKv::kRows && p.head_dim_qk == cuda::kCoreLatentDimQK &&
+                   p.head_dim_v == cuda::kCoreLatentDimV;
+#define DEEPSEEK_ATTN_IS_SUPPORTED(QK, V) (p.head_dim_qk == QK && p.head_dim_v == V) ||
+  supported = supported || (kv == CoreKv::kRows &&
+                            (DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(DEEPSEEK_ATTN_IS_SUPPORTED) false));
+#undef DEEPSEEK_ATTN_IS_SUPPORTED
+  DEEPSEEK_ATTN_CHECK_VALUE(supported, "head dims (q/k ", p.head_dim_qk, ", v ", p.head_dim_v,
+                            kv == CoreKv::kRows ? ", separate v" : ", values in k",
+                            ") are not supported by the CUDA core; supported (Dqk/Dv): ",
+                            cuda::kCoreSupportedHeadDims);
+  DEEPSEEK_ATTN_CHECK_TYPE(kv != CoreKv::kLatentFp8 || q.scalar_type() == at::kBFloat16,
+                           "q must be bfloat16 to read the FP8 latent cache on CUDA (got ",
+                           q.scalar_type(), ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(p.heads_kv <= 16383 && p.batch <= 65535,
+                            "at most 16383 kv heads and a batch of 65535 are supported on CUDA "
+                            "(got ",
+                            p.heads_kv, " and ", p.batch, ")");
+}
+
+}  // namespace
+
+CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_scale, bool causal,
+                                       int64_t window_left, int64_t window_right, double softcap,
+                                       const DeviceArch& arch) {
+  CoreFwdCall call;
+  CoreFwdParams& p = call.params;
+  p = check_core_fwd_inputs(in, softmax_scale, causal, window_left, window_right, softcap);
+  check_device_support(p, in.q);
+  call.q = aligned_for_vector_loads(in.q);
+  call.k = aligned_for_vector_loads(in.k);
+  if (in.v.has_value()) call.v = aligned_for_vector_loads(*in.v);
+  call.out = at::empty({p.batch, p.seqlen_q, p.heads_q, p.head_dim_v}, in.q.options());
+  call.lse = at::empty({p.batch, p.heads_q, p.seqlen_q}, in.q.options().dtype(at::kFloat));
+  if (call.out.numel() == 0) return call;
+  if (p.seqlen_k == 0) {  // every row sees nothing
+    call.out.zero_();
+    call.lse.fill_(-std::numeric_limits<float>::infinity());
+    return call;
+  }
+  point_core_params(p, call.q, call.k, call.v, in, call.out, call.lse);
+
+  if (!p.selection.listed()) {
+    const bool latent = p.kv.policy() != CoreKv::kRows;
+    const QueryTiles tiles(p.heads_per_kv(), false, p.seqlen_q, cuda::core_block_m(latent));
+    const int block_n = cuda::core_block_n(latent, p.head_dim_qk, p.head_dim_v);
+    call.split.num_splits = cuda::choose_split_count(
+        p.batch * p.heads_kv * tiles.token_tiles * tiles.head_chunks,
+        (p.seqlen_k + block_n - 1) / block_n, p.batch, arch.sm_count);
+  }
+  if (call.split.num_splits > 1) {
+    const auto fp32 = in.q.options().dtype(at::kFloat);
+    call.partial_out =
+        at::empty({call.split.num_splits, p.batch, p.heads_q, p.seqlen_q, p.head_dim_v}, fp32);
+    call.partial_lse = at::empty({call.split.num_splits, p.batch, p.heads_q, p.seqlen_q}, fp32);
+    call.split.partial_out = call.partial_out.data_ptr<float>();
+    call.split.partial_lse = call.partial_lse.data_ptr<float>();
+  }
+  call.needs_launch = true;
+  return call;
+}
+
+}  // namespace deepseek_attn

@@ -1,0 +1,301 @@
+#pragma once
+// The shared attention core's forward main loop on tensor cores (sm80+), templated on the two
+// policies of core/params.h: where K and V live (CoreKv) and whether an index list picks the keys
+// (kListed; the window band always applies). FlashAttention-2 style like the flash forward: a
+// CTA of kWarps warps owns kBlockM query rows, 16 per warp; S = Q K^T and O += P V run on
+// mma.sync with ldmatrix loads from double-buffered shared tiles; the online softmax stays in
+// registers (softmax_fragments.cuh).
+//
+// Rows are (query token, query head) pairs of one kv head (QueryTiles), so the heads of a GQA
+// group share every key tile. Key tile n holds keys n·kBlockN.. of the band, or list entries
+// n·kBlockN.. (blocks expanded to their keys); each row of a K/V tile is fetched from its own
+// address (page table, list), so any page size works. Unselected slots load zeros and are
+// masked. Latent sources keep one K tile whose first head_dim_v columns are the values; their
+// output columns are split across CTAs (kVColumns each) to bound the accumulator registers.
+// FP8 latent rows are dequantised to bf16 on their way into shared memory.
+
+#include <cstdint>
+
+#include "core/heuristics.h"
+#include "core/kernels/sm80/softmax_fragments.cuh"
+#include "core/kernels/sm80/tile_mma.cuh"
+#include "core/params.h"
+
+namespace deepseek_attn {
+namespace cuda {
+
+template <int kDimQK, int kDimV, CoreKv kKv>
+struct CoreFwdTile {
+  static constexpr bool kLatent = kKv != CoreKv::kRows;
+  static constexpr int kBlockM = core_block_m(kLatent);
+  static constexpr int kWarps = kBlockM / 16;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kBlockN = core_block_n(kLatent, kDimQK, kDimV);
+  static constexpr int kVColumns = kLatent ? 128 : kDimV;  // output columns per CTA
+  static constexpr int kColumnChunks = kDimV / kVColumns;
+  static constexpr int kPitchQK = TilePitch<kDimQK>::value;
+  static constexpr int kPitchV = kLatent ? kPitchQK : TilePitch<kDimV>::value;
+  static constexpr int kPitchOut = TilePitch<kVColumns>::value;
+  static constexpr int kQElements = kBlockM * kPitchQK;
+  static constexpr int kOElements = kBlockM * kPitchOut;  // output staging reuses the Q buffer
+  static constexpr int kQRegion = kQElements > kOElements ? kQElements : kOElements;
+  static constexpr int kKElements = kBlockN * kPitchQK;
+  static constexpr int kVElements = kLatent ? 0 : kBlockN * kPitchV;
+  static constexpr int kSmemBytes = (kQRegion + 2 * (kKElements + kVElements)) * 2;
+  static_assert(kDimQK % 16 == 0 && kDimV % kVColumns == 0 && kVColumns % 16 == 0,
+                "head dims must be multiples of 16 (latent values of 128)");
+  static_assert(kKv != CoreKv::kLatentFp8 ||
+                    (kDimQK == LatentFp8Layout::kDim && kDimV == LatentFp8Layout::kQuantized),
+                "FP8 latent rows are 576 wide with 512 values");
+};
+
+// Which rows and keys one CTA handles, and the key of every tile slot.
+struct CoreFwdWork {
+  const CoreFwdParams& p;
+  int64_t batch, kv_head, token_begin, head_begin, heads, rows, seqlen;
+  KeyWindow band;
+
+  // The key in slot `slot` (= n·kBlockN + column) of the key tiles; -1 when the slot holds none
+  // (past the band's sequence end, an empty or out-of-range list entry, a missing page).
+  __device__ __forceinline__ int64_t key_of_slot(int64_t slot) const {
+    int64_t key = slot;
+    if (p.selection.listed()) {
+      if (slot >= p.selection.num_entries()) return -1;
+      key = p.selection.key_of_entry(batch, token_begin, kv_head, slot);
+    }
+    return key >= 0 && key < seqlen && p.kv.page_of(batch, key) >= 0 ? key : -1;
+  }
+
+  __device__ __forceinline__ int64_t token_of_row(int row) const {
+    return token_begin + row / heads;
+  }
+  __device__ __forceinline__ int64_t head_of_row(int row) const { return head_begin + row % heads; }
+};
+
+// Eight FP8 latent values (columns [column, column + 8) < 512) dequantised to bf16 in `dst`.
+__device__ __forceinline__ void dequantize_latent_chunk(__nv_bfloat16* dst, const uint8_t* row,
+                                                        int column) {
+  const float scale = *reinterpret_cast<const float*>(
+      row + LatentFp8Layout::kScaleOffset + 4 * (column / LatentFp8Layout::kGroup));
+  const uint2 bytes = *reinterpret_cast<const uint2*>(row + column);
+  uint32_t packed[4];
+#pragma unroll
+  for (int pair = 0; pair < 4; ++pair) {
+    const uint32_t word = pair < 2 ? bytes.x : bytes.y;
+    const int shift = (pair % 2) * 16;
+    packed[pair] = pack_pair<DType::kBFloat16>(
+        e4m3_to_float(uint8_t(word >> shift)) * scale,
+        e4m3_to_float(uint8_t(word >> (shift + 8))) * scale);
+  }
+  *reinterpret_cast<uint4*>(dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+}
+
+// Fetches key tile `n_block` (K, and V for separate rows) into one shared-memory stage.
+template <int kDimQK, int kDimV, CoreKv kKv, typename T>
+__device__ __forceinline__ void load_core_kv_tile(T* k_tile, T* v_tile, const CoreFwdWork& work,
+                                                  int64_t n_block, int thread) {
+  using Tile = CoreFwdTile<kDimQK, kDimV, kKv>;
+  const KvSourceParams& kv = work.p.kv;
+  constexpr int kChunksQK = kDimQK / 8;
+  for (int chunk = thread; chunk < Tile::kBlockN * kChunksQK; chunk += Tile::kThreads) {
+    const int row = chunk / kChunksQK, column = (chunk % kChunksQK) * 8;
+    const int64_t key = work.key_of_slot(n_block * Tile::kBlockN + row);
+    T* dst = k_tile + row * Tile::kPitchQK + column;
+    if constexpr (kKv == CoreKv::kLatentFp8) {
+      const uint8_t* source =
+          key < 0 ? nullptr
+                  : static_cast<const uint8_t*>(kv.k) +
+                        kv.row_offset(kv.k_strides, kv.page_of(work.batch, key), key, 0);
+      if (column >= LatentFp8Layout::kQuantized) {  // bf16 k_pe: copied as it is
+        const int offset = LatentFp8Layout::kRopeOffset + 2 * (column - LatentFp8Layout::kQuantized);
+        cp_async_16(dst, key < 0 ? kv.k : source + offset, key >= 0);
+      } else if (key >= 0) {
+        dequantize_latent_chunk(dst, source, column);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      }
+    } else {
+      const T* source =
+          key < 0 ? static_cast<const T*>(kv.k)
+                  : static_cast<const T*>(kv.k) +
+                        kv.row_offset(kv.k_strides, kv.page_of(work.batch, key), key,
+                                      work.kv_head) +
+                        column;
+      cp_async_16(dst, source, key >= 0);
+    }
+  }
+  if constexpr (kKv == CoreKv::kRows) {
+    constexpr int kChunksV = kDimV / 8;
+    for (int chunk = thread; chunk < Tile::kBlockN * kChunksV; chunk += Tile::kThreads) {
+      const int row = chunk / kChunksV, column = (chunk % kChunksV) * 8;
+      const int64_t key = work.key_of_slot(n_block * Tile::kBlockN + row);
+      const T* source =
+          key < 0 ? static_cast<const T*>(kv.v)
+                  : static_cast<const T*>(kv.v) +
+                        kv.row_offset(kv.v_strides, kv.page_of(work.batch, key), key,
+                                      work.kv_head) +
+                        column;
+      cp_async_16(v_tile + row * Tile::kPitchV + column, source, key >= 0);
+    }
+  }
+}
+
+template <int kDimQK, int kDimV, DType kDType, CoreKv kKv, bool kListed, bool kSplit>
+__global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
+    core_fwd_kernel(const CoreFwdParams p, const SplitKvParams split) {
+  using Tile = CoreFwdTile<kDimQK, kDimV, kKv>;
+  using T = Element<kDType>;
+  static_assert(kKv != CoreKv::kLatentFp8 || kDType == DType::kBFloat16,
+                "FP8 latent rows are dequantised to bf16: the query must be bf16");
+  constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN, kVColumns = Tile::kVColumns;
+  constexpr int kAccN = kBlockN / 8, kAccV = kVColumns / 8;
+
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
+  T* q_tile = reinterpret_cast<T*>(shared_bytes);
+  T* k_tiles = q_tile + Tile::kQRegion;         // two stages
+  T* v_tiles = k_tiles + 2 * Tile::kKElements;  // two stages (separate rows only)
+
+  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int64_t group = p.heads_per_kv();
+  const QueryTiles tiles(group, kListed, p.seqlen_q, kBlockM);
+  const int64_t token_tile = blockIdx.x % tiles.token_tiles;
+  const int64_t head_chunk = blockIdx.x / tiles.token_tiles;
+  const int64_t kv_head = blockIdx.y / Tile::kColumnChunks;
+  const int column0 = int(blockIdx.y % Tile::kColumnChunks) * kVColumns;
+  const int64_t batch = blockIdx.z / split.num_splits;
+  const int split_index = blockIdx.z % split.num_splits;
+
+  const int64_t token_begin = token_tile * tiles.tokens_per_tile;
+  const int64_t token_end = token_begin + tiles.tokens_per_tile < p.seqlen_q
+                                ? token_begin + tiles.tokens_per_tile
+                                : p.seqlen_q;
+  const int64_t head_begin = kv_head * group + head_chunk * tiles.heads_per_tile;
+  const int64_t group_end = (kv_head + 1) * group;
+  const int64_t heads =
+      head_begin + tiles.heads_per_tile < group_end ? tiles.heads_per_tile : group_end - head_begin;
+  int64_t seqlen = p.kv.seqlen_of(batch, p.seqlen_k);
+  seqlen = seqlen < 0 ? 0 : (seqlen > p.seqlen_k ? p.seqlen_k : seqlen);
+  const CoreFwdWork work{p,     batch, kv_head,
+                         token_begin, head_begin, heads,
+                         (token_end - token_begin) * heads, seqlen,
+                         p.selection.band(p.seqlen_q, seqlen)};
+
+  int64_t n_begin = 0, n_end = 0;
+  if constexpr (kListed) {
+    n_end = (p.selection.num_entries() + kBlockN - 1) / kBlockN;
+  } else {
+    const int64_t key_begin = work.band.first_key(token_begin);
+    const int64_t key_end = work.band.end_key(token_end - 1);
+    n_begin = key_begin / kBlockN;
+    n_end = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_begin;
+  }
+  if constexpr (kSplit) {
+    const int64_t per_split = (n_end - n_begin + split.num_splits - 1) / split.num_splits;
+    const int64_t first = n_begin + split_index * per_split;
+    n_end = first + per_split < n_end ? first + per_split : n_end;
+    n_begin = first < n_end ? first : n_end;
+  }
+
+  float out_acc[kAccV][4] = {};
+  OnlineSoftmaxRow<float> rows[2];  // rows `group` and `group + 8` of this warp's 16
+  float partial_sum[2] = {0.f, 0.f};
+  const int warp_row = warp * 16 + lane / 4;
+
+  if (n_begin < n_end) {
+    constexpr int kChunksQ = kDimQK / 8;
+    const T* q = static_cast<const T*>(p.q) + batch * p.q_strides.batch;
+    for (int chunk = thread; chunk < kBlockM * kChunksQ; chunk += Tile::kThreads) {
+      const int row = chunk / kChunksQ, column = (chunk % kChunksQ) * 8;
+      const bool valid = row < work.rows;
+      const T* source = valid ? q + work.token_of_row(row) * p.q_strides.row +
+                                    work.head_of_row(row) * p.q_strides.head + column
+                              : q;
+      cp_async_16(q_tile + row * Tile::kPitchQK + column, source, valid);
+    }
+    auto load_kv = [&](int stage, int64_t n_block) {
+      load_core_kv_tile<kDimQK, kDimV, kKv>(k_tiles + stage * Tile::kKElements,
+                                            v_tiles + stage * Tile::kVElements, work, n_block,
+                                            thread);
+    };
+    load_kv(0, n_begin);
+    cp_async_commit();
+
+    for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
+      const int stage = cp_async_double_buffer_step(n_block, n_begin, n_end, load_kv);
+      const T* k_tile = k_tiles + stage * Tile::kKElements;
+
+      float scores[kAccN][4] = {};
+      mma_a_bt<kDType, kDimQK, kBlockN>(scores, q_tile, warp * 16, k_tile, lane);
+
+      const int64_t slot0 = n_block * kBlockN;
+      // Dense band tiles inside the band need no mask; listed and paged tiles (a page may be
+      // missing) always do.
+      const bool needs_mask =
+          kListed || p.kv.block_table != nullptr || slot0 + kBlockN > seqlen ||
+          !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
+      scores_to_logits(scores, p.softmax_scale, p.softcap, needs_mask, lane,
+                       [&](int half, int column) {
+                         const int64_t key = work.key_of_slot(slot0 + column);
+                         return key >= 0 &&
+                                work.band.visible(work.token_of_row(warp_row + 8 * half), key);
+                       });
+      online_softmax_step(scores, rows, partial_sum, out_acc);
+
+      uint32_t probs[kBlockN / 16][4];
+      accumulators_to_a_fragments<kDType, kBlockN>(scores, probs);
+      const T* v_tile = Tile::kLatent ? k_tile : v_tiles + stage * Tile::kVElements;
+      mma_a_regs_b<kDType, kBlockN, kVColumns, Tile::kPitchV>(out_acc, probs, v_tile, column0,
+                                                              lane);
+      __syncthreads();  // this stage is refilled by the prefetch two iterations on
+    }
+  }
+
+  // Epilogue: normalise, then write (out, lse) or the split's fp32 partials. Every column chunk
+  // computes the same lse; the first one writes it.
+  float lse[2];
+  finish_rows(rows, partial_sum, out_acc, lse);
+  const bool writes_lse = column0 == 0 && lane % 4 == 0;
+  if constexpr (kSplit) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp_row + 8 * r;
+      if (row >= work.rows) continue;
+      const int64_t flat = ((int64_t(split_index) * p.batch + batch) * p.heads_q +
+                            work.head_of_row(row)) * p.seqlen_q + work.token_of_row(row);
+      float* out_row = split.partial_out + flat * p.head_dim_v + column0;
+#pragma unroll
+      for (int d = 0; d < kAccV; ++d) {
+        *reinterpret_cast<float2*>(out_row + d * 8 + (lane % 4) * 2) =
+            make_float2(out_acc[d][2 * r], out_acc[d][2 * r + 1]);
+      }
+      if (writes_lse) split.partial_lse[flat] = lse[r];
+    }
+  } else {
+    // Stage the tile in shared memory (the Q buffer) so global stores are 16-byte and coalesced.
+    T* out_tile = q_tile;
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = warp_row + 8 * r;
+      store_fragment_row<kDType>(out_tile + row * Tile::kPitchOut, out_acc, r, 1.f, lane);
+      if (writes_lse && row < work.rows) {
+        p.lse[(batch * p.heads_q + work.head_of_row(row)) * p.seqlen_q + work.token_of_row(row)] =
+            lse[r];
+      }
+    }
+    __syncthreads();
+    T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch + column0;
+    constexpr int kChunksPerRow = kVColumns / 8;
+    for (int chunk = thread; chunk < kBlockM * kChunksPerRow; chunk += Tile::kThreads) {
+      const int row = chunk / kChunksPerRow, column = (chunk % kChunksPerRow) * 8;
+      if (row < work.rows) {
+        *reinterpret_cast<uint4*>(out + work.token_of_row(row) * p.out_strides.row +
+                                  work.head_of_row(row) * p.out_strides.head + column) =
+            *reinterpret_cast<const uint4*>(out_tile + row * Tile::kPitchOut + column);
+      }
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn

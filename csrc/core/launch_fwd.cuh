@@ -1,0 +1,39 @@
+#pragma once
+// Grid, block and shared-memory choice of the core forward and its split-KV combine; included by
+// kernels/inst/core_fwd_*.cu only.
+
+#include "common/cuda_launch.cuh"
+#include "core/kernels/sm80/core_fwd.cuh"
+#include "core/kernels/sm80/split_combine.cuh"
+#include "core/launch.h"
+
+namespace deepseek_attn {
+namespace cuda {
+
+template <int kDimQK, int kDimV, DType kDType, CoreKv kKv>
+cudaError_t launch_core_fwd(const CoreFwdParams& p, const SplitKvParams& split,
+                            cudaStream_t stream) {
+  using Tile = CoreFwdTile<kDimQK, kDimV, kKv>;
+  const QueryTiles tiles(p.heads_per_kv(), p.selection.listed(), p.seqlen_q, Tile::kBlockM);
+  const dim3 grid(static_cast<unsigned>(tiles.token_tiles * tiles.head_chunks),
+                  static_cast<unsigned>(p.heads_kv * Tile::kColumnChunks),
+                  static_cast<unsigned>(p.batch * split.num_splits));
+  if (p.selection.listed()) {
+    return launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, true, false>, grid,
+                         Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+  }
+  if (split.num_splits == 1) {
+    return launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, false>, grid,
+                         Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+  }
+  const cudaError_t status =
+      launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, true>, grid,
+                    Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+  if (status != cudaSuccess) return status;
+  const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
+  return launch_kernel(split_kv_combine_kernel<kDType, CoreFwdParams>, dim3(rows), 128, 0, stream,
+                       p, split);
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn

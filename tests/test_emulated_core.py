@@ -1,0 +1,84 @@
+"""The core's CUDA forward kernels (csrc/core/kernels/sm80/core_fwd.cuh) executed on the CPU
+emulator: the cases of test_core.py (every KV source with every key selection) against the same
+fp64 reference and SPEC §6 rules, on the A100-, L40- and H100-like emulated devices."""
+
+import pytest
+import torch
+
+from deepseek_attn.testing import poisoned
+
+from test_core import CORE_CASES, CoreCase, check_core_forward, latent_case, make_core_inputs
+from test_emulated_kernels import sm80, sm89, sm90  # noqa: F401  (session fixtures)
+
+
+def emulated_core(module, sm_count=108):
+    """attention_core_fwd's Python signature over the emulated module."""
+    def run(q, k, v, block_table=None, cache_seqlens=None, indices=None, index_block_size=1,
+            head_dim_v=-1, causal=False, window_size=(-1, -1), softcap=0.0):
+        return module.attention_core_fwd(q, k, v, block_table, cache_seqlens, indices,
+                                         index_block_size, head_dim_v, q.shape[-1] ** -0.5, causal,
+                                         window_size[0], window_size[1], softcap, sm_count)
+    return run
+
+
+@pytest.mark.parametrize("case", CORE_CASES, ids=str)
+def test_emulated_sm80_core_forward(sm80, case):
+    check_core_forward(emulated_core(sm80), case, torch.bfloat16, "cpu")
+
+
+@pytest.mark.parametrize("case", [CORE_CASES[3], *latent_case("tokens", num_indices=20)[:1]],
+                         ids=str)
+def test_emulated_sm80_core_forward_fp16(sm80, case):
+    check_core_forward(emulated_core(sm80), case, torch.float16, "cpu")
+
+
+@pytest.mark.parametrize("case", [*latent_case("band"), CoreCase("paged", "blocks", causal=True,
+                                                                 head_dim=192, head_dim_v=128,
+                                                                 num_indices=3,
+                                                                 index_block_size=16)], ids=str)
+def test_emulated_sm89_and_sm90_core_forward(sm89, sm90, case):
+    """The latent tile fits sm89's 99 KiB of shared memory; sm90 runs the sm80 core kernel."""
+    for module in (sm89, sm90):
+        check_core_forward(emulated_core(module, sm_count=132), case, torch.bfloat16, "cpu")
+
+
+def test_emulated_core_split_kv_matches_one_split(sm80):
+    case = latent_case("band", batch=1, seqlen_q=1, seqlen_k=300)[1]
+    q, k, v, kwargs = make_core_inputs(case, torch.bfloat16, "cpu")
+    assert sm80.core_num_splits(q, k, v, kwargs["block_table"], -1, 108) > 1
+    split = emulated_core(sm80, 108)(q, k, v, **kwargs)
+    whole = emulated_core(sm80, 1)(q, k, v, **kwargs)
+    torch.testing.assert_close(split[0], whole[0], atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(split[1], whole[1], atol=1e-5, rtol=1e-5)
+
+
+def test_emulated_core_skips_out_of_range_indices_and_pages(sm80):
+    """SPEC §0: CUDA skips out-of-range list entries and missing pages (CPU raises)."""
+    case = CoreCase("paged", "tokens", num_indices=6)
+    q, k, v, kwargs = make_core_inputs(case, torch.bfloat16, "cpu")
+    run = emulated_core(sm80)
+    expected = run(q, k, v, **kwargs)
+    wild = kwargs["indices"].clone()
+    wild[..., -1] = -1
+    padded = run(q, k, v, **dict(kwargs, indices=wild))
+    wild[..., -1] = 10_000  # past every sequence: skipped like -1
+    out, lse = run(q, k, v, **dict(kwargs, indices=wild))
+    torch.testing.assert_close(out, padded[0], atol=0, rtol=0)
+    assert not torch.equal(out, expected[0]) or torch.equal(padded[0], expected[0])
+
+
+@pytest.mark.parametrize("case", [CORE_CASES[2], CORE_CASES[10], CORE_CASES[6],
+                                  latent_case("tokens", num_indices=20)[1]], ids=str)
+def test_emulated_core_poisoned_inputs(sm80, case):
+    """Inputs as views inside NaN: the emulator's bounds checks and the NaN both catch reads of
+    unselected memory; nothing around out and lse is written."""
+    q, k, v, kwargs = make_core_inputs(case, torch.bfloat16, "cpu")
+    run = emulated_core(sm80, sm_count=1)
+    expected_out, expected_lse = run(q, k, v, **kwargs)
+    views = {name: poisoned(value) if torch.is_tensor(value) else value
+             for name, value in kwargs.items()}
+    q_view = poisoned(q)
+    k_view = poisoned(k) if k.is_floating_point() else k
+    out, lse = run(q_view, k_view, poisoned(v) if v is not None else None, **views)
+    torch.testing.assert_close(out, expected_out, atol=0, rtol=0)
+    torch.testing.assert_close(lse, expected_lse, atol=0, rtol=0)
