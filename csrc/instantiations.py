@@ -26,7 +26,7 @@ ATTENTION_HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)]
 ATTENTION_DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}  # file suffix -> DType
 # The core forward (csrc/core/): (Dqk, Dv) pairs of separate K/V rows (dense or paged), in both
 # 16-bit dtypes; latent rows are 576/512, in both dtypes, and as FP8 rows with a bf16 query.
-CORE_ROWS_HEAD_DIMS = [(64, 64), (128, 128), (192, 128)]
+CORE_ROWS_HEAD_DIMS = ATTENTION_HEAD_DIMS  # flash_attn's sm80 forward is the core over rows
 CORE_LATENT_HEAD_DIMS = (576, 512)
 # FP8 quantiser sources and GEMM outputs: file suffix -> enumerator.
 FP8_QUANTIZE_SOURCES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}

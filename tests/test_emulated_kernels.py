@@ -152,7 +152,7 @@ def test_emulated_poisoned_inputs(sm80, sm90, arch):
     q, k, v = case.inputs(torch.bfloat16, "cpu")
     views = [poisoned(t) for t in (q, k, v)]
     out, lse = emulated_forward(module, case, *views, sm_count=1)
-    assert module.last_kernel_name().startswith("flash_fwd_kernel<" if arch == 80
+    assert module.last_kernel_name().startswith("core_fwd_kernel<" if arch == 80
                                                 else "flash_fwd_hopper_kernel<")
     (out_pt, _), (out_64, _), _ = reference_pair(case, q, k, v)
     assert_spec6_close("out", out, out_pt, out_64, factor=2)
@@ -310,7 +310,7 @@ def test_emulated_sm90_attention_forward_matches_reference_and_sm80_kernel(sm90,
         out_sm80, lse_sm80 = emulated_forward(sm90, case, q, k, v, sm_count=1)
     finally:
         sm90.set_hopper_kernels_allowed(True)
-    assert sm90.last_kernel_name().startswith("flash_fwd_kernel<"), sm90.last_kernel_name()
+    assert sm90.last_kernel_name().startswith("core_fwd_kernel<"), sm90.last_kernel_name()
     torch.testing.assert_close(out, out_sm80, atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(lse, lse_sm80, atol=1e-3, rtol=1e-4)
 
@@ -338,6 +338,6 @@ def test_emulated_sm90_launch_code_dispatch(sm90):
     assert sm90.last_kernel_name().startswith("split_kv_combine_kernel<")
     other_dim = Case(70, head_dim=64)
     emulated_forward(sm90, other_dim, *other_dim.inputs(torch.bfloat16, "cpu"), sm_count=1)
-    assert sm90.last_kernel_name().startswith("flash_fwd_kernel<64, 64,")
+    assert sm90.last_kernel_name().startswith("core_fwd_kernel<64, 64,")
     counts = sm90.counters()
     assert counts["wgmma"] > 0 and counts["tma"] > 0

@@ -114,11 +114,11 @@ def core_cases():
                                      num_indices=3, index_block_size=16)}
 
 
-FWD = "flash_fwd_d64x64_bf16.cu"
+CORE_SOURCE = "core/kernels/sm80/core_fwd.cuh"
+FWD = "core_fwd_rows_d64x64_bf16.cu"  # flash_attn's sm80 forward is the core's main loop
 HOPPER_FWD = "flash_fwd_d128x128_bf16.cu"
 HOPPER_FWD_SOURCE = "attention/kernels/sm90/flash_fwd.cuh"
 BWD = "flash_bwd_d64x64_bf16.cu"
-CORE_SOURCE = "core/kernels/sm80/core_fwd.cuh"
 MUTATIONS = [
     Mutation("core_fp8_dequantised_with_the_wrong_scale", CORE_SOURCE,
              "4 * (column / LatentFp8Layout::kGroup)", "4 * (column / 256)",
@@ -136,7 +136,7 @@ MUTATIONS = [
              "const int column0 = 0;", "core_fwd_latent_fp8_bf16.cu",
              run_core_forward(core_cases()["fp8_band"]),
              r"global-memory race: store at offset 0 of 'lse'"),
-    Mutation("missing_syncthreads_before_stage_refill", "attention/kernels/sm80/flash_fwd.cuh",
+    Mutation("missing_syncthreads_before_stage_refill", CORE_SOURCE,
              "      __syncthreads();  // this stage is refilled by the prefetch two iterations on\n",
              "", FWD, run_attention_forward, r"shared-memory race: cp\.async overwrites"),
     Mutation("wait_group_1_where_0_is_needed", "common/cuda_mma.cuh",
@@ -144,30 +144,29 @@ MUTATIONS = [
              FWD, run_attention_forward, r"destination of a cp\.async .* has not landed"),
     Mutation("tile_load_reads_one_row_past_the_end", "core/kernels/sm80/tile_copy.cuh",
              "const bool valid = source_row < seqlen;", "const bool valid = source_row <= seqlen;",
-             FWD, run_attention_forward, r"cp\.async source at 0x[0-9a-f]+ is 0 bytes past the end of 'k'"),
-    Mutation("tail_mask_off_by_one", "attention/kernels/sm80/flash_fwd.cuh",
-             "const bool needs_mask = key0 + kBlockN > p.seqlen_k ||",
-             "const bool needs_mask = key0 + kBlockN > p.seqlen_k + 1 ||", FWD,
+             BWD, run_attention_backward, r"cp\.async source at 0x[0-9a-f]+ is \d+ bytes past the end of '"),
+    Mutation("tail_mask_off_by_one", CORE_SOURCE,
+             "tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN)",
+             "tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN - 1)", FWD,
              lambda module: run_attention_forward(module, Case(100, 64 * 4 + 63, causal=False)),
              WRONG_ANSWER),
     Mutation("wrong_fragment_index", "core/kernels/sm80/tile_mma.cuh",
              "a[k][1] = pack_pair<kDType>(acc[2 * k][2], acc[2 * k][3]);",
              "a[k][1] = pack_pair<kDType>(acc[2 * k + 1][0], acc[2 * k + 1][1]);",
              FWD, run_attention_forward, WRONG_ANSWER),
-    Mutation("barrier_in_divergent_code", "attention/kernels/sm80/flash_fwd.cuh",
+    Mutation("barrier_in_divergent_code", CORE_SOURCE,
              "    T* out_tile = q_tile;\n    __syncthreads();",
              "    T* out_tile = q_tile;\n    if (warp == 0) __syncthreads();",
              FWD, run_attention_forward, r"barrier divergence"),
-    Mutation("early_exit_before_a_barrier", "attention/kernels/sm80/flash_fwd.cuh",
+    Mutation("early_exit_before_a_barrier", CORE_SOURCE,
              "    T* out_tile = q_tile;\n    __syncthreads();",
              "    T* out_tile = q_tile;\n    if (warp == 3) return;\n    __syncthreads();",
              FWD, run_attention_forward, r"deadlock: __syncthreads is not reached by every thread"),
     Mutation("tile_pitch_breaks_16_byte_alignment", "core/kernels/sm80/tile_copy.cuh",
              "static constexpr int value = kDim + 8;", "static constexpr int value = kDim + 4;",
              FWD, run_attention_forward, r"misaligned"),
-    Mutation("q_tile_never_loaded", "attention/kernels/sm80/flash_fwd.cuh",
-             "    load_tile_async<kBlockM, kDimQK, Tile::kThreads>(q_tile, q, p.q_strides.row, row_begin,\n"
-             "                                                     p.seqlen_q, thread);\n",
+    Mutation("q_tile_never_loaded", CORE_SOURCE,
+             "      cp_async_16(q_tile + row * Tile::kPitchQK + column, source, valid);\n",
              "", FWD, run_attention_forward, r"which no thread has written"),
     Mutation("dq_accumulated_without_atomics", "attention/kernels/sm80/flash_bwd.cuh",
              "      atomicAdd(target, part[0][e]);", "      *target += part[0][e];",

@@ -1,12 +1,12 @@
 #pragma once
-// Grid, block and shared-memory choice of the attention forward (sm80 split-KV and combine, the
-// sm90a kernel and its TMA maps); included by kernels/inst/flash_fwd_*.cu only, so an edit here
-// rebuilds the forward instantiations alone.
+// The attention forward's launch: the sm90a kernel and its TMA maps, or the shared core's sm80
+// main loop over a dense source (split-KV and combine included); included by
+// kernels/inst/flash_fwd_*.cu only, so an edit here rebuilds the forward instantiations alone.
 
-#include "attention/kernels/sm80/flash_fwd.cuh"
 #include "attention/kernels/sm90/flash_fwd.cuh"
 #include "attention/launch.h"
 #include "common/cuda_launch.cuh"
+#include "core/launch.h"
 
 namespace deepseek_attn {
 namespace cuda {
@@ -55,6 +55,23 @@ bool try_launch_flash_fwd_hopper(const AttentionFwdParams& p, cudaStream_t strea
   return true;
 }
 
+// The core's view of a dense flash_attn call: K/V rows with one page per sequence, the band.
+inline CoreFwdParams dense_core_params(const AttentionFwdParams& p) {
+  CoreFwdParams core(static_cast<const AttentionShape&>(p));
+  core.q = p.q;
+  core.out = p.out;
+  core.lse = p.lse;
+  core.q_strides = p.q_strides;
+  core.out_strides = p.out_strides;
+  core.kv.k = p.k;
+  core.kv.v = p.v;
+  core.kv.k_strides = p.k_strides;
+  core.kv.v_strides = p.v_strides;
+  core.kv.page_size = p.seqlen_k > 0 ? p.seqlen_k : 1;
+  core.kv.num_pages = p.batch;
+  return core;
+}
+
 template <int kDimQK, int kDimV, DType kDType>
 cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& split, bool hopper,
                              cudaStream_t stream) {
@@ -62,19 +79,9 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
     cudaError_t status = cudaSuccess;
     if (hopper && try_launch_flash_fwd_hopper<kDType>(p, stream, &status)) return status;
   }
-  using Tile = FwdTile<kDimQK, kDimV>;
-  const dim3 grid(ceil_div(p.seqlen_q, Tile::kBlockM), static_cast<unsigned>(p.heads_q),
-                  static_cast<unsigned>(p.batch * split.num_splits));
-  if (split.num_splits == 1) {
-    return launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kDType, false>, grid, Tile::kThreads,
-                         Tile::kSmemBytes, stream, p, split);
-  }
-  const cudaError_t status = launch_kernel(flash_fwd_kernel<kDimQK, kDimV, kDType, true>, grid,
-                                           Tile::kThreads, Tile::kSmemBytes, stream, p, split);
-  if (status != cudaSuccess) return status;
-  const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
-  return launch_kernel(split_kv_combine_kernel<kDType, AttentionFwdParams>, dim3(rows), kDimV < 128 ? kDimV : 128, 0,
-                       stream, p, split);
+  // Everything else is the shared core's main loop (instantiated in core/kernels/inst/).
+  return launch_core_fwd<kDimQK, kDimV, kDType, CoreKv::kRows>(dense_core_params(p), split,
+                                                                stream);
 }
 
 }  // namespace cuda

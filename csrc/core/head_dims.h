@@ -6,8 +6,8 @@ namespace deepseek_attn {
 namespace cuda {
 
 // (Dqk, Dv) pairs of separate K/V rows with compiled kernels.
-#define DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(X) X(64, 64) X(128, 128) X(192, 128)
-constexpr const char* kCoreSupportedHeadDims = "64/64, 128/128, 192/128; latent 576/512";
+#define DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(X) X(64, 64) X(96, 96) X(128, 128) X(192, 128) X(256, 256)
+constexpr const char* kCoreSupportedHeadDims = "64/64, 96/96, 128/128, 192/128, 256/256; latent 576/512";
 // The latent rows (values in the keys, bf16/fp16 or FP8).
 constexpr int kCoreLatentDimQK = 576;
 constexpr int kCoreLatentDimV = 512;

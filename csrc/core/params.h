@@ -93,7 +93,8 @@ struct KvSourceParams {
   // Element offset of key `key` (on page `page`) and kv head `head` in k (or v).
   DEEPSEEK_ATTN_HOST_DEVICE int64_t row_offset(const BshdStrides& s, int64_t page, int64_t key,
                                                int64_t head) const {
-    return page * s.batch + (key % page_size) * s.row + head * s.head;
+    const int64_t row = block_table == nullptr ? key : key % page_size;  // dense: one page
+    return page * s.batch + row * s.row + head * s.head;
   }
 };
 

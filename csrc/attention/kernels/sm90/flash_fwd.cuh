@@ -5,21 +5,35 @@
 //                (128 keys) into a 2-stage ring, each stage guarded by full/empty mbarriers;
 //                the warpgroup gives its registers up (setmaxnreg) for the consumers.
 //   warpgroups 1, 2  consumers, 64 rows each: S = Q Kᵀ by wgmma from shared memory, online
-//                softmax in registers (the same helpers as the sm80 kernel), O += P V by wgmma
+//                softmax in registers (the core's sm80 fragment helpers), O += P V by wgmma
 //                with P from registers and V read N-major (transposed) from shared memory.
 // Tiles are 128-byte swizzled by TMA (two 64-column halves per 128-wide row) and read by wgmma
 // through swizzle-128 descriptors. Out-of-range rows and keys arrive as zeros and are masked.
-// The sm80 kernel (flash_fwd.cuh) remains for other head dims, split-KV decode, other GPUs,
-// and when the Hopper kernels are switched off (common/device_arch.h).
+// The core's sm80 kernel (core/kernels/sm80/core_fwd.cuh) takes other head dims, split-KV
+// decode, other GPUs, and the launches when the Hopper kernels are switched off.
 
 #include <cstdint>
 
 #include "attention/heuristics.h"
-#include "attention/kernels/sm80/flash_fwd.cuh"
+#include "attention/params.h"
 #include "common/cuda_hopper.cuh"
+#include "core/kernels/sm80/softmax_fragments.cuh"
+#include "core/kernels/sm80/tile_mma.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
+
+// The SPEC §0 band test of one fragment element: `row` is the fragment's row `group`, `key0`
+// the tile's first key.
+struct BandVisibility {
+  const AttentionFwdParams& p;
+  const KeyWindow& window;
+  int64_t row, key0;
+  __device__ __forceinline__ bool operator()(int half, int column) const {
+    const int64_t key = key0 + column;
+    return key < p.seqlen_k && window.visible(row + 8 * half, key);
+  }
+};
 
 struct HopperFwdTile {
   static constexpr int kDim = kHopperForwardHeadDim;

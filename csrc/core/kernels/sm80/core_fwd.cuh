@@ -1,8 +1,9 @@
 #pragma once
 // The shared attention core's forward main loop on tensor cores (sm80+), templated on the two
 // policies of core/params.h: where K and V live (CoreKv) and whether an index list picks the keys
-// (kListed; the window band always applies). FlashAttention-2 style like the flash forward: a
-// CTA of kWarps warps owns kBlockM query rows, 16 per warp; S = Q K^T and O += P V run on
+// (kListed; the window band always applies). It is also flash_attn's forward on every GPU but
+// the Hopper 128/128 path. FlashAttention-2 style: a CTA of kWarps warps owns kBlockM query
+// rows, 16 per warp; S = Q K^T and O += P V run on
 // mma.sync with ldmatrix loads from double-buffered shared tiles; the online softmax stays in
 // registers (softmax_fragments.cuh).
 //
@@ -228,10 +229,10 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
       mma_a_bt<kDType, kDimQK, kBlockN>(scores, q_tile, warp * 16, k_tile, lane);
 
       const int64_t slot0 = n_block * kBlockN;
-      // Dense band tiles inside the band need no mask; listed and paged tiles (a page may be
-      // missing) always do.
+      // Dense band tiles inside the band (which ends at the sequence end) need no mask; listed
+      // and paged tiles (a page may be missing) always do.
       const bool needs_mask =
-          kListed || p.kv.block_table != nullptr || slot0 + kBlockN > seqlen ||
+          kListed || p.kv.block_table != nullptr ||
           !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
       scores_to_logits(scores, p.softmax_scale, p.softcap, needs_mask, lane,
                        [&](int half, int column) {
