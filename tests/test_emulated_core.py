@@ -82,3 +82,30 @@ def test_emulated_core_poisoned_inputs(sm80, case):
     out, lse = run(q_view, k_view, poisoned(v) if v is not None else None, **views)
     torch.testing.assert_close(out, expected_out, atol=0, rtol=0)
     torch.testing.assert_close(lse, expected_lse, atol=0, rtol=0)
+
+
+def test_emulated_core_checks_indices_when_asked():
+    """DEEPSEEK_ATTN_CHECK_INDICES=1 (read once per process) turns CUDA's skipping of
+    out-of-range entries into the CPU's error."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from emulation.build import build_module\n"
+        "from test_core import CoreCase, make_core_inputs\n"
+        "from test_emulated_core import emulated_core\n"
+        "q, k, v, kwargs = make_core_inputs(CoreCase('paged', 'tokens', num_indices=4), "
+        "torch.bfloat16, 'cpu')\n"
+        "kwargs['indices'][0, 0, 0, 0] = 999\n"
+        "try:\n"
+        "    emulated_core(build_module(80))(q, k, v, **kwargs)\n"
+        "except ValueError as error:\n"
+        "    print(error)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True,
+                            text=True, env=dict(os.environ, DEEPSEEK_ATTN_CHECK_INDICES="1"),
+                            timeout=600)
+    assert "indices[0, 0, 0, 0] = 999 is out of range" in result.stdout, result.stderr[-2000:]

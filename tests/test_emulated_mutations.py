@@ -124,7 +124,7 @@ MUTATIONS = [
              "4 * (column / LatentFp8Layout::kGroup)", "4 * (column / 256)",
              "core_fwd_latent_fp8_bf16.cu", run_core_forward(core_cases()["fp8_band"]), WRONG_ANSWER),
     Mutation("core_list_ignores_the_band", CORE_SOURCE,
-             "return key >= 0 &&\n                                work.band.visible(work.token_of_row(warp_row + 8 * half), key);",
+             "return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);",
              "return key >= 0;", "core_fwd_rows_d64x64_bf16.cu",
              run_core_forward(core_cases()["causal_tokens"]), WRONG_ANSWER),
     Mutation("core_blocks_lose_causality_inside", CORE_SOURCE,

@@ -3,40 +3,9 @@
 #include <cmath>
 
 #include "common/checks.h"
+#include "core/checks.h"
 
 namespace deepseek_attn {
-
-void check_supported_attention_dtype(const at::Tensor& q) {
-  const auto dtype = q.scalar_type();
-  const bool low_or_single = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
-  if (q.is_cpu()) {
-    // fp64 is accepted on CPU so gradients can be checked numerically.
-    DEEPSEEK_ATTN_CHECK_TYPE(low_or_single || dtype == at::kDouble,
-                             "q must have dtype float32, bfloat16, float16 or float64 (got ", dtype,
-                             ")");
-  } else {
-    DEEPSEEK_ATTN_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
-                             "q must have dtype bfloat16 or float16 on ", q.device().type(),
-                             " (got ", dtype, ")");
-  }
-}
-
-void check_attention_scalars(AttentionShape& p, double softmax_scale, bool causal,
-                             int64_t window_left, int64_t window_right, double softcap) {
-  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
-                            "softmax_scale must be a positive finite number (got ", softmax_scale,
-                            ")");
-  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0,
-                            "softcap must be >= 0 (0 disables it) (got ", softcap, ")");
-  DEEPSEEK_ATTN_CHECK_VALUE(window_left >= -1 && window_right >= -1,
-                            "window_size entries must be >= -1 (-1 = unbounded) (got (",
-                            window_left, ", ", window_right, "))");
-  p.softmax_scale = static_cast<float>(softmax_scale);
-  p.softcap = static_cast<float>(softcap);
-  p.window_left = window_left;
-  // Causal is the window (window_left, 0), as in flash-attn.
-  p.window_right = causal ? 0 : window_right;
-}
 
 AttentionShape check_attention_fwd_inputs(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, double softmax_scale, bool causal,
@@ -108,8 +77,5 @@ void check_attention_bwd_inputs(const AttentionShape& shape, const at::Tensor& q
   check_last_dim_contiguous(out, "out");
 }
 
-BshdStrides bshd_strides(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), t.stride(2)};
-}
 
 }  // namespace deepseek_attn

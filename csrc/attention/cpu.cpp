@@ -138,8 +138,8 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const Bshd<T>& q, const Bshd
             const int64_t i = i0 + r;
             T* pr = s.probs.data() + r * cols;
             cpu::scores_to_logits(pr, cols, scale, softcap, full ? 0 : window.first_key(i) - j0,
-                             full ? cols : window.end_key(i) - j0,
-                             tanh_tile ? tanh_tile + r * cols : nullptr);
+                                  full ? cols : window.end_key(i) - j0,
+                                  tanh_tile ? tanh_tile + r * cols : nullptr);
             cpu::exp2_shifted_inplace(pr, cols, T(lse_h[i]) * T(kLog2e));
           }
           // dV += P^T dO
@@ -151,8 +151,8 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const Bshd<T>& q, const Bshd
                        v_t.seqlen, false, s.dprobs.data(), cols);
           for (int64_t r = 0; r < rows; ++r) {
             cpu::softmax_grad_row(s.dprobs.data() + r * cols, s.probs.data() + r * cols,
-                             tanh_tile ? tanh_tile + r * cols : nullptr, cols,
-                             T(delta_h[i0 + r]));
+                                  tanh_tile ? tanh_tile + r * cols : nullptr, cols,
+                                  T(delta_h[i0 + r]));
           }
           // dK += dS^T Q ; dQ += dS K (scaled once at the end).
           cpu::transpose_tile(s.dprobs.data(), rows, cols, cols, s.transposed.data());

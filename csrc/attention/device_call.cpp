@@ -10,6 +10,7 @@
 #include "attention/heuristics.h"
 #include "common/checks.h"
 #include "common/vector_loads.h"
+#include "core/device_call.h"
 
 namespace deepseek_attn {
 namespace {
@@ -67,14 +68,7 @@ FlashFwdCall prepare_flash_attn_fwd(const at::Tensor& q, const at::Tensor& k, co
 
   call.split.num_splits = cuda::choose_num_splits(p, arch.sm_count);
   call.hopper = cuda::use_hopper_forward(p, call.split.num_splits, arch);
-  if (call.split.num_splits > 1) {
-    const auto fp32 = q.options().dtype(at::kFloat);
-    call.partial_out =
-        at::empty({call.split.num_splits, p.batch, p.heads_q, p.seqlen_q, p.head_dim_v}, fp32);
-    call.partial_lse = at::empty({call.split.num_splits, p.batch, p.heads_q, p.seqlen_q}, fp32);
-    call.split.partial_out = call.partial_out.data_ptr<float>();
-    call.split.partial_lse = call.partial_lse.data_ptr<float>();
-  }
+  allocate_split_partials(call.split, p, q.options(), call.partial_out, call.partial_lse);
   call.needs_launch = true;
   return call;
 }

@@ -80,8 +80,7 @@ cudaError_t launch_flash_fwd(const AttentionFwdParams& p, const SplitKvParams& s
     if (hopper && try_launch_flash_fwd_hopper<kDType>(p, stream, &status)) return status;
   }
   // Everything else is the shared core's main loop (instantiated in core/kernels/inst/).
-  return launch_core_fwd<kDimQK, kDimV, kDType, CoreKv::kRows>(dense_core_params(p), split,
-                                                                stream);
+  return launch_core_fwd<kDimQK, kDimV, kDType, CoreKv::kRows>(dense_core_params(p), split, stream);
 }
 
 }  // namespace cuda

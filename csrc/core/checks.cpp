@@ -1,8 +1,8 @@
 #include "core/checks.h"
 
 #include <cmath>
+#include <vector>
 
-#include "attention/checks.h"
 #include "common/checks.h"
 
 namespace deepseek_attn {
@@ -69,10 +69,9 @@ void check_kv_source(const CoreFwdInputs& in, CoreFwdParams& p) {
       p.head_dim_v = in.head_dim_v;
     }
   }
-  DEEPSEEK_ATTN_CHECK_VALUE(p.heads_kv > 0 && p.heads_q % p.heads_kv == 0,
-                            "the number of query heads (", p.heads_q,
-                            ") must be a multiple of the number of key/value heads (", p.heads_kv,
-                            ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(
+      p.heads_kv > 0 && p.heads_q % p.heads_kv == 0, "the number of query heads (", p.heads_q,
+      ") must be a multiple of the number of key/value heads (", p.heads_kv, ")");
   if (paged) {
     const at::Tensor& table = *in.block_table;
     check_int32_tensor(table, "block_table", q, 2, "(batch, max_pages)");
@@ -109,6 +108,40 @@ void check_selection(const CoreFwdInputs& in, const CoreFwdParams& p) {
 
 }  // namespace
 
+void check_supported_attention_dtype(const at::Tensor& q) {
+  const auto dtype = q.scalar_type();
+  const bool low_or_single = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+  if (q.is_cpu()) {
+    // fp64 is accepted on CPU so gradients can be checked numerically.
+    DEEPSEEK_ATTN_CHECK_TYPE(low_or_single || dtype == at::kDouble,
+                             "q must have dtype float32, bfloat16, float16 or float64 (got ", dtype,
+                             ")");
+  } else {
+    DEEPSEEK_ATTN_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
+                             "q must have dtype bfloat16 or float16 on ", q.device().type(),
+                             " (got ", dtype, ")");
+  }
+}
+
+void check_attention_scalars(AttentionShape& p, double softmax_scale, bool causal,
+                             int64_t window_left, int64_t window_right, double softcap) {
+  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softmax_scale) && softmax_scale > 0,
+                            "softmax_scale must be a positive finite number (got ", softmax_scale,
+                            ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0,
+                            "softcap must be >= 0 (0 disables it) (got ", softcap, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(window_left >= -1 && window_right >= -1,
+                            "window_size entries must be >= -1 (-1 = unbounded) (got (",
+                            window_left, ", ", window_right, "))");
+  p.softmax_scale = static_cast<float>(softmax_scale);
+  p.softcap = static_cast<float>(softcap);
+  p.window_left = window_left;
+  // Causal is the window (window_left, 0), as in flash-attn.
+  p.window_right = causal ? 0 : window_right;
+}
+
+BshdStrides bshd_strides(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
 CoreFwdParams check_core_fwd_inputs(const CoreFwdInputs& in, double softmax_scale, bool causal,
                                     int64_t window_left, int64_t window_right, double softcap) {
   const at::Tensor& q = in.q;
@@ -129,6 +162,51 @@ CoreFwdParams check_core_fwd_inputs(const CoreFwdInputs& in, double softmax_scal
   check_kv_source(in, p);
   check_selection(in, p);
   return p;
+}
+
+void check_core_index_values(const CoreFwdParams& p, const CoreFwdInputs& in) {
+  std::vector<int64_t> seqlens(p.batch, p.seqlen_k);
+  if (in.cache_seqlens.has_value()) {
+    const at::Tensor lengths = in.cache_seqlens->cpu().contiguous();
+    const int32_t* data = lengths.data_ptr<int32_t>();
+    for (int64_t b = 0; b < p.batch; ++b) {
+      DEEPSEEK_ATTN_CHECK_VALUE(data[b] >= 0 && data[b] <= p.seqlen_k, "cache_seqlens[", b,
+                                "] must be in [0, ", p.seqlen_k,
+                                "] (the keys the cache holds for a sequence) (got ", data[b], ")");
+      seqlens[b] = data[b];
+    }
+  }
+  if (in.block_table.has_value()) {
+    const at::Tensor table_cpu = in.block_table->cpu();
+    const auto table = table_cpu.accessor<int32_t, 2>();
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const int64_t used = (seqlens[b] + p.kv.page_size - 1) / p.kv.page_size;
+      for (int64_t slot = 0; slot < used; ++slot) {
+        DEEPSEEK_ATTN_CHECK_VALUE(table[b][slot] >= 0 && table[b][slot] < p.kv.num_pages,
+                                  "block_table[", b, ", ", slot, "] must be a page of k in [0, ",
+                                  p.kv.num_pages, ") since sequence ", b, " has ", seqlens[b],
+                                  " keys (got ", table[b][slot], ")");
+      }
+    }
+  }
+  if (in.indices.has_value()) {
+    const at::Tensor indices_cpu = in.indices->cpu();
+    const auto indices = indices_cpu.accessor<int32_t, 4>();
+    const int64_t block = in.index_block_size;
+    for (int64_t b = 0; b < indices.size(0); ++b) {
+      for (int64_t i = 0; i < indices.size(1); ++i) {
+        for (int64_t h = 0; h < indices.size(2); ++h) {
+          for (int64_t n = 0; n < indices.size(3); ++n) {
+            const int64_t index = indices[b][i][h][n];
+            DEEPSEEK_ATTN_CHECK_VALUE(
+                index >= -1 && index * block < seqlens[b], "indices[", b, ", ", i, ", ", h, ", ", n,
+                "] = ", index, " is out of range: sequence ", b, " has ", seqlens[b],
+                " keys (index_block_size ", block, "); -1 marks an empty slot");
+          }
+        }
+      }
+    }
+  }
 }
 
 void point_core_params(CoreFwdParams& p, const at::Tensor& q, const at::Tensor& k,

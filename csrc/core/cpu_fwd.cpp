@@ -105,9 +105,8 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
     const int64_t t0 = tile * grid.tokens_per_tile;
     const int64_t t1 = std::min(t0 + grid.tokens_per_tile, p.seqlen_q);
     const KeyWindow band = selection.band(p.seqlen_q, seqlen_of(b));
-    costs[t] = selection.listed()
-                   ? selection.num_entries()
-                   : std::max<int64_t>(band.end_key(t1 - 1) - band.first_key(t0), 0);
+    costs[t] = selection.listed() ? selection.num_entries()
+                                  : std::max<int64_t>(band.end_key(t1 - 1) - band.first_key(t0), 0);
   }
   std::vector<TaskScratch<T>> scratch(at::get_num_threads());
 
@@ -163,8 +162,8 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
         const bool full = band.tile_fully_visible(t0, t1, j0, j0 + cols);
         if (kv.k_transposed != nullptr) {  // dense: tiles in place
           const T* k_tile = kv.k_transposed + ((b * p.heads_kv + hk) * dqk) * kv.seqlen_k + j0;
-          const BshdStrides& vs = kv.layout.values_in_keys() ? kv.layout.k_strides
-                                                             : kv.layout.v_strides;
+          const BshdStrides& vs =
+              kv.layout.values_in_keys() ? kv.layout.k_strides : kv.layout.v_strides;
           const T* v_tile = kv.values() + kv.layout.row_offset(vs, b, j0, hk);
           consume_tile(k_tile, kv.seqlen_k, v_tile, vs.row, cols, j0, full, nullptr);
           continue;
@@ -204,8 +203,8 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
 
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t token = t0 + r / nh, head = h0 + r % nh;
-      T* dst = out + b * p.out_strides.batch + token * p.out_strides.row +
-               head * p.out_strides.head;
+      T* dst =
+          out + b * p.out_strides.batch + token * p.out_strides.row + head * p.out_strides.head;
       const T inv_sum = state[r].sum > 0 ? T(1) / state[r].sum : T(0);
       for (int64_t d = 0; d < dv; ++d) dst[d] = s.out[r * dv + d] * inv_sum;
       p.lse[(b * p.heads_q + head) * p.seqlen_q + token] = static_cast<float>(state[r].lse());
@@ -213,57 +212,11 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
   });
 }
 
-// SPEC §0: on CPU, out-of-range indices, pages and lengths are caller errors, reported before
-// any work (CUDA skips them instead).
-void check_index_values(const CoreFwdParams& p, const CoreFwdInputs& in) {
-  std::vector<int64_t> seqlens(p.batch, p.seqlen_k);
-  if (in.cache_seqlens.has_value()) {
-    const at::Tensor lengths = in.cache_seqlens->contiguous();
-    const int32_t* data = lengths.data_ptr<int32_t>();
-    for (int64_t b = 0; b < p.batch; ++b) {
-      DEEPSEEK_ATTN_CHECK_VALUE(data[b] >= 0 && data[b] <= p.seqlen_k, "cache_seqlens[", b,
-                                "] must be in [0, ", p.seqlen_k,
-                                "] (the keys the cache holds for a sequence) (got ", data[b], ")");
-      seqlens[b] = data[b];
-    }
-  }
-  if (in.block_table.has_value()) {
-    const auto table = in.block_table->accessor<int32_t, 2>();
-    for (int64_t b = 0; b < p.batch; ++b) {
-      const int64_t used = (seqlens[b] + p.kv.page_size - 1) / p.kv.page_size;
-      for (int64_t slot = 0; slot < used; ++slot) {
-        DEEPSEEK_ATTN_CHECK_VALUE(table[b][slot] >= 0 && table[b][slot] < p.kv.num_pages,
-                                  "block_table[", b, ", ", slot, "] must be a page of k in [0, ",
-                                  p.kv.num_pages, ") since sequence ", b, " has ", seqlens[b],
-                                  " keys (got ", table[b][slot], ")");
-      }
-    }
-  }
-  if (in.indices.has_value()) {
-    const auto indices = in.indices->accessor<int32_t, 4>();
-    const int64_t block = in.index_block_size;
-    for (int64_t b = 0; b < indices.size(0); ++b) {
-      for (int64_t i = 0; i < indices.size(1); ++i) {
-        for (int64_t h = 0; h < indices.size(2); ++h) {
-          for (int64_t n = 0; n < indices.size(3); ++n) {
-            const int64_t index = indices[b][i][h][n];
-            DEEPSEEK_ATTN_CHECK_VALUE(
-                index >= -1 && index * block < seqlens[b], "indices[", b, ", ", i, ", ", h, ", ",
-                n, "] = ", index, " is out of range: sequence ", b, " has ", seqlens[b],
-                " keys (index_block_size ", block, "); -1 marks an empty slot");
-          }
-        }
-      }
-    }
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> attention_core_fwd_op(
     const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
     const std::optional<at::Tensor>& block_table, const std::optional<at::Tensor>& cache_seqlens,
     const std::optional<at::Tensor>& indices, int64_t index_block_size, int64_t head_dim_v,
-    double softmax_scale, bool causal, int64_t window_left, int64_t window_right,
-    double softcap) {
+    double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap) {
   return attention_core_fwd_cpu(
       {q, k, v, block_table, cache_seqlens, indices, index_block_size, head_dim_v}, softmax_scale,
       causal, window_left, window_right, softcap);
@@ -273,11 +226,11 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_op(
 
 std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& in,
                                                           double softmax_scale, bool causal,
-                                                          int64_t window_left,
-                                                          int64_t window_right, double softcap) {
+                                                          int64_t window_left, int64_t window_right,
+                                                          double softcap) {
   CoreFwdParams p =
       check_core_fwd_inputs(in, softmax_scale, causal, window_left, window_right, softcap);
-  check_index_values(p, in);
+  check_core_index_values(p, in);  // SPEC §0: on CPU, out-of-range values are errors
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto acc_dtype = cpu::accumulation_dtype(in.q);
   const bool fp8 = p.kv.storage == KvStorage::kLatentFp8;
@@ -285,8 +238,8 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
   const at::Tensor k_acc = fp8 ? in.k : in.k.to(acc_dtype);
   const std::optional<at::Tensor> v_acc =
       in.v.has_value() ? std::optional<at::Tensor>(in.v->to(acc_dtype)) : std::nullopt;
-  at::Tensor out_acc = at::empty({p.batch, p.seqlen_q, p.heads_q, p.head_dim_v},
-                                 in.q.options().dtype(acc_dtype));
+  at::Tensor out_acc =
+      at::empty({p.batch, p.seqlen_q, p.heads_q, p.head_dim_v}, in.q.options().dtype(acc_dtype));
   at::Tensor lse = at::empty({p.batch, p.heads_q, p.seqlen_q}, in.q.options().dtype(at::kFloat));
   point_core_params(p, q_acc, k_acc, v_acc, in, out_acc, lse);
   // Dense band tiles are read in place from K transposed once, so every tile product is A·B.

@@ -14,7 +14,7 @@ namespace deepseek_attn {
 // (out (B, Sq, Hq, Dv) in q's dtype, lse (B, Hq, Sq) fp32). Checks its inputs.
 std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& in,
                                                           double softmax_scale, bool causal,
-                                                          int64_t window_left,
-                                                          int64_t window_right, double softcap);
+                                                          int64_t window_left, int64_t window_right,
+                                                          double softcap);
 
 }  // namespace deepseek_attn

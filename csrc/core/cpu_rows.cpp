@@ -92,8 +92,8 @@ DEEPSEEK_ATTN_ALWAYS_INLINE void mask_columns_impl(T* s, const uint8_t* selected
 DEEPSEEK_ATTN_ROW_KERNEL_FP32(mask_columns, void, (float* s, const uint8_t* selected, int64_t cols),
                               (s, selected, cols))
 
-void scores_to_logits(double* s, int64_t cols, double scale, double softcap,
-                      int64_t visible_begin, int64_t visible_end, double* tanh_out) {
+void scores_to_logits(double* s, int64_t cols, double scale, double softcap, int64_t visible_begin,
+                      int64_t visible_end, double* tanh_out) {
   scores_to_logits_impl<double>(s, cols, scale, softcap, visible_begin, visible_end, tanh_out);
 }
 double row_max(const double* s, int64_t cols) { return row_max_impl<double>(s, cols); }

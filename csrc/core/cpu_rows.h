@@ -12,8 +12,8 @@ namespace deepseek_attn::cpu {
 // when soft-capping (the backward needs it).
 void scores_to_logits(float* s, int64_t cols, float scale, float softcap, int64_t visible_begin,
                       int64_t visible_end, float* tanh_out);
-void scores_to_logits(double* s, int64_t cols, double scale, double softcap,
-                      int64_t visible_begin, int64_t visible_end, double* tanh_out);
+void scores_to_logits(double* s, int64_t cols, double scale, double softcap, int64_t visible_begin,
+                      int64_t visible_end, double* tanh_out);
 
 float row_max(const float* s, int64_t cols);
 double row_max(const double* s, int64_t cols);
@@ -26,8 +26,7 @@ void scale_row(float* x, int64_t n, float factor);
 void scale_row(double* x, int64_t n, double factor);
 
 // dS = P * (dP - delta) [* (1 - tanh^2) when soft-capped], in place over dP.
-void softmax_grad_row(float* dp, const float* p, const float* tanh_row, int64_t cols,
-                      float delta);
+void softmax_grad_row(float* dp, const float* p, const float* tanh_row, int64_t cols, float delta);
 void softmax_grad_row(double* dp, const double* p, const double* tanh_row, int64_t cols,
                       double delta);
 

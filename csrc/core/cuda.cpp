@@ -23,8 +23,7 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const std::optional<at::Tensor>& v,
     const std::optional<at::Tensor>& block_table, const std::optional<at::Tensor>& cache_seqlens,
     const std::optional<at::Tensor>& indices, int64_t index_block_size, int64_t head_dim_v,
-    double softmax_scale, bool causal, int64_t window_left, int64_t window_right,
-    double softcap) {
+    double softmax_scale, bool causal, int64_t window_left, int64_t window_right, double softcap) {
   const c10::cuda::OptionalCUDAGuard device_guard(
       q.is_cuda() ? std::optional<at::Device>(q.device()) : std::nullopt);
   const CoreFwdCall call = prepare_attention_core_fwd(

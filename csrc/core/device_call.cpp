@@ -2,7 +2,9 @@
 
 #include "core/device_call.h"
 
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "common/checks.h"
 #include "common/vector_loads.h"
@@ -20,10 +22,10 @@ void check_device_support(const CoreFwdParams& p, const at::Tensor& q) {
   supported = supported || (kv == CoreKv::kRows &&
                             (DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(DEEPSEEK_ATTN_IS_SUPPORTED) false));
 #undef DEEPSEEK_ATTN_IS_SUPPORTED
-  DEEPSEEK_ATTN_CHECK_VALUE(supported, "head dims (q/k ", p.head_dim_qk, ", v ", p.head_dim_v,
-                            kv == CoreKv::kRows ? ", separate v" : ", values in k",
-                            ") are not supported by the CUDA core; supported (Dqk/Dv): ",
-                            cuda::kCoreSupportedHeadDims);
+  DEEPSEEK_ATTN_CHECK_VALUE(
+      supported, "head dims (q/k ", p.head_dim_qk, ", v ", p.head_dim_v,
+      kv == CoreKv::kRows ? ", separate v" : ", values in k",
+      ") are not supported by the CUDA core; supported (Dqk/Dv): ", cuda::kCoreSupportedHeadDims);
   DEEPSEEK_ATTN_CHECK_TYPE(kv != CoreKv::kLatentFp8 || q.scalar_type() == at::kBFloat16,
                            "q must be bfloat16 to read the FP8 latent cache on CUDA (got ",
                            q.scalar_type(), ")");
@@ -35,6 +37,18 @@ void check_device_support(const CoreFwdParams& p, const at::Tensor& q) {
 
 }  // namespace
 
+void allocate_split_partials(SplitKvParams& split, const AttentionShape& shape,
+                             const at::TensorOptions& options, at::Tensor& partial_out,
+                             at::Tensor& partial_lse) {
+  if (split.num_splits <= 1) return;
+  const auto fp32 = options.dtype(at::kFloat);
+  partial_out = at::empty(
+      {split.num_splits, shape.batch, shape.heads_q, shape.seqlen_q, shape.head_dim_v}, fp32);
+  partial_lse = at::empty({split.num_splits, shape.batch, shape.heads_q, shape.seqlen_q}, fp32);
+  split.partial_out = partial_out.data_ptr<float>();
+  split.partial_lse = partial_lse.data_ptr<float>();
+}
+
 CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_scale, bool causal,
                                        int64_t window_left, int64_t window_right, double softcap,
                                        const DeviceArch& arch) {
@@ -42,6 +56,11 @@ CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_s
   CoreFwdParams& p = call.params;
   p = check_core_fwd_inputs(in, softmax_scale, causal, window_left, window_right, softcap);
   check_device_support(p, in.q);
+  static const bool check_indices = [] {
+    const char* flag = std::getenv("DEEPSEEK_ATTN_CHECK_INDICES");
+    return flag != nullptr && std::string(flag) == "1";
+  }();
+  if (check_indices) check_core_index_values(p, in);  // a debug switch: copies to the host
   call.q = aligned_for_vector_loads(in.q);
   call.k = aligned_for_vector_loads(in.k);
   if (in.v.has_value()) call.v = aligned_for_vector_loads(*in.v);
@@ -59,18 +78,11 @@ CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_s
     const bool latent = p.kv.policy() != CoreKv::kRows;
     const QueryTiles tiles(p.heads_per_kv(), false, p.seqlen_q, cuda::core_block_m(latent));
     const int block_n = cuda::core_block_n(latent, p.head_dim_qk, p.head_dim_v);
-    call.split.num_splits = cuda::choose_split_count(
-        p.batch * p.heads_kv * tiles.token_tiles * tiles.head_chunks,
-        (p.seqlen_k + block_n - 1) / block_n, p.batch, arch.sm_count);
+    call.split.num_splits =
+        cuda::choose_split_count(p.batch * p.heads_kv * tiles.token_tiles * tiles.head_chunks,
+                                 (p.seqlen_k + block_n - 1) / block_n, p.batch, arch.sm_count);
   }
-  if (call.split.num_splits > 1) {
-    const auto fp32 = in.q.options().dtype(at::kFloat);
-    call.partial_out =
-        at::empty({call.split.num_splits, p.batch, p.heads_q, p.seqlen_q, p.head_dim_v}, fp32);
-    call.partial_lse = at::empty({call.split.num_splits, p.batch, p.heads_q, p.seqlen_q}, fp32);
-    call.split.partial_out = call.partial_out.data_ptr<float>();
-    call.split.partial_lse = call.partial_lse.data_ptr<float>();
-  }
+  allocate_split_partials(call.split, p, in.q.options(), call.partial_out, call.partial_lse);
   call.needs_launch = true;
   return call;
 }

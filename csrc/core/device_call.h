@@ -20,6 +20,12 @@ struct CoreFwdCall {
   bool needs_launch = false;            // false: out and lse are already final
 };
 
+// Allocates the fp32 split-KV partials of `split.num_splits` slices of an (out (B, Sq, Hq, Dv),
+// lse) pair, as the split kernels and split_kv_combine_kernel expect, and points `split` at them.
+void allocate_split_partials(SplitKvParams& split, const AttentionShape& shape,
+                             const at::TensorOptions& options, at::Tensor& partial_out,
+                             at::Tensor& partial_lse);
+
 // `arch` is the device's (its SM count decides split-KV).
 CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_scale, bool causal,
                                        int64_t window_left, int64_t window_right, double softcap,

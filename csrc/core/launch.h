@@ -26,22 +26,22 @@ inline cudaError_t launch_core_fwd_for(const CoreFwdParams& p, DType dtype,
                                        const SplitKvParams& split, cudaStream_t stream) {
   const CoreKv kv = p.kv.policy();
   if (kv == CoreKv::kLatentFp8) {
-    return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kBFloat16,
-                           CoreKv::kLatentFp8>(p, split, stream);
+    return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kBFloat16, CoreKv::kLatentFp8>(
+        p, split, stream);
   }
   if (kv == CoreKv::kLatent) {
     if (dtype == DType::kBFloat16) {
-      return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kBFloat16,
-                             CoreKv::kLatent>(p, split, stream);
+      return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kBFloat16, CoreKv::kLatent>(
+          p, split, stream);
     }
     return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kFloat16, CoreKv::kLatent>(
         p, split, stream);
   }
-#define DEEPSEEK_ATTN_DISPATCH(QK, V)                                                          \
-  if (p.head_dim_qk == QK && p.head_dim_v == V) {                                              \
-    return dtype == DType::kBFloat16                                                           \
-               ? launch_core_fwd<QK, V, DType::kBFloat16, CoreKv::kRows>(p, split, stream)     \
-               : launch_core_fwd<QK, V, DType::kFloat16, CoreKv::kRows>(p, split, stream);     \
+#define DEEPSEEK_ATTN_DISPATCH(QK, V)                                                      \
+  if (p.head_dim_qk == QK && p.head_dim_v == V) {                                          \
+    return dtype == DType::kBFloat16                                                       \
+               ? launch_core_fwd<QK, V, DType::kBFloat16, CoreKv::kRows>(p, split, stream) \
+               : launch_core_fwd<QK, V, DType::kFloat16, CoreKv::kRows>(p, split, stream); \
   }
   DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(DEEPSEEK_ATTN_DISPATCH)
 #undef DEEPSEEK_ATTN_DISPATCH

@@ -27,8 +27,8 @@ cudaError_t launch_core_fwd(const CoreFwdParams& p, const SplitKvParams& split,
                          Tile::kThreads, Tile::kSmemBytes, stream, p, split);
   }
   const cudaError_t status =
-      launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, true>, grid,
-                    Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+      launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, true>, grid, Tile::kThreads,
+                    Tile::kSmemBytes, stream, p, split);
   if (status != cudaSuccess) return status;
   const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
   return launch_kernel(split_kv_combine_kernel<kDType, CoreFwdParams>, dim3(rows), 128, 0, stream,

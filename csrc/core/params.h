@@ -56,10 +56,10 @@ DEEPSEEK_ATTN_HOST_DEVICE float bf16_bits_to_float(uint16_t bits) {
 // row j % page_size of page block_table[b][j / page_size] (paged), or of page b (dense: one page
 // per sequence, page_size = seqlen_k, the page stride = the batch stride).
 struct KvSourceParams {
-  const void* k = nullptr;  // (pages, page_size, heads_kv, head_dim_qk) or latent FP8 bytes
-  const void* v = nullptr;  // (pages, page_size, heads_kv, head_dim_v), when separate_values
+  const void* k = nullptr;      // (pages, page_size, heads_kv, head_dim_qk) or latent FP8 bytes
+  const void* v = nullptr;      // (pages, page_size, heads_kv, head_dim_v), when separate_values
   bool separate_values = true;  // false: the first head_dim_v columns of k's rows (latent)
-  BshdStrides k_strides;    // batch = page stride; in elements (bytes for kLatentFp8)
+  BshdStrides k_strides;        // batch = page stride; in elements (bytes for kLatentFp8)
   BshdStrides v_strides;
   KvStorage storage = KvStorage::kElements;
   int64_t page_size = 0;
@@ -103,8 +103,8 @@ struct KvSourceParams {
 // kv head): token indices (index_block_size 1) or block indices (block b = keys
 // [b·size, (b+1)·size)). -1 entries are skipped; an index listed twice counts twice.
 struct KeySelectionParams {
-  int64_t window_left = -1;   // -1: unbounded
-  int64_t window_right = -1;  // -1: unbounded; causal is 0
+  int64_t window_left = -1;          // -1: unbounded
+  int64_t window_right = -1;         // -1: unbounded; causal is 0
   const int32_t* indices = nullptr;  // (batch, seqlen_q, heads_kv, num_indices); null: band only
   BshdStrides index_strides;         // batch, row (query), head (kv head)
   int64_t num_indices = 0;
@@ -123,9 +123,8 @@ struct KeySelectionParams {
   // past the sequence end come back as they are: the caller masks (or rejects) them.
   DEEPSEEK_ATTN_HOST_DEVICE int64_t key_of_entry(int64_t batch, int64_t query, int64_t head,
                                                  int64_t entry) const {
-    const int64_t index =
-        indices[batch * index_strides.batch + query * index_strides.row +
-                head * index_strides.head + entry / index_block_size];
+    const int64_t index = indices[batch * index_strides.batch + query * index_strides.row +
+                                  head * index_strides.head + entry / index_block_size];
     return index < 0 ? -1 : index * index_block_size + entry % index_block_size;
   }
 };

@@ -119,9 +119,9 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd(
     memory.add(call.q, "q", true);
     memory.add(call.k, "k", true);
     if (call.v.has_value()) memory.add(*call.v, "v", true);
-    for (const auto& [tensor, name] : {std::pair{block_table, "block_table"},
-                                       std::pair{cache_seqlens, "cache_seqlens"},
-                                       std::pair{indices, "indices"}}) {
+    for (const auto& [tensor, name] :
+         {std::pair{block_table, "block_table"}, std::pair{cache_seqlens, "cache_seqlens"},
+          std::pair{indices, "indices"}}) {
       if (tensor.has_value()) memory.add(*tensor, name, true);
     }
     memory.add(call.out, "out", false);
@@ -139,9 +139,9 @@ int64_t core_num_splits(const at::Tensor& q, const at::Tensor& k,
                         const std::optional<at::Tensor>& v,
                         const std::optional<at::Tensor>& block_table, int64_t head_dim_v,
                         int64_t sm_count) {
-  return prepare_attention_core_fwd({q, k, v, block_table, std::nullopt, std::nullopt, 1,
-                                     head_dim_v},
-                                    1.0, true, -1, -1, 0.0, arch_with_sms(sm_count))
+  return prepare_attention_core_fwd(
+             {q, k, v, block_table, std::nullopt, std::nullopt, 1, head_dim_v}, 1.0, true, -1, -1,
+             0.0, arch_with_sms(sm_count))
       .split.num_splits;
 }
 

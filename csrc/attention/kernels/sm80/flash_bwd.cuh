@@ -15,9 +15,9 @@
 #include <cstdint>
 
 #include "attention/heuristics.h"
-#include "core/kernels/sm80/tile_mma.cuh"
 #include "attention/params.h"
 #include "common/online_softmax.h"
+#include "core/kernels/sm80/tile_mma.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
@@ -376,9 +376,8 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
                                                     p.seqlen_q, thread);
     auto load_kv = [&](int stage, int64_t n_block) {
       load_kv_block_async<kBlockN, kDimQK, kDimV, Tile::kThreads>(
-          k_tiles + stage * Tile::kKElements, v_tiles + stage * Tile::kVElements, k, v, p, p.k_strides, p.v_strides,
-          n_block,
-          thread);
+          k_tiles + stage * Tile::kKElements, v_tiles + stage * Tile::kVElements, k, v, p,
+          p.k_strides, p.v_strides, n_block, thread);
     };
     load_kv(0, n_begin);
     cp_async_commit();

@@ -67,6 +67,15 @@ struct CoreFwdWork {
     return key >= 0 && key < seqlen && p.kv.page_of(batch, key) >= 0 ? key : -1;
   }
 
+  // Key `key`'s row of this kv head in a K or V source of elements; the source's base for
+  // key -1 (a zero-filled copy still names a valid address).
+  template <typename T>
+  __device__ __forceinline__ const T* element_row(const void* source, const BshdStrides& strides,
+                                                  int64_t key) const {
+    const T* base = static_cast<const T*>(source);
+    return key < 0 ? base : base + p.kv.row_offset(strides, p.kv.page_of(batch, key), key, kv_head);
+  }
+
   __device__ __forceinline__ int64_t token_of_row(int row) const {
     return token_begin + row / heads;
   }
@@ -76,17 +85,16 @@ struct CoreFwdWork {
 // Eight FP8 latent values (columns [column, column + 8) < 512) dequantised to bf16 in `dst`.
 __device__ __forceinline__ void dequantize_latent_chunk(__nv_bfloat16* dst, const uint8_t* row,
                                                         int column) {
-  const float scale = *reinterpret_cast<const float*>(
-      row + LatentFp8Layout::kScaleOffset + 4 * (column / LatentFp8Layout::kGroup));
+  const float scale = *reinterpret_cast<const float*>(row + LatentFp8Layout::kScaleOffset +
+                                                      4 * (column / LatentFp8Layout::kGroup));
   const uint2 bytes = *reinterpret_cast<const uint2*>(row + column);
   uint32_t packed[4];
 #pragma unroll
   for (int pair = 0; pair < 4; ++pair) {
     const uint32_t word = pair < 2 ? bytes.x : bytes.y;
     const int shift = (pair % 2) * 16;
-    packed[pair] = pack_pair<DType::kBFloat16>(
-        e4m3_to_float(uint8_t(word >> shift)) * scale,
-        e4m3_to_float(uint8_t(word >> (shift + 8))) * scale);
+    packed[pair] = pack_pair<DType::kBFloat16>(e4m3_to_float(uint8_t(word >> shift)) * scale,
+                                               e4m3_to_float(uint8_t(word >> (shift + 8))) * scale);
   }
   *reinterpret_cast<uint4*>(dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
 }
@@ -108,7 +116,8 @@ __device__ __forceinline__ void load_core_kv_tile(T* k_tile, T* v_tile, const Co
                   : static_cast<const uint8_t*>(kv.k) +
                         kv.row_offset(kv.k_strides, kv.page_of(work.batch, key), key, 0);
       if (column >= LatentFp8Layout::kQuantized) {  // bf16 k_pe: copied as it is
-        const int offset = LatentFp8Layout::kRopeOffset + 2 * (column - LatentFp8Layout::kQuantized);
+        const int offset =
+            LatentFp8Layout::kRopeOffset + 2 * (column - LatentFp8Layout::kQuantized);
         cp_async_16(dst, key < 0 ? kv.k : source + offset, key >= 0);
       } else if (key >= 0) {
         dequantize_latent_chunk(dst, source, column);
@@ -116,13 +125,7 @@ __device__ __forceinline__ void load_core_kv_tile(T* k_tile, T* v_tile, const Co
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
     } else {
-      const T* source =
-          key < 0 ? static_cast<const T*>(kv.k)
-                  : static_cast<const T*>(kv.k) +
-                        kv.row_offset(kv.k_strides, kv.page_of(work.batch, key), key,
-                                      work.kv_head) +
-                        column;
-      cp_async_16(dst, source, key >= 0);
+      cp_async_16(dst, work.element_row<T>(kv.k, kv.k_strides, key) + column, key >= 0);
     }
   }
   if constexpr (kKv == CoreKv::kRows) {
@@ -130,13 +133,8 @@ __device__ __forceinline__ void load_core_kv_tile(T* k_tile, T* v_tile, const Co
     for (int chunk = thread; chunk < Tile::kBlockN * kChunksV; chunk += Tile::kThreads) {
       const int row = chunk / kChunksV, column = (chunk % kChunksV) * 8;
       const int64_t key = work.key_of_slot(n_block * Tile::kBlockN + row);
-      const T* source =
-          key < 0 ? static_cast<const T*>(kv.v)
-                  : static_cast<const T*>(kv.v) +
-                        kv.row_offset(kv.v_strides, kv.page_of(work.batch, key), key,
-                                      work.kv_head) +
-                        column;
-      cp_async_16(v_tile + row * Tile::kPitchV + column, source, key >= 0);
+      cp_async_16(v_tile + row * Tile::kPitchV + column,
+                  work.element_row<T>(kv.v, kv.v_strides, key) + column, key >= 0);
     }
   }
 }
@@ -176,9 +174,14 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
       head_begin + tiles.heads_per_tile < group_end ? tiles.heads_per_tile : group_end - head_begin;
   int64_t seqlen = p.kv.seqlen_of(batch, p.seqlen_k);
   seqlen = seqlen < 0 ? 0 : (seqlen > p.seqlen_k ? p.seqlen_k : seqlen);
-  const CoreFwdWork work{p,     batch, kv_head,
-                         token_begin, head_begin, heads,
-                         (token_end - token_begin) * heads, seqlen,
+  const CoreFwdWork work{p,
+                         batch,
+                         kv_head,
+                         token_begin,
+                         head_begin,
+                         heads,
+                         (token_end - token_begin) * heads,
+                         seqlen,
                          p.selection.band(p.seqlen_q, seqlen)};
 
   int64_t n_begin = 0, n_end = 0;
@@ -234,12 +237,11 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
       const bool needs_mask =
           kListed || p.kv.block_table != nullptr ||
           !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
-      scores_to_logits(scores, p.softmax_scale, p.softcap, needs_mask, lane,
-                       [&](int half, int column) {
-                         const int64_t key = work.key_of_slot(slot0 + column);
-                         return key >= 0 &&
-                                work.band.visible(work.token_of_row(warp_row + 8 * half), key);
-                       });
+      scores_to_logits(
+          scores, p.softmax_scale, p.softcap, needs_mask, lane, [&](int half, int column) {
+            const int64_t key = work.key_of_slot(slot0 + column);
+            return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);
+          });
       online_softmax_step(scores, rows, partial_sum, out_acc);
 
       uint32_t probs[kBlockN / 16][4];
@@ -261,8 +263,10 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
     for (int r = 0; r < 2; ++r) {
       const int row = warp_row + 8 * r;
       if (row >= work.rows) continue;
-      const int64_t flat = ((int64_t(split_index) * p.batch + batch) * p.heads_q +
-                            work.head_of_row(row)) * p.seqlen_q + work.token_of_row(row);
+      const int64_t flat =
+          ((int64_t(split_index) * p.batch + batch) * p.heads_q + work.head_of_row(row)) *
+              p.seqlen_q +
+          work.token_of_row(row);
       float* out_row = split.partial_out + flat * p.head_dim_v + column0;
 #pragma unroll
       for (int d = 0; d < kAccV; ++d) {

@@ -1,7 +1,7 @@
 #pragma once
-// How the sm80 attention kernels (the core and the attention family) move tiles: cp.async loads of Q/K/V row blocks into
-// shared-memory tiles (row-major, pitch dim + 8 elements: 16 extra bytes per row make every
-// ldmatrix of 8 rows hit 32 distinct banks), and 16-bit stores of accumulator rows.
+// How the sm80 attention kernels (the core and the attention family) move tiles: cp.async loads of
+// Q/K/V row blocks into shared-memory tiles (row-major, pitch dim + 8 elements: 16 extra bytes per
+// row make every ldmatrix of 8 rows hit 32 distinct banks), and 16-bit stores of accumulator rows.
 
 #include <cstdint>
 
@@ -43,8 +43,8 @@ __device__ __forceinline__ void load_kv_block_async(T* k_tile, T* v_tile, const 
                                                     int thread) {
   load_tile_async<kBlockN, kDimQK, kThreads>(k_tile, k, k_strides.row, n_block * kBlockN,
                                              p.seqlen_k, thread);
-  load_tile_async<kBlockN, kDimV, kThreads>(v_tile, v, v_strides.row, n_block * kBlockN,
-                                            p.seqlen_k, thread);
+  load_tile_async<kBlockN, kDimV, kThreads>(v_tile, v, v_strides.row, n_block * kBlockN, p.seqlen_k,
+                                            thread);
 }
 
 // Writes this lane's part of one C-fragment row (`half` 0: row `group`, 1: row `group + 8`) of

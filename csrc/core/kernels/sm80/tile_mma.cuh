@@ -5,8 +5,8 @@
 
 #include <cstdint>
 
-#include "core/kernels/sm80/tile_copy.cuh"
 #include "common/cuda_mma.cuh"
+#include "core/kernels/sm80/tile_copy.cuh"
 
 namespace deepseek_attn {
 namespace cuda {
