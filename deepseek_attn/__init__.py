@@ -4,6 +4,7 @@ from deepseek_attn.attention import FlashAttnFunction, flash_attn_func
 from deepseek_attn.fp8 import dequantize, fp8_gemm, quantize_act, quantize_weight
 from deepseek_attn import nn  # noqa: F401  (deepseek_attn.nn.Fp8Linear)
 from deepseek_attn import core  # noqa: F401  (the shared core's op and its fake kernel)
+from deepseek_attn.mla import MLAKVCache, mla_decode
 from deepseek_attn import _C
 
 __version__ = "0.1.0"
@@ -18,4 +19,5 @@ def set_hopper_kernels(enabled: bool) -> bool:
 
 
 __all__ = ["FlashAttnFunction", "flash_attn_func", "quantize_act", "quantize_weight",
-           "dequantize", "fp8_gemm", "nn", "set_hopper_kernels", "__version__"]
+           "dequantize", "fp8_gemm", "mla_decode", "MLAKVCache", "nn", "set_hopper_kernels",
+           "__version__"]

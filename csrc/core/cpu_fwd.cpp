@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/checks.h"
@@ -30,18 +31,42 @@ namespace {
 constexpr int64_t kRowsPerTask = 64;
 constexpr int64_t kKeysPerTile = 256;
 
-// The KV source in the accumulation type T: element caches converted to T, the FP8 latent
-// cache as its bytes.
+// n values of type S at `source` converted to T, every `stride`-th element of `destination`.
+template <typename S, typename T>
+void convert_row(const void* source, int64_t n, T* destination, int64_t stride) {
+  const S* values = static_cast<const S*>(source);
+  for (int64_t d = 0; d < n; ++d) {
+    if constexpr (std::is_floating_point_v<S>) {
+      destination[d * stride] = T(values[d]);  // fp64 stays exact
+    } else {
+      destination[d * stride] = T(static_cast<float>(values[d]));
+    }
+  }
+}
+
+// The KV source for accumulation type T. Dense band tiles read K transposed and V converted to T
+// once per call; gathered keys are converted row by row from the caller's cache (`storage`,
+// the query's dtype; FP8 latent rows as bytes), so a decode never converts a whole cache.
 template <typename T>
 struct CpuKvSource {
   KvSourceParams layout;
   int64_t dim_qk = 0, dim_v = 0;
   const T* k_transposed = nullptr;  // dense band tiles: (B, Hkv, Dqk, Sk), else null
   int64_t seqlen_k = 0;
+  at::ScalarType storage = at::kFloat;
 
-  const T* k() const { return static_cast<const T*>(layout.k); }
+  // Dense band tiles only: layout.v (or k) then points at T values.
   const T* values() const {
     return static_cast<const T*>(layout.values_in_keys() ? layout.k : layout.v);
+  }
+
+  void read_row(const void* source, int64_t n, T* destination, int64_t stride) const {
+    switch (storage) {
+      case at::kDouble: return convert_row<double>(source, n, destination, stride);
+      case at::kBFloat16: return convert_row<c10::BFloat16>(source, n, destination, stride);
+      case at::kHalf: return convert_row<c10::Half>(source, n, destination, stride);
+      default: return convert_row<float>(source, n, destination, stride);
+    }
   }
 
   // Key `key` of (batch, head) as column `col` of k_tile (Dqk x cols) and row `col` of v_tile
@@ -68,12 +93,15 @@ struct CpuKvSource {
       }
       return;
     }
-    const T* k_row = k() + layout.row_offset(layout.k_strides, page, key, head);
-    for (int64_t d = 0; d < dim_qk; ++d) k_tile[d * cols + col] = k_row[d];
-    const T* v_src = layout.values_in_keys()
-                         ? k_row
-                         : values() + layout.row_offset(layout.v_strides, page, key, head);
-    std::copy(v_src, v_src + dim_v, v_row);
+    const int64_t element = c10::elementSize(storage);
+    const char* k_row = static_cast<const char*>(layout.k) +
+                        layout.row_offset(layout.k_strides, page, key, head) * element;
+    read_row(k_row, dim_qk, k_tile + col, cols);
+    const char* v_src = layout.values_in_keys()
+                            ? k_row
+                            : static_cast<const char*>(layout.v) +
+                                  layout.row_offset(layout.v_strides, page, key, head) * element;
+    read_row(v_src, dim_v, v_row, 1);
   }
 
   // An unselected slot: zeros, so its (masked) column contributes exactly nothing.
@@ -235,20 +263,25 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
   const auto acc_dtype = cpu::accumulation_dtype(in.q);
   const bool fp8 = p.kv.storage == KvStorage::kLatentFp8;
   const at::Tensor q_acc = in.q.to(acc_dtype);
-  const at::Tensor k_acc = fp8 ? in.k : in.k.to(acc_dtype);
+  // Dense band tiles are read in place from K transposed once, so every tile product is A·B;
+  // every other source is gathered (and converted) key by key from the caller's tensors.
+  const bool in_place = !fp8 && !in.block_table.has_value() && !p.selection.listed();
+  const at::Tensor k_acc = in_place ? in.k.to(acc_dtype) : in.k;
   const std::optional<at::Tensor> v_acc =
-      in.v.has_value() ? std::optional<at::Tensor>(in.v->to(acc_dtype)) : std::nullopt;
+      in.v.has_value() && in_place ? std::optional<at::Tensor>(in.v->to(acc_dtype)) : in.v;
   at::Tensor out_acc =
       at::empty({p.batch, p.seqlen_q, p.heads_q, p.head_dim_v}, in.q.options().dtype(acc_dtype));
   at::Tensor lse = at::empty({p.batch, p.heads_q, p.seqlen_q}, in.q.options().dtype(at::kFloat));
   point_core_params(p, q_acc, k_acc, v_acc, in, out_acc, lse);
-  // Dense band tiles are read in place from K transposed once, so every tile product is A·B.
-  const bool in_place = !fp8 && !in.block_table.has_value() && !p.selection.listed();
   const at::Tensor k_transposed =
       in_place ? k_acc.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(acc_dtype, "attention_core_fwd_cpu", [&] {
-    CpuKvSource<scalar_t> kv{p.kv, p.head_dim_qk, p.head_dim_v,
-                             in_place ? k_transposed.data_ptr<scalar_t>() : nullptr, p.seqlen_k};
+    CpuKvSource<scalar_t> kv{p.kv,
+                             p.head_dim_qk,
+                             p.head_dim_v,
+                             in_place ? k_transposed.data_ptr<scalar_t>() : nullptr,
+                             p.seqlen_k,
+                             k_acc.scalar_type()};
     core_fwd_cpu<scalar_t>(p, kv, out_acc.data_ptr<scalar_t>());
   });
   return {out_acc.to(in.q.scalar_type()), lse};
