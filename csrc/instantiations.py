@@ -25,9 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATTENTION_HEAD_DIMS = [(64, 64), (96, 96), (128, 128), (192, 128), (256, 256)]
 ATTENTION_DTYPES = {"bf16": "kBFloat16", "fp16": "kFloat16"}  # file suffix -> DType
 # The core forward (csrc/core/): (Dqk, Dv) pairs of separate K/V rows (dense or paged), in both
-# 16-bit dtypes; latent rows are 576/512, in both dtypes, and as FP8 rows with a bf16 query.
+# 16-bit dtypes; latent rows are 576/512, bf16, and as FP8 rows with a bf16 query.
 CORE_ROWS_HEAD_DIMS = ATTENTION_HEAD_DIMS  # flash_attn's sm80 forward is the core over rows
-CORE_LATENT_HEAD_DIMS = (576, 512)
+# Index lists (DSA, NSA) over K/V rows are compiled for these; latent rows always have them.
+CORE_LISTED_HEAD_DIMS = [(64, 64), (128, 128), (192, 128)]
+CORE_LATENT_HEAD_DIMS = (576, 512)  # bf16 queries only (MLA's dtype; FP8 rows dequantise to it)
 # FP8 quantiser sources and GEMM outputs: file suffix -> enumerator.
 FP8_QUANTIZE_SOURCES = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
 FP8_GEMM_OUTPUTS = {"bf16": "kBFloat16", "fp16": "kFloat16", "fp32": "kFloat32"}
@@ -57,14 +59,19 @@ def head_dims_text():
 def core_head_dims_text():
     pairs = " ".join(f"X({qk}, {v})" for qk, v in CORE_ROWS_HEAD_DIMS)
     names = ", ".join(f"{qk}/{v}" for qk, v in CORE_ROWS_HEAD_DIMS)
+    listed = ", ".join(f"{qk}/{v}" for qk, v in CORE_LISTED_HEAD_DIMS)
     qk, v = CORE_LATENT_HEAD_DIMS
     return (f"#pragma once\n{GENERATED}"
             "// Which head dims the core's CUDA kernels take: plain C++ for the host checks and dispatch.\n\n"
             + NAMESPACES[0] + "\n"
             "// (Dqk, Dv) pairs of separate K/V rows with compiled kernels.\n"
             f"#define DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(X) {pairs}\n"
+            "// Those of them with index-list kernels (DSA, NSA): a constexpr test for the launch.\n"
+            "constexpr bool core_lists_compiled(int qk, int v) {\n  return "
+            + " || ".join(f"(qk == {qk} && v == {v})" for qk, v in CORE_LISTED_HEAD_DIMS) + ";\n}\n"
+            f"constexpr const char* kCoreListedHeadDims = \"{listed}\";\n"
             f"constexpr const char* kCoreSupportedHeadDims = \"{names}; latent {qk}/{v}\";\n"
-            "// The latent rows (values in the keys, bf16/fp16 or FP8).\n"
+            "// The latent rows (values in the keys, bf16 or FP8; bf16 queries).\n"
             f"constexpr int kCoreLatentDimQK = {qk};\nconstexpr int kCoreLatentDimV = {v};\n\n"
             + NAMESPACES[1])
 
@@ -85,8 +92,8 @@ def generated_files():
         for qk, v in CORE_ROWS_HEAD_DIMS:
             files[f"{inst}/core_fwd_rows_d{qk}x{v}_{suffix}.cu"] = _core_instantiation(
                 "K/V rows", qk, v, dtype, "kRows")
-        files[f"{inst}/core_fwd_latent_{suffix}.cu"] = _core_instantiation(
-            "latent rows", *CORE_LATENT_HEAD_DIMS, dtype, "kLatent")
+    files[f"{inst}/core_fwd_latent_bf16.cu"] = _core_instantiation(
+        "latent rows", *CORE_LATENT_HEAD_DIMS, "kBFloat16", "kLatent")
     files[f"{inst}/core_fwd_latent_fp8_bf16.cu"] = _core_instantiation(
         "FP8 latent rows", *CORE_LATENT_HEAD_DIMS, "kBFloat16", "kLatentFp8")
     inst = "csrc/attention/kernels/inst"

@@ -26,7 +26,8 @@ def test_emulated_sm80_core_forward(sm80, case):
     check_core_forward(emulated_core(sm80), case, torch.bfloat16, "cpu")
 
 
-@pytest.mark.parametrize("case", [CORE_CASES[3], *latent_case("tokens", num_indices=20)[:1]],
+@pytest.mark.parametrize("case", [CORE_CASES[3], CoreCase("paged", "blocks", causal=True,
+                                                          num_indices=3, index_block_size=16)],
                          ids=str)
 def test_emulated_sm80_core_forward_fp16(sm80, case):
     check_core_forward(emulated_core(sm80), case, torch.float16, "cpu")
@@ -40,6 +41,21 @@ def test_emulated_sm89_and_sm90_core_forward(sm89, sm90, case):
     """The latent tile fits sm89's 99 KiB of shared memory; sm90 runs the sm80 core kernel."""
     for module in (sm89, sm90):
         check_core_forward(emulated_core(module, sm_count=132), case, torch.bfloat16, "cpu")
+
+
+@pytest.mark.parametrize("case, dtype, error, message", [
+    (CoreCase("dense", "tokens", head_dim=96, head_dim_v=96), torch.bfloat16, ValueError,
+     r"index lists over separate K/V rows take head dims 64/64, 128/128, 192/128 on CUDA "
+     r"\(got 96/96\)"),
+    (latent_case("band")[0], torch.float16, TypeError,
+     r"q must be bfloat16 to read a latent cache on CUDA \(got Half\)"),
+    (CoreCase("paged", "band", head_dim=80, head_dim_v=80), torch.bfloat16, ValueError,
+     r"head dims \(q/k 80, v 80, separate v\) are not supported by the CUDA core"),
+], ids=["lists_head_dim", "latent_fp16", "head_dim"])
+def test_emulated_core_rejects_what_cuda_does_not_build(sm80, case, dtype, error, message):
+    q, k, v, kwargs = make_core_inputs(case, dtype, "cpu")
+    with pytest.raises(error, match=message):
+        emulated_core(sm80)(q, k, v, **kwargs)
 
 
 def test_emulated_core_split_kv_matches_one_split(sm80):

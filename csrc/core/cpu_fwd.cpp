@@ -62,10 +62,14 @@ struct CpuKvSource {
 
   void read_row(const void* source, int64_t n, T* destination, int64_t stride) const {
     switch (storage) {
-      case at::kDouble: return convert_row<double>(source, n, destination, stride);
-      case at::kBFloat16: return convert_row<c10::BFloat16>(source, n, destination, stride);
-      case at::kHalf: return convert_row<c10::Half>(source, n, destination, stride);
-      default: return convert_row<float>(source, n, destination, stride);
+      case at::kDouble:
+        return convert_row<double>(source, n, destination, stride);
+      case at::kBFloat16:
+        return convert_row<c10::BFloat16>(source, n, destination, stride);
+      case at::kHalf:
+        return convert_row<c10::Half>(source, n, destination, stride);
+      default:
+        return convert_row<float>(source, n, destination, stride);
     }
   }
 
@@ -276,12 +280,9 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
   const at::Tensor k_transposed =
       in_place ? k_acc.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(acc_dtype, "attention_core_fwd_cpu", [&] {
-    CpuKvSource<scalar_t> kv{p.kv,
-                             p.head_dim_qk,
-                             p.head_dim_v,
-                             in_place ? k_transposed.data_ptr<scalar_t>() : nullptr,
-                             p.seqlen_k,
-                             k_acc.scalar_type()};
+    CpuKvSource<scalar_t> kv{p.kv,         p.head_dim_qk,
+                             p.head_dim_v, in_place ? k_transposed.data_ptr<scalar_t>() : nullptr,
+                             p.seqlen_k,   k_acc.scalar_type()};
     core_fwd_cpu<scalar_t>(p, kv, out_acc.data_ptr<scalar_t>());
   });
   return {out_acc.to(in.q.scalar_type()), lse};

@@ -14,7 +14,7 @@
 namespace deepseek_attn {
 namespace {
 
-void check_device_support(const CoreFwdParams& p, const at::Tensor& q) {
+void check_device_support(const CoreFwdParams& p, const CoreFwdInputs& in) {
   const CoreKv kv = p.kv.policy();
   bool supported = kv != CoreKv::kRows && p.head_dim_qk == cuda::kCoreLatentDimQK &&
                    p.head_dim_v == cuda::kCoreLatentDimV;
@@ -26,9 +26,14 @@ void check_device_support(const CoreFwdParams& p, const at::Tensor& q) {
       supported, "head dims (q/k ", p.head_dim_qk, ", v ", p.head_dim_v,
       kv == CoreKv::kRows ? ", separate v" : ", values in k",
       ") are not supported by the CUDA core; supported (Dqk/Dv): ", cuda::kCoreSupportedHeadDims);
-  DEEPSEEK_ATTN_CHECK_TYPE(kv != CoreKv::kLatentFp8 || q.scalar_type() == at::kBFloat16,
-                           "q must be bfloat16 to read the FP8 latent cache on CUDA (got ",
-                           q.scalar_type(), ")");
+  DEEPSEEK_ATTN_CHECK_TYPE(kv == CoreKv::kRows || in.q.scalar_type() == at::kBFloat16,
+                           "q must be bfloat16 to read a latent cache on CUDA (got ",
+                           in.q.scalar_type(), ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(kv != CoreKv::kRows || !in.indices.has_value() ||
+                                cuda::core_lists_compiled(int(p.head_dim_qk), int(p.head_dim_v)),
+                            "index lists over separate K/V rows take head dims ",
+                            cuda::kCoreListedHeadDims, " on CUDA (got ", p.head_dim_qk, "/",
+                            p.head_dim_v, ")");
   DEEPSEEK_ATTN_CHECK_VALUE(p.heads_kv <= 16383 && p.batch <= 65535,
                             "at most 16383 kv heads and a batch of 65535 are supported on CUDA "
                             "(got ",
@@ -55,7 +60,7 @@ CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_s
   CoreFwdCall call;
   CoreFwdParams& p = call.params;
   p = check_core_fwd_inputs(in, softmax_scale, causal, window_left, window_right, softcap);
-  check_device_support(p, in.q);
+  check_device_support(p, in);
   static const bool check_indices = [] {
     const char* flag = std::getenv("DEEPSEEK_ATTN_CHECK_INDICES");
     return flag != nullptr && std::string(flag) == "1";

@@ -7,8 +7,13 @@ namespace cuda {
 
 // (Dqk, Dv) pairs of separate K/V rows with compiled kernels.
 #define DEEPSEEK_ATTN_CORE_ROWS_HEAD_DIMS(X) X(64, 64) X(96, 96) X(128, 128) X(192, 128) X(256, 256)
+// Those of them with index-list kernels (DSA, NSA): a constexpr test for the launch.
+constexpr bool core_lists_compiled(int qk, int v) {
+  return (qk == 64 && v == 64) || (qk == 128 && v == 128) || (qk == 192 && v == 128);
+}
+constexpr const char* kCoreListedHeadDims = "64/64, 128/128, 192/128";
 constexpr const char* kCoreSupportedHeadDims = "64/64, 96/96, 128/128, 192/128, 256/256; latent 576/512";
-// The latent rows (values in the keys, bf16/fp16 or FP8).
+// The latent rows (values in the keys, bf16 or FP8; bf16 queries).
 constexpr int kCoreLatentDimQK = 576;
 constexpr int kCoreLatentDimV = 512;
 

@@ -21,7 +21,7 @@ cudaError_t launch_core_fwd(const CoreFwdParams& p, const SplitKvParams& split,
                             cudaStream_t stream);
 
 // The launch of the instantiation matching the params' head dims, dtype and KV policy (all
-// checked before by device_call.cpp).
+// checked before by device_call.cpp: latent rows take bf16 queries).
 inline cudaError_t launch_core_fwd_for(const CoreFwdParams& p, DType dtype,
                                        const SplitKvParams& split, cudaStream_t stream) {
   const CoreKv kv = p.kv.policy();
@@ -30,11 +30,7 @@ inline cudaError_t launch_core_fwd_for(const CoreFwdParams& p, DType dtype,
         p, split, stream);
   }
   if (kv == CoreKv::kLatent) {
-    if (dtype == DType::kBFloat16) {
-      return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kBFloat16, CoreKv::kLatent>(
-          p, split, stream);
-    }
-    return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kFloat16, CoreKv::kLatent>(
+    return launch_core_fwd<kCoreLatentDimQK, kCoreLatentDimV, DType::kBFloat16, CoreKv::kLatent>(
         p, split, stream);
   }
 #define DEEPSEEK_ATTN_DISPATCH(QK, V)                                                      \

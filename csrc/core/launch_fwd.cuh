@@ -19,8 +19,11 @@ cudaError_t launch_core_fwd(const CoreFwdParams& p, const SplitKvParams& split,
                   static_cast<unsigned>(p.heads_kv * Tile::kColumnChunks),
                   static_cast<unsigned>(p.batch * split.num_splits));
   if (p.selection.listed()) {
-    return launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, true, false>, grid,
-                         Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+    if constexpr (kKv != CoreKv::kRows || core_lists_compiled(kDimQK, kDimV)) {
+      return launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, true, false>, grid,
+                           Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+    }
+    return cudaErrorInvalidValue;  // unreachable: device_call.cpp rejects these head dims
   }
   if (split.num_splits == 1) {
     return launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, false>, grid,
