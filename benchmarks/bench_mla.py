@@ -26,6 +26,7 @@ import harness  # noqa: E402
 
 from deepseek_attn import MLAKVCache, mla_decode  # noqa: E402
 from deepseek_attn.mla import FP8_ROW_BYTES, LATENT_DIM, LATENT_VALUES  # noqa: E402
+from deepseek_attn.reference import dequantize_latent_fp8_ref  # noqa: E402
 
 OURS = "deepseek_attn"
 TORCH_ABSORBED = "torch-absorbed"
@@ -41,14 +42,7 @@ def torch_absorbed_decode(q, kv_cache, block_table, cache_seqlens, scale, fp8):
     longest = int(cache_seqlens.max())
     pages = block_table[:, : -(-longest // page_size)].long()
     rows = kv_cache[pages].flatten(1, 2)[:, :longest, 0]  # (B, L, row)
-    if fp8:
-        raw = rows.view(torch.uint8)
-        values = raw[..., :LATENT_VALUES].view(torch.float8_e4m3fn).float()
-        scales = raw[..., LATENT_VALUES:LATENT_VALUES + 16].contiguous().view(torch.float32)
-        values = (values.unflatten(-1, (4, 128)) * scales[..., None]).flatten(-2)
-        rope = raw[..., LATENT_VALUES + 16:].contiguous().view(torch.bfloat16).float()
-        rows = torch.cat([values, rope], dim=-1)
-    rows = rows.float()
+    rows = dequantize_latent_fp8_ref(rows.view(torch.uint8)) if fp8 else rows.float()
     scores = torch.einsum("bqhd,bld->bhql", q.float(), rows) * scale
     keys = torch.arange(longest, device=q.device)
     limit = cache_seqlens[:, None].long() - q.shape[1] + torch.arange(q.shape[1], device=q.device)

@@ -67,7 +67,7 @@ def mla_decode_core_args(q, kv_cache, block_table, cache_seqlens, head_dim_v=LAT
         raise ValueError(f"head_dim_v must be {LATENT_VALUES} with the FP8 cache (got {head_dim_v})")
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
     return (q, rows, None, block_table, cache_seqlens, None, 1,
-            -1 if is_fp8_kvcache else head_dim_v, scale, causal, -1, 0 if causal else -1, 0.0)
+            -1 if is_fp8_kvcache else head_dim_v, scale, causal, -1, -1, 0.0)
 
 
 def pack_latent_fp8(latent):

@@ -68,8 +68,8 @@ def test_emulated_core_split_kv_matches_one_split(sm80):
     torch.testing.assert_close(split[1], whole[1], atol=1e-5, rtol=1e-5)
 
 
-def test_emulated_core_skips_out_of_range_indices_and_pages(sm80):
-    """SPEC §0: CUDA skips out-of-range list entries and missing pages (CPU raises)."""
+def test_emulated_core_skips_out_of_range_indices(sm80):
+    """SPEC §0: CUDA skips out-of-range list entries like -1 slots (CPU raises)."""
     case = CoreCase("paged", "tokens", num_indices=6)
     q, k, v, kwargs = make_core_inputs(case, torch.bfloat16, "cpu")
     run = emulated_core(sm80)
@@ -80,7 +80,7 @@ def test_emulated_core_skips_out_of_range_indices_and_pages(sm80):
     wild[..., -1] = 10_000  # past every sequence: skipped like -1
     out, lse = run(q, k, v, **dict(kwargs, indices=wild))
     torch.testing.assert_close(out, padded[0], atol=0, rtol=0)
-    assert not torch.equal(out, expected[0]) or torch.equal(padded[0], expected[0])
+    assert not torch.equal(padded[0], expected[0]), "the dropped slots must have mattered"
 
 
 @pytest.mark.parametrize("case", [CORE_CASES[2], CORE_CASES[10], CORE_CASES[6],

@@ -119,6 +119,7 @@ template <typename T>
 struct TaskScratch {
   std::vector<T> q_tile, scores, out, k_tile, v_tile;
   std::vector<uint8_t> selected;
+  std::vector<OnlineSoftmaxRow<T>> state;
 };
 
 template <typename T>
@@ -129,31 +130,37 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
   const int64_t group = p.heads_per_kv(), dqk = p.head_dim_qk, dv = p.head_dim_v;
   const int64_t n_tasks = p.batch * p.heads_kv * grid.head_chunks * grid.token_tiles;
 
-  auto seqlen_of = [&](int64_t b) { return kv.layout.seqlen_of(b, p.seqlen_k); };
+  // Task index -> (batch b, kv head hk, tokens [t0, t1), heads [h0, h0 + nh)); token tiles
+  // vary fastest, then head chunks, kv heads and batches.
+  struct Task {
+    int64_t b, hk, t0, t1, h0, nh, seqlen;
+    KeyWindow band;
+  };
+  auto task_of = [&](int64_t index) {
+    Task t;
+    const int64_t chunk = (index / grid.token_tiles) % grid.head_chunks;
+    t.hk = (index / (grid.token_tiles * grid.head_chunks)) % p.heads_kv;
+    t.b = index / (grid.token_tiles * grid.head_chunks * p.heads_kv);
+    t.t0 = (index % grid.token_tiles) * grid.tokens_per_tile;
+    t.t1 = std::min(t.t0 + grid.tokens_per_tile, p.seqlen_q);
+    t.h0 = t.hk * group + chunk * grid.heads_per_tile;
+    t.nh = std::min(t.h0 + grid.heads_per_tile, (t.hk + 1) * group) - t.h0;
+    t.seqlen = kv.layout.seqlen_of(t.b, p.seqlen_k);
+    t.band = selection.band(p.seqlen_q, t.seqlen);
+    return t;
+  };
   std::vector<int64_t> costs(n_tasks);
-  for (int64_t t = 0; t < n_tasks; ++t) {
-    const int64_t tile = t % grid.token_tiles;
-    const int64_t b = t / (grid.token_tiles * grid.head_chunks * p.heads_kv);
-    const int64_t t0 = tile * grid.tokens_per_tile;
-    const int64_t t1 = std::min(t0 + grid.tokens_per_tile, p.seqlen_q);
-    const KeyWindow band = selection.band(p.seqlen_q, seqlen_of(b));
-    costs[t] = selection.listed() ? selection.num_entries()
-                                  : std::max<int64_t>(band.end_key(t1 - 1) - band.first_key(t0), 0);
+  for (int64_t index = 0; index < n_tasks; ++index) {
+    const Task t = task_of(index);
+    costs[index] = selection.listed()
+                       ? selection.num_entries()
+                       : std::max<int64_t>(t.band.end_key(t.t1 - 1) - t.band.first_key(t.t0), 0);
   }
   std::vector<TaskScratch<T>> scratch(at::get_num_threads());
 
-  cpu::run_tasks_costliest_first(costs, [&](int64_t task, int64_t slot) {
-    const int64_t tile = task % grid.token_tiles;
-    const int64_t chunk = (task / grid.token_tiles) % grid.head_chunks;
-    const int64_t hk = (task / (grid.token_tiles * grid.head_chunks)) % p.heads_kv;
-    const int64_t b = task / (grid.token_tiles * grid.head_chunks * p.heads_kv);
-    const int64_t t0 = tile * grid.tokens_per_tile;
-    const int64_t t1 = std::min(t0 + grid.tokens_per_tile, p.seqlen_q);
-    const int64_t h0 = hk * group + chunk * grid.heads_per_tile;
-    const int64_t nh = std::min(h0 + grid.heads_per_tile, (hk + 1) * group) - h0;
+  cpu::run_tasks_costliest_first(costs, [&](int64_t index, int64_t slot) {
+    const auto [b, hk, t0, t1, h0, nh, seqlen, band] = task_of(index);
     const int64_t rows = (t1 - t0) * nh;  // row r: token t0 + r / nh, head h0 + r % nh
-    const int64_t seqlen = seqlen_of(b);
-    const KeyWindow band = selection.band(p.seqlen_q, seqlen);
 
     TaskScratch<T>& s = scratch[slot];
     s.q_tile.resize(rows * dqk);
@@ -164,7 +171,8 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
                        (h0 + r % nh) * p.q_strides.head;
       std::copy(q_row, q_row + dqk, s.q_tile.data() + r * dqk);
     }
-    std::vector<OnlineSoftmaxRow<T>> state(rows);
+    std::vector<OnlineSoftmaxRow<T>>& state = s.state;
+    state.assign(rows, OnlineSoftmaxRow<T>());
 
     // One key tile: S = Q K^T, mask, online softmax, O += P V. Band tiles start at key j0;
     // listed tiles pass which of their columns hold a selected key.
