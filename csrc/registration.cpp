@@ -33,6 +33,16 @@ TORCH_LIBRARY(deepseek_attn, m) {
   // SPEC §2 block-scaled "NT" GEMM a @ b.T; b_scales per 128x128 block or per 1x128 row.
   m.def("fp8_gemm(Tensor a, Tensor a_scales, Tensor b, Tensor b_scales, ScalarType out_dtype) "
         "-> Tensor");
+  // SPEC §3 fused latent epilogue on x (tokens, groups, dim): RMSNorm(cols < norm_dim)·weight,
+  // interleaved RoPE on the last 2·rope_cos.size(1) cols, and, given cache_slots, each token's row
+  // written into `cache` (rows in x's dtype or 656-byte FP8 rows): (y, rstd (tokens, groups)).
+  m.def(
+      "mla_norm_rope(Tensor x, Tensor? norm_weight, Tensor? rope_cos, Tensor? rope_sin, "
+      "float eps, Tensor(a!)? cache=None, Tensor? cache_slots=None) -> (Tensor, Tensor)");
+  // Its backward: (dx, dnorm_weight ((0,) without a weight)).
+  m.def(
+      "mla_norm_rope_bwd(Tensor dy, Tensor x, Tensor? norm_weight, Tensor rstd, "
+      "Tensor? rope_cos, Tensor? rope_sin) -> (Tensor, Tensor)");
 }
 
 #ifndef DEEPSEEK_ATTN_CUDA_ARCHS

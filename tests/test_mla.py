@@ -124,7 +124,7 @@ def test_mla_full_cache_raises_and_changes_nothing():
     (lambda c, q: mla_decode(q[..., :512], c.kv_cache, c.block_table, c.cache_seqlens),
      r"q must be \(batch, seqlen_q, heads, 576\)"),
     (lambda c, q: mla_decode(q, c.kv_cache[..., :500], c.block_table, c.cache_seqlens),
-     r"kv_cache rows must hold 576 values"),
+     r"q must be \(batch, seqlen_q, heads, 500\), one value per value of a cache row"),
     (lambda c, q: mla_decode(q, c.kv_cache, c.block_table + 100, c.cache_seqlens),
      r"block_table\[0, 0\] must be a page of k"),
     (lambda c, q: c.append(torch.randn(2, 1, 512), torch.randn(2, 1, 32)),
@@ -146,3 +146,177 @@ def test_mla_decode_compiles():
     expected = mla_decode(q, cache.kv_cache, cache.block_table, cache.cache_seqlens)
     actual = compiled(q, cache.kv_cache, cache.block_table, cache.cache_seqlens)
     torch.testing.assert_close(actual[0], expected[0], atol=0, rtol=0)
+
+
+# --- The fused latent epilogue: mla_norm_rope (RMSNorm, interleaved RoPE, cache write) ---------
+
+NORM_ROPE_DEVICES = device_params("deepseek_attn::mla_norm_rope")
+# (groups, dim, norm_dim, rope_dim): the latent [c_kv | k_pe], the per-head query (RoPE on the
+# last 64), the compressed query (norm only), and odd sizes.
+NORM_ROPE_SHAPES = [(1, 576, 512, 64), (3, 192, 0, 64), (1, 96, 96, 0), (2, 37, 17, 10)]
+
+
+def norm_rope_inputs(tokens, groups, dim, norm_dim, rope_dim, dtype, device="cpu", seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, groups, dim, generator=generator).to(dtype).to(device)
+    weight = (1 + 0.2 * torch.randn(norm_dim, generator=generator)).to(dtype).to(device)
+    angles = torch.rand(tokens, rope_dim // 2, generator=generator, dtype=torch.float64) * 50
+    table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    cos, sin = (angles.cos().to(table_dtype).to(device), angles.sin().to(table_dtype).to(device))
+    return (x, weight if norm_dim else None, cos if rope_dim else None,
+            sin if rope_dim else None)
+
+
+def norm_rope_ref(x, weight, cos, sin, eps=1e-6):
+    """SPEC §3 in fp64 through reference/mla.py's RMSNorm and a rope on explicit angles."""
+    from deepseek_attn.reference import rms_norm_ref
+
+    x = x.double()
+    norm_dim = 0 if weight is None else weight.shape[0]
+    pairs = 0 if cos is None else cos.shape[-1]
+    normed, copied, rope = x.split([norm_dim, x.shape[-1] - norm_dim - 2 * pairs, 2 * pairs], -1)
+    if norm_dim:
+        normed = rms_norm_ref(normed, weight.double(), eps)
+    if pairs:
+        even, odd = rope.unflatten(-1, (pairs, 2)).unbind(-1)
+        c, s = cos.double()[:, None], sin.double()[:, None]
+        rope = torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2)
+    return torch.cat([normed, copied, rope], dim=-1)
+
+
+@pytest.mark.parametrize("device", NORM_ROPE_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("groups, dim, norm_dim, rope_dim", NORM_ROPE_SHAPES)
+def test_norm_rope_matches_reference(device, dtype, groups, dim, norm_dim, rope_dim):
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("fp64 runs on CPU only")
+    x, weight, cos, sin = norm_rope_inputs(7, groups, dim, norm_dim, rope_dim, dtype, device)
+    y, rstd = torch.ops.deepseek_attn.mla_norm_rope(x, weight, cos, sin, 1e-6)
+    exact = norm_rope_ref(x.cpu(), None if weight is None else weight.cpu(),
+                          None if cos is None else cos.cpu(), None if sin is None else sin.cpu())
+    assert y.dtype == dtype and rstd.shape == (7, groups)
+    # One rounding of an fp32 value (fp64: the formula's own rounding).
+    tolerance = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 8e-3,
+                 torch.float16: 1e-3}[dtype]
+    torch.testing.assert_close(y.cpu().double(), exact, atol=tolerance * 4, rtol=tolerance)
+    if norm_dim:
+        expected_rstd = x.cpu().double()[..., :norm_dim].pow(2).mean(-1).add(1e-6).rsqrt()
+        torch.testing.assert_close(rstd.cpu().double(), expected_rstd, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("groups, dim, norm_dim, rope_dim", NORM_ROPE_SHAPES)
+def test_norm_rope_gradcheck(groups, dim, norm_dim, rope_dim):
+    from deepseek_attn.mla import MlaNormRopeFunction
+
+    x, weight, cos, sin = norm_rope_inputs(3, groups, dim, norm_dim, rope_dim, torch.float64)
+    x.requires_grad_(True)
+    if weight is not None:
+        weight.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x, w: MlaNormRopeFunction.apply(x, w, cos, sin, 1e-6, None, None)[0],
+        (x, weight), atol=1e-8)
+
+
+@pytest.mark.parametrize("device", NORM_ROPE_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_rope_backward_matches_autograd_of_the_reference(device, dtype):
+    from deepseek_attn.mla import mla_norm_rope
+
+    x, weight, cos, sin = norm_rope_inputs(9, 1, 576, 512, 64, dtype, device)
+    x.requires_grad_(True)
+    weight.requires_grad_(True)
+    dy = torch.randn(x.shape, dtype=dtype, device=device)
+    torch.autograd.backward(mla_norm_rope(x, weight, cos, sin), dy)
+    x_ref = x.detach().cpu().double().requires_grad_(True)
+    w_ref = weight.detach().cpu().double().requires_grad_(True)
+    torch.autograd.backward(norm_rope_ref(x_ref, w_ref, cos.cpu(), sin.cpu()), dy.cpu().double())
+    tolerance = 2e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(x.grad.cpu().double(), x_ref.grad, atol=tolerance, rtol=tolerance)
+    # The weight gradient sums over 9 tokens, rounded once.
+    torch.testing.assert_close(weight.grad.cpu().double(), w_ref.grad, atol=tolerance * 4,
+                               rtol=tolerance)
+
+
+@pytest.mark.parametrize("device", NORM_ROPE_DEVICES)
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16_cache", "fp8_cache"])
+def test_norm_rope_writes_its_rows_into_the_cache(device, fp8):
+    """Each token's y row lands in its slot (FP8: SPEC §3's quantisation of that row); slot -1
+    writes nothing and every other row stays as it was."""
+    from deepseek_attn.reference.core import quantize_latent_fp8_ref
+
+    x, weight, cos, sin = norm_rope_inputs(5, 1, 576, 512, 64, torch.bfloat16, device)
+    rows = torch.randn(8, 656 if fp8 else 576).to(torch.uint8 if fp8 else torch.bfloat16)
+    cache = (rows.view(torch.float8_e4m3fn) if fp8 else rows).to(device)
+    before = cache.clone()
+    slots = torch.tensor([6, 0, -1, 3, 7], device=device)
+    y, _ = torch.ops.deepseek_attn.mla_norm_rope(x, weight, cos, sin, 1e-6, cache, slots)
+    expected = before.clone()
+    written = y[[0, 1, 3, 4], 0]
+    if fp8:
+        expected.view(torch.uint8)[[6, 0, 3, 7]] = quantize_latent_fp8_ref(written.cpu()).to(device)
+    else:
+        expected[[6, 0, 3, 7]] = written
+    assert torch.equal(cache.view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_norm_rope_opcheck():
+    x, weight, cos, sin = norm_rope_inputs(4, 1, 576, 512, 64, torch.float32)
+    cache, slots = torch.zeros(6, 576), torch.tensor([1, 5, -1, 0])
+    torch.library.opcheck(torch.ops.deepseek_attn.mla_norm_rope,
+                          (x, weight, cos, sin, 1e-6, cache, slots))
+    torch.library.opcheck(torch.ops.deepseek_attn.mla_norm_rope, (x, None, cos, sin, 1e-6))
+    y, rstd = torch.ops.deepseek_attn.mla_norm_rope(x, weight, cos, sin, 1e-6)
+    torch.library.opcheck(torch.ops.deepseek_attn.mla_norm_rope_bwd,
+                          (torch.randn_like(y), x, weight, rstd, cos, sin))
+
+
+def test_norm_rope_compiles():
+    from deepseek_attn.mla import mla_norm_rope
+
+    x, weight, cos, sin = norm_rope_inputs(4, 2, 192, 0, 64, torch.float32)
+    compiled = torch.compile(mla_norm_rope, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, None, cos, sin), mla_norm_rope(x, None, cos, sin),
+                               atol=0, rtol=0)
+
+
+def _norm_rope_call(x=None, weight="default", cos="default", sin="default", cache=None,
+                    slots=None):
+    x0, w0, c0, s0 = norm_rope_inputs(3, 1, 576, 512, 64, torch.float32)
+    pick = lambda given, default: default if isinstance(given, str) else given  # noqa: E731
+    return torch.ops.deepseek_attn.mla_norm_rope(
+        x0 if x is None else x, pick(weight, w0), pick(cos, c0), pick(sin, s0), 1e-6, cache, slots)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: _norm_rope_call(x=torch.randn(3, 576)), ValueError,
+     r"x must have 3 dimensions \(tokens, groups, dim\)"),
+    (lambda: _norm_rope_call(x=torch.randn(3, 1, 576, dtype=torch.bfloat16)), TypeError,
+     r"norm_weight must have the same dtype as x"),
+    (lambda: _norm_rope_call(sin=None), ValueError, r"rope_cos and rope_sin must be given together"),
+    (lambda: _norm_rope_call(cos=torch.zeros(3, 32, dtype=torch.float64)), TypeError,
+     r"rope_cos must have dtype Float"),
+    (lambda: _norm_rope_call(cos=torch.zeros(4, 32), sin=torch.zeros(4, 32)), ValueError,
+     r"rope_cos.size\(0\) \(tokens, as x.size\(0\)\) must be 3"),
+    (lambda: _norm_rope_call(weight=torch.ones(540)), ValueError,
+     r"the normalised columns \(540\) and the rotated ones \(64\) must fit"),
+    (lambda: _norm_rope_call(cache=torch.zeros(4, 576)), ValueError,
+     r"cache and cache_slots must be given together"),
+    (lambda: _norm_rope_call(cache=torch.zeros(4, 576), slots=torch.tensor([0, 1, 4])),
+     ValueError, r"cache_slots\[2\] must be -1 \(skip\) or a row of the cache in \[0, 4\)"),
+    (lambda: _norm_rope_call(cache=torch.zeros(4, 576), slots=torch.tensor([0, 1, 2],
+                                                                           dtype=torch.int32)),
+     TypeError, r"cache_slots must have dtype Long"),
+    (lambda: _norm_rope_call(cache=torch.zeros(4, 576, dtype=torch.bfloat16),
+                             slots=torch.tensor([0, 1, 2])), TypeError,
+     r"cache must have the same dtype as x"),
+    (lambda: _norm_rope_call(cache=torch.zeros(4, 600, dtype=torch.uint8),
+                             slots=torch.tensor([0, 1, 2])), ValueError,
+     r"an FP8 cache holds SPEC §3 rows of 656 bytes"),
+    (lambda: _norm_rope_call(x=torch.randn(3, 2, 576), cache=torch.zeros(4, 576),
+                             slots=torch.tensor([0, 1, 2])), ValueError,
+     r"a cache takes one row per token"),
+], ids=["x_rank", "weight_dtype", "sin_missing", "cos_dtype", "cos_tokens", "too_wide",
+        "slots_missing", "slot_out_of_range", "slots_dtype", "cache_dtype", "fp8_row", "groups"])
+def test_norm_rope_rejects_bad_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

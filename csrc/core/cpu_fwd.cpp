@@ -123,7 +123,8 @@ struct TaskScratch {
 };
 
 template <typename T>
-void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
+void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out, T softmax_scale,
+                  T softcap) {
   const T* q = static_cast<const T*>(p.q);
   const KeySelectionParams& selection = p.selection;
   const QueryTiles grid(p.heads_per_kv(), selection.listed(), p.seqlen_q, kRowsPerTask);
@@ -185,7 +186,7 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out) {
         const int64_t token = t0 + r / nh;
         const int64_t vis_begin = full || selected ? 0 : band.first_key(token) - j0;
         const int64_t vis_end = full || selected ? cols : band.end_key(token) - j0;
-        cpu::scores_to_logits(scores, cols, T(p.softmax_scale), T(p.softcap), vis_begin, vis_end,
+        cpu::scores_to_logits(scores, cols, softmax_scale, softcap, vis_begin, vis_end,
                               static_cast<T*>(nullptr));
         if (selected != nullptr) cpu::mask_columns(scores, selected, cols);
         const T rescale = state[r].update_max(cpu::row_max(scores, cols));
@@ -291,7 +292,9 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
     CpuKvSource<scalar_t> kv{p.kv,         p.head_dim_qk,
                              p.head_dim_v, in_place ? k_transposed.data_ptr<scalar_t>() : nullptr,
                              p.seqlen_k,   k_acc.scalar_type()};
-    core_fwd_cpu<scalar_t>(p, kv, out_acc.data_ptr<scalar_t>());
+    // The caller's double scalars, not the params' floats: fp64 stays exact.
+    core_fwd_cpu<scalar_t>(p, kv, out_acc.data_ptr<scalar_t>(), scalar_t(softmax_scale),
+                           scalar_t(softcap));
   });
   return {out_acc.to(in.q.scalar_type()), lse};
 }

@@ -1,5 +1,6 @@
 """nn.Modules built from the functional API."""
 
 from deepseek_attn.nn.fp8_linear import Fp8Linear, Fp8LinearFunction
+from deepseek_attn.nn.mla import MultiHeadLatentAttention, RMSNorm
 
-__all__ = ["Fp8Linear", "Fp8LinearFunction"]
+__all__ = ["Fp8Linear", "Fp8LinearFunction", "MultiHeadLatentAttention", "RMSNorm"]

@@ -3,10 +3,16 @@
 from deepseek_attn.reference.attention import attention_ref, merge_partials, visible_mask
 from deepseek_attn.reference.core import (attention_core_ref, dequantize_latent_fp8_ref,
                                           quantize_latent_fp8_ref)
-from deepseek_attn.reference.mla import mla_decode_ref
+from deepseek_attn.reference.mla import (mla_attention_ref, mla_config_scale, mla_decode_ref,
+                                         mla_inv_freq, mla_latent_ref, mla_query_ref,
+                                         rms_norm_ref, rope_interleaved_ref, yarn_inv_freq,
+                                         yarn_mscale)
 from deepseek_attn.reference.fp8 import (dequantize_act_ref, dequantize_weight_ref, fp8_gemm_ref,
                                          quantize_act_ref, quantize_weight_ref)
 
 __all__ = ["attention_ref", "attention_core_ref", "quantize_latent_fp8_ref",
-           "dequantize_latent_fp8_ref", "mla_decode_ref", "merge_partials", "visible_mask", "quantize_act_ref",
-           "quantize_weight_ref", "dequantize_act_ref", "dequantize_weight_ref", "fp8_gemm_ref"]
+           "dequantize_latent_fp8_ref", "mla_decode_ref", "mla_attention_ref", "mla_query_ref",
+           "mla_latent_ref", "mla_config_scale", "mla_inv_freq", "yarn_inv_freq", "yarn_mscale",
+           "rope_interleaved_ref", "rms_norm_ref", "merge_partials", "visible_mask",
+           "quantize_act_ref", "quantize_weight_ref", "dequantize_act_ref", "dequantize_weight_ref",
+           "fp8_gemm_ref"]

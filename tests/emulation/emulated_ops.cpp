@@ -18,6 +18,8 @@
 #include "emulation/runtime.h"
 #include "fp8/device_call.h"
 #include "fp8/launch.h"
+#include "mla/device_call.h"
+#include "mla/launch.h"
 
 namespace deepseek_attn {
 namespace {
@@ -236,6 +238,54 @@ void run_probe(const std::string& name, const at::Tensor& data, int64_t shared_b
 }  // namespace
 }  // namespace deepseek_attn
 
+std::tuple<at::Tensor, at::Tensor> mla_norm_rope(
+    const at::Tensor& x, const std::optional<at::Tensor>& norm_weight,
+    const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
+    double eps, const std::optional<at::Tensor>& cache,
+    const std::optional<at::Tensor>& cache_slots) {
+  const NormRopeCall call =
+      prepare_mla_norm_rope(x, norm_weight, rope_cos, rope_sin, eps, cache, cache_slots);
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(x, "x", true);
+    for (const auto& [tensor, name] :
+         {std::pair{norm_weight, "norm_weight"}, std::pair{rope_cos, "rope_cos"},
+          std::pair{rope_sin, "rope_sin"}, std::pair{cache_slots, "cache_slots"}}) {
+      if (tensor.has_value()) memory.add(*tensor, name, true);
+    }
+    if (cache.has_value()) memory.add(*cache, "cache", false);
+    memory.add(call.y, "y", false);
+    memory.add(call.rstd, "rstd", false);
+    memory.register_all();
+    check_launch(cuda::launch_norm_rope_for(call.type, call.params, emulated_stream()));
+  }
+  return {call.y, call.rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor> mla_norm_rope_bwd(
+    const at::Tensor& dy, const at::Tensor& x, const std::optional<at::Tensor>& norm_weight,
+    const at::Tensor& rstd, const std::optional<at::Tensor>& rope_cos,
+    const std::optional<at::Tensor>& rope_sin) {
+  const NormRopeBwdCall call =
+      prepare_mla_norm_rope_bwd(dy, x, norm_weight, rstd, rope_cos, rope_sin);
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(call.dy, "dy", true);
+    memory.add(x, "x", true);
+    memory.add(rstd, "rstd", true);
+    for (const auto& [tensor, name] :
+         {std::pair{norm_weight, "norm_weight"}, std::pair{rope_cos, "rope_cos"},
+          std::pair{rope_sin, "rope_sin"}}) {
+      if (tensor.has_value()) memory.add(*tensor, name, true);
+    }
+    memory.add(call.dx, "dx", false);
+    memory.add(call.dweight_partials, "dweight_partials", false);
+    memory.register_all();
+    check_launch(cuda::launch_norm_rope_bwd_for(call.type, call.params, emulated_stream()));
+  }
+  return {call.dx, finish_mla_norm_rope_bwd(call, x)};
+}
+
 // Called by the module's PYBIND11_MODULE (tests/emulation/build.py writes it per module name).
 void define_emulated_ops(pybind11::module_& m, int arch) {
   using namespace deepseek_attn;
@@ -254,6 +304,8 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("quantize_act", &quantize_act);
   m.def("quantize_weight", &quantize_weight);
   m.def("fp8_gemm", &fp8_gemm);
+  m.def("mla_norm_rope", &mla_norm_rope);
+  m.def("mla_norm_rope_bwd", &mla_norm_rope_bwd);
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
   m.def("run_probe", &run_probe);
   m.def("last_kernel_name", &dsa_emu::last_kernel_name);
