@@ -5,7 +5,9 @@ and FP8 (656-byte) rows, H query heads. Peers: a plain PyTorch absorbed implemen
 the pages, dequantise, two einsums in fp32) and SDPA over per-head K/V expanded to MHA's
 192/128 dims (what the cache would cost without MLA; skipped where it would not fit in memory).
 GB/s counts the cache bytes read, beside a copy of the same bytes measured in the same run.
-Also prints the KV-cache bytes per token of MHA, GQA-8, MLA bf16 and MLA FP8.
+Also prints the KV-cache bytes per token of MHA, GQA-8, MLA bf16 and MLA FP8, and prefill
+tokens/s of nn.MultiHeadLatentAttention (causal forward without a cache: the naive path through
+flash_attn_func and the fused latent epilogue) beside the same module with SDPA as its attention.
 
     python benchmarks/bench_mla.py            # the sweep for the best device
     python benchmarks/bench_mla.py --quick    # a smoke run
@@ -25,12 +27,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 from deepseek_attn import MLAKVCache, mla_decode  # noqa: E402
+from deepseek_attn.nn import MultiHeadLatentAttention  # noqa: E402
 from deepseek_attn.mla import FP8_ROW_BYTES, LATENT_DIM, LATENT_VALUES  # noqa: E402
 from deepseek_attn.reference import dequantize_latent_fp8_ref  # noqa: E402
 
 OURS = "deepseek_attn"
 TORCH_ABSORBED = "torch-absorbed"
 SDPA_MHA = "sdpa-mha-expanded"
+SDPA_MODULE = "module-with-sdpa"
 NOPE, ROPE, V_DIM = 128, 64, 128  # DeepSeek-V3's per-head dims (SPEC §3)
 MHA_BYTES_LIMIT = 4 * 2**30
 
@@ -94,6 +98,40 @@ def decode_case(device, batch, heads, seqlen_q, length, fp8, timer):
     return results
 
 
+class SdpaMultiHeadLatentAttention(MultiHeadLatentAttention):
+    """The prefill peer: the same module and weights, SDPA as its causal attention."""
+
+    def _naive_attention(self, q, latent):
+        batch, seqlen = q.shape[:2]
+        c_kv, k_pe = latent.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        expanded = self.wkv_b(c_kv).view(batch, seqlen, self.n_heads, -1)
+        k_nope, v = expanded.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+        k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                             v.transpose(1, 2), is_causal=True,
+                                             scale=self.softmax_scale)
+        return out.transpose(1, 2)
+
+
+def prefill_cases(device, config, lengths, timer):
+    """Prefill tokens/s of the module and of its SDPA twin (same weights), bf16, batch 1."""
+    torch.manual_seed(0)
+    ours = MultiHeadLatentAttention(**config, device=device, dtype=torch.bfloat16)
+    peer = SdpaMultiHeadLatentAttention(**config, device=device, dtype=torch.bfloat16)
+    peer.load_state_dict(ours.state_dict())
+    results = []
+    for length in tqdm(lengths, desc="prefill", unit="case", dynamic_ncols=True):
+        x = torch.randn(1, length, config["dim"], device=device, dtype=torch.bfloat16)
+        shape = dict(B=1, S=length, **{k: config[k] for k in ("dim", "n_heads", "q_lora_rank")})
+        for impl, module in ((OURS, ours), (SDPA_MODULE, peer)):
+            with torch.no_grad():
+                ms = timer(lambda: module(x))
+            results.append(harness.Result(op="MultiHeadLatentAttention", impl=impl, mode="prefill",
+                                          dtype="bfloat16", shape=shape, ms=ms,
+                                          tokens_per_s=length / ms * 1e3))
+    return results
+
+
 def bytes_per_token_table(layers=61, heads=128):
     """KV-cache bytes per token per layer, and for a 61-layer DeepSeek-V3-sized model."""
     per_layer = {"MHA (128 heads, K 192 + V 128, bf16)": heads * (NOPE + ROPE + V_DIM) * 2,
@@ -117,8 +155,14 @@ def main(argv=None):
         batches, lengths = [1, 16, 64, 128], [1024, 4096, 16384, 65536]
     else:
         batches, lengths = [1, 16], [1024, 4096]
+    # DeepSeek-V3's attention layer on a GPU; fewer heads and a narrower model on a CPU.
+    prefill_config = dict(dim=7168, n_heads=128, q_lora_rank=1536, max_seq_len=16384)
+    prefill_lengths = [4096, 8192]
+    if device.type != "cuda":
+        prefill_config = dict(dim=2048, n_heads=16, q_lora_rank=512, max_seq_len=4096)
+        prefill_lengths = [1024, 2048]
     if args.quick:
-        batches, lengths = [1], [1024]
+        batches, lengths, prefill_lengths = [1], [1024], [256]
     batches, lengths = args.batches or batches, args.lengths or lengths
     timer = harness.Timer(device, warmup=1 if args.quick else None,
                           repeats=3 if args.quick else None)
@@ -146,6 +190,15 @@ def main(argv=None):
     print(harness.format_table(["cache", "B", "Sq", "L", "ours ms", "GB/s", "of copy",
                                 f"x vs {TORCH_ABSORBED}", f"x vs {SDPA_MHA}"], rows))
     print("x vs <peer> = peer time / our time (> 1 means we are faster)")
+    prefill = prefill_cases(device, prefill_config, prefill_lengths, timer)
+    prefill_rows = []
+    for length in prefill_lengths:
+        ours, peer = [r for r in prefill if r.shape["S"] == length]
+        prefill_rows.append([length, ours.ms, ours.tokens_per_s, peer.tokens_per_s,
+                             peer.ms / ours.ms])
+    print(harness.format_table(["prefill S", "ours ms", "ours tokens/s", f"{SDPA_MODULE} tokens/s",
+                                f"x vs {SDPA_MODULE}"], prefill_rows))
+    results += prefill
     table = bytes_per_token_table()
     print(harness.format_table(["KV cache", "bytes/token/layer", "bytes/token (61 layers)"],
                                table))
@@ -153,6 +206,7 @@ def main(argv=None):
     path = args.out or os.path.join(harness.RESULTS_DIR, f"{harness.device_slug(device)}-mla.json")
     harness.write_json(results, device, path, extra={"benchmark": "bench_mla.py",
                                                      "heads": args.heads,
+                                                     "prefill_config": prefill_config,
                                                      "bytes_per_token": table})
     plot(rows, path.replace(".json", ".png"), harness.device_name(device))
     print(f"wrote {path} and {path.replace('.json', '.png')}")

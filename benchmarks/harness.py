@@ -32,6 +32,7 @@ class Result:
     tflops: float = None
     gbps: float = None
     peak_mib: float = None
+    tokens_per_s: float = None
     error: str = None  # set when the impl could not run this case (and why)
 
 

@@ -96,6 +96,17 @@ def run_quantize_weight(module):
     assert torch.equal(payload.view(torch.uint8), ref_payload.view(torch.uint8))
 
 
+def run_norm_rope_fp8_cache_write(module):
+    """The latent epilogue's FP8 cache rows against SPEC §3's quantisation of its own y rows."""
+    from deepseek_attn.reference.core import quantize_latent_fp8_ref
+    from test_mla import norm_rope_inputs
+
+    x, weight, cos, sin = norm_rope_inputs(20, 1, 576, 512, 64, torch.bfloat16)
+    cache = torch.zeros(24, 656, dtype=torch.uint8)
+    y, _ = module.mla_norm_rope(x, weight, cos, sin, 1e-6, cache, torch.arange(20) + 2)
+    assert torch.equal(cache[2:22], quantize_latent_fp8_ref(y[:, 0]))
+
+
 def run_core_forward(case):
     """The core forward on the emulated module against the fp64 reference (test_core.py)."""
     from test_core import check_core_forward
@@ -119,7 +130,15 @@ FWD = "core_fwd_rows_d64x64_bf16.cu"  # flash_attn's sm80 forward is the core's 
 HOPPER_FWD = "flash_fwd_d128x128_bf16.cu"
 HOPPER_FWD_SOURCE = "attention/kernels/sm90/flash_fwd.cuh"
 BWD = "flash_bwd_d64x64_bf16.cu"
+NORM_ROPE_SOURCE = "mla/kernels/norm_rope.cuh"
 MUTATIONS = [
+    Mutation("norm_rope_reads_y_back_without_syncwarp", NORM_ROPE_SOURCE,
+             "  __syncwarp();  // the row's y values, written by every lane, are read back below\n",
+             "", "norm_rope_bf16.cu", run_norm_rope_fp8_cache_write,
+             r"global-memory race: load at offset \d+ of 'y' and a write by thread"),
+    Mutation("norm_rope_fp8_scale_of_one_lane", NORM_ROPE_SOURCE,
+             "fp8_scale_from_amax(warp_amax(amax), true)", "fp8_scale_from_amax(amax, true)",
+             "norm_rope_bf16.cu", run_norm_rope_fp8_cache_write, WRONG_ANSWER),
     Mutation("core_fp8_dequantised_with_the_wrong_scale", CORE_SOURCE,
              "4 * (column / LatentFp8Layout::kGroup)", "4 * (column / 256)",
              "core_fwd_latent_fp8_bf16.cu", run_core_forward(core_cases()["fp8_band"]), WRONG_ANSWER),

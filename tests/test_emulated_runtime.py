@@ -14,6 +14,8 @@ from test_emulated_kernels import schedule, sm80, sm89, sm90  # noqa: F401  (ses
     ("read_then_overwrite_race",
      r"global-memory race: store writes offset 0 of 'data' read by several threads of this block"),
     ("shuffle_outside_mask", r"__shfl_xor_sync reads lane 16, which is not in its mask 0xffff"),
+    ("syncwarp_other_warp_race",
+     r"global-memory race: load at offset 0 of 'data' and a write by thread \(0,0,0\)"),
     ("shared_read_race", r"shared-memory race: load at scratch\+0x0 and a write by thread \(0,0,0\)"),
     ("trap", r"the kernel executed __trap\(\) \[trap_kernel, block \(0,0,0\), thread \(5,0,0\)"),
     ("out_of_bounds_store", r"4-byte store at 0x[0-9a-f]+ is 0 bytes past the end of 'data' \(128 bytes\)"),
@@ -29,6 +31,12 @@ def test_emulated_barrier_orders_writes(sm80):
     data = torch.zeros(32)
     sm80.run_probe("ordered_writes", data, 0)
     assert data[0] == 2.0
+
+
+def test_emulated_syncwarp_orders_global_memory_within_a_warp(sm80):
+    data = torch.zeros(32)
+    sm80.run_probe("syncwarp_orders_global", data, 0)
+    assert data[1] == 5.0
 
 
 def test_emulated_warp_primitives(sm80):

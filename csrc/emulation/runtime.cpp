@@ -222,6 +222,8 @@ struct GlobalByte {
   int32_t reader_cta = -1;
   uint16_t reader = 0;
   uint32_t reader_epoch = 0;
+  uint16_t writer_syncwarps = 0;  // the writer's warp __syncwarp count at the write
+  uint16_t reader_syncwarps = 0;
 };
 
 struct Allocation {
@@ -614,9 +616,14 @@ Allocation* allocation_of(uintptr_t address) {
   return candidate;
 }
 
-// Another thread's access conflicts unless it is this CTA's and a barrier separates the two.
-bool conflicts(int32_t cta, uint16_t thread, uint32_t epoch, int current_thread) {
-  return cta != g_cta || (thread != current_thread && epoch == g_epoch);
+// Another thread's access conflicts unless it is this CTA's and a barrier separates the two:
+// __syncthreads, or __syncwarp within one warp (it orders memory among its threads, as on the
+// GPU). Async agents (current_thread < 0) are ordered by barriers only.
+bool conflicts(int32_t cta, uint16_t thread, uint32_t epoch, uint16_t syncwarps,
+               int current_thread) {
+  if (cta != g_cta) return true;
+  if (thread == current_thread || epoch != g_epoch) return false;
+  return current_thread < 0 || !warp_synchronised(thread, syncwarps, current_thread);
 }
 
 std::string cta_thread_name(int32_t cta, uint16_t thread) {
@@ -653,7 +660,7 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
     };
     const bool atomic_pair = kind == GlobalAccess::kAtomic && s.atomic;
     if (s.writer_cta >= 0 && !atomic_pair &&
-        conflicts(s.writer_cta, s.writer, s.writer_epoch, thread)) {
+        conflicts(s.writer_cta, s.writer, s.writer_epoch, s.writer_syncwarps, thread)) {
       return std::string("global-memory race: ") + what + " at " + location() + " and a " +
              (s.atomic ? "atomic " : "") + "write by " + cta_thread_name(s.writer_cta, s.writer) +
              " in the same launch";
@@ -665,10 +672,12 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
       s.reader_cta = g_cta;
       s.reader = another_reader_now ? kManyThreads : uint16_t(thread);
       s.reader_epoch = g_epoch;
+      s.reader_syncwarps = thread >= 0 ? syncwarps_of(thread) : 0;
       continue;
     }
     if (s.reader_cta >= 0 &&
-        (s.many_reader_ctas || conflicts(s.reader_cta, s.reader, s.reader_epoch, thread))) {
+        (s.many_reader_ctas ||
+         conflicts(s.reader_cta, s.reader, s.reader_epoch, s.reader_syncwarps, thread))) {
       return std::string("global-memory race: ") + what + " writes " + location() + " read by " +
              (s.many_reader_ctas ? std::string("other blocks")
                                  : cta_thread_name(s.reader_cta, s.reader)) +
@@ -677,6 +686,7 @@ std::string check_global(uintptr_t address, size_t bytes, GlobalAccess kind, int
     s.writer_cta = g_cta;
     s.writer = uint16_t(thread);
     s.writer_epoch = g_epoch;
+    s.writer_syncwarps = thread >= 0 ? syncwarps_of(thread) : 0;
     s.atomic = kind == GlobalAccess::kAtomic;
   }
   return {};

@@ -101,6 +101,22 @@ class MultiHeadLatentAttention(nn.Module):
                                  rope_factor, beta_fast, beta_slow)
         self.register_buffer("rope_inv_freq", inv_freq.to(device), persistent=False)
         self._absorbed_key = self._absorbed = None
+        self._register_load_state_dict_pre_hook(self._dequantize_fp8_checkpoint)
+
+    # DeepSeek's FP8 checkpoints store each projection as e4m3 `weight` plus 128x128 block scales
+    # (`scale` in DeepSeek's inference code, `weight_scale_inv` in Hugging Face's).
+    _FP8_SCALE_NAMES = ("scale", "weight_scale_inv")
+
+    def _dequantize_fp8_checkpoint(self, state_dict, prefix, *args):
+        """Load hook: FP8 weights with block scales become the module's master weights."""
+        for name in ("wq", "wq_a", "wq_b", "wkv_a", "wkv_b", "wo"):
+            key = f"{prefix}{name}.weight"
+            scale_keys = [f"{prefix}{name}.{s}" for s in self._FP8_SCALE_NAMES
+                          if f"{prefix}{name}.{s}" in state_dict]
+            if key in state_dict and state_dict[key].dtype == torch.float8_e4m3fn and scale_keys:
+                scales = state_dict.pop(scale_keys[0])
+                state_dict[key] = dequantize(state_dict[key], scales.float(), (128, 128)).to(
+                    getattr(self, name).weight.dtype)
 
     @classmethod
     def from_transformers(cls, attention):
@@ -165,7 +181,7 @@ class MultiHeadLatentAttention(nn.Module):
         """A projection's weight as the forward uses it (dequantised FP8 for Fp8Linear)."""
         if isinstance(layer, Fp8Linear):
             payload, scales = layer.quantized_weight()
-            return dequantize(payload, scales, 128).to(layer.weight.dtype)
+            return dequantize(payload, scales, (128, 128), layer.weight.dtype)
         return layer.weight
 
     def absorbed_weights(self):

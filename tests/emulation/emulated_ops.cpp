@@ -216,28 +216,6 @@ at::Tensor fp8_gemm(const at::Tensor& a, const at::Tensor& a_scales, const at::T
   return call.out;
 }
 
-}  // namespace
-
-namespace cuda {
-cudaError_t run_emulator_probe(const char* name, float* data, int count, int shared_bytes);
-}  // namespace cuda
-
-namespace {
-
-// Runs one of tests/emulation/probe_kernels.cu over `data` (fp32, contiguous).
-void run_probe(const std::string& name, const at::Tensor& data, int64_t shared_bytes) {
-  TORCH_CHECK(data.scalar_type() == at::kFloat && data.is_contiguous(),
-              "data must be contiguous fp32");
-  DeviceMemory memory;
-  memory.add(data, "data", false);
-  memory.register_all();
-  check_launch(cuda::run_emulator_probe(name.c_str(), data.data_ptr<float>(), int(data.numel()),
-                                        int(shared_bytes)));
-}
-
-}  // namespace
-}  // namespace deepseek_attn
-
 std::tuple<at::Tensor, at::Tensor> mla_norm_rope(
     const at::Tensor& x, const std::optional<at::Tensor>& norm_weight,
     const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
@@ -285,6 +263,28 @@ std::tuple<at::Tensor, at::Tensor> mla_norm_rope_bwd(
   }
   return {call.dx, finish_mla_norm_rope_bwd(call, x)};
 }
+
+}  // namespace
+
+namespace cuda {
+cudaError_t run_emulator_probe(const char* name, float* data, int count, int shared_bytes);
+}  // namespace cuda
+
+namespace {
+
+// Runs one of tests/emulation/probe_kernels.cu over `data` (fp32, contiguous).
+void run_probe(const std::string& name, const at::Tensor& data, int64_t shared_bytes) {
+  TORCH_CHECK(data.scalar_type() == at::kFloat && data.is_contiguous(),
+              "data must be contiguous fp32");
+  DeviceMemory memory;
+  memory.add(data, "data", false);
+  memory.register_all();
+  check_launch(cuda::run_emulator_probe(name.c_str(), data.data_ptr<float>(), int(data.numel()),
+                                        int(shared_bytes)));
+}
+
+}  // namespace
+}  // namespace deepseek_attn
 
 // Called by the module's PYBIND11_MODULE (tests/emulation/build.py writes it per module name).
 void define_emulated_ops(pybind11::module_& m, int arch) {

@@ -51,6 +51,15 @@ __global__ void warp_primitives_kernel(float* data) {
   data[32 + lane] = scratch[31 - lane] + (odd == 0xaaaaaaaau ? 100.f : 0.f);
 }
 
+// Lane 0 writes global memory, __syncwarp, lane 1 reads it: ordered within the warp (legal);
+// thread 32 reading it after its own warp's __syncwarp is not ordered (a race).
+__global__ void syncwarp_global_kernel(float* data) {
+  if (threadIdx.x == 0) data[0] = 5.f;
+  __syncwarp();
+  if (threadIdx.x == 1) data[1] = data[0];
+  if (threadIdx.x == 32) data[2] = data[0];
+}
+
 // Threads read the shared value their predecessor wrote, without a barrier.
 __global__ void shared_read_race_kernel(float* data) {
   DEEPSEEK_ATTN_STATIC_SHARED_ARRAY(float, scratch, 64);
@@ -206,6 +215,8 @@ cudaError_t run_emulator_probe(const char* name, float* data, int count, int sha
       {"read_then_overwrite_race", read_then_overwrite_race_kernel, 1, 32},
       {"shuffle_outside_mask", shuffle_outside_mask_kernel, 1, 32},
       {"warp_primitives", warp_primitives_kernel, 1, 32},
+      {"syncwarp_orders_global", syncwarp_global_kernel, 1, 32},
+      {"syncwarp_other_warp_race", syncwarp_global_kernel, 1, 64},
       {"shared_read_race", shared_read_race_kernel, 1, 64},
       {"trap", trap_kernel, 1, 32},
       {"out_of_bounds_store", out_of_bounds_store_kernel, 1, 32},
