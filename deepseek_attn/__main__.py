@@ -161,7 +161,48 @@ def check_fp8_gemm(device):
     return difference.item() / 1e-3
 
 
+def check_mla_norm_rope(device, backward):
+    """The fused latent epilogue on [c_kv | k_pe] rows (bf16): y, or (dx, dweight), against
+    RMSNorm and interleaved RoPE of reference/mla.py (SPEC §6 rule), and its FP8 cache rows
+    against SPEC §3's quantisation of y (bitwise: 0, or inf)."""
+    from deepseek_attn.mla import mla_norm_rope
+    from deepseek_attn.reference import (quantize_latent_fp8_ref, rms_norm_ref,
+                                         rope_interleaved_ref, yarn_inv_freq)
+
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 9, 576, generator=generator).to(torch.bfloat16)
+    weight = (1 + 0.2 * torch.randn(512, generator=generator)).to(torch.bfloat16)
+    positions = torch.arange(3, 12)[None]
+    inv_freq = yarn_inv_freq(64, 10000.0, 163840, 4096, 40.0, 32, 1)
+    angles = positions[..., None].double() * inv_freq
+
+    def reference(x, weight):
+        return torch.cat([rms_norm_ref(x[..., :512], weight, 1e-6),
+                          rope_interleaved_ref(x[..., 512:], positions, inv_freq)], dim=-1)
+
+    x_device = x.to(device).requires_grad_(backward)
+    weight_device = weight.to(device).requires_grad_(backward)
+    cache, slots = torch.zeros(12, 656, dtype=torch.uint8, device=device), torch.arange(9) + 2
+    y = mla_norm_rope(x_device, weight_device, angles.cos().float().to(device),
+                      angles.sin().float().to(device), 1e-6, cache, slots.to(device))
+    inputs = [t.detach().requires_grad_() for t in (x, weight)]
+    exact_inputs = [t.detach().double().requires_grad_() for t in (x, weight)]
+    same, exact = reference(*inputs), reference(*exact_inputs)
+    if not backward:
+        packed = quantize_latent_fp8_ref(y.detach().cpu()[0])
+        cache_ratio = 0.0 if torch.equal(cache.cpu()[2:11], packed) else float("inf")
+        return max(spec6_error_ratio(y.detach().cpu(), same, exact, factor=2), cache_ratio)
+    dy = torch.randn(y.shape, generator=generator).to(torch.bfloat16)
+    ours = torch.autograd.grad(y, (x_device, weight_device), dy.to(device))
+    pytorch = torch.autograd.grad(same, inputs, dy)
+    exact_grads = torch.autograd.grad(exact, exact_inputs, dy.double())
+    return max(spec6_error_ratio(a.cpu(), b, c, factor=3)
+               for a, b, c in zip(ours, pytorch, exact_grads))
+
+
 SELF_CHECKS = {
+    f"{NAMESPACE}::mla_norm_rope": lambda device: check_mla_norm_rope(device, backward=False),
+    f"{NAMESPACE}::mla_norm_rope_bwd": lambda device: check_mla_norm_rope(device, backward=True),
     f"{NAMESPACE}::attention_core_fwd": check_attention_core,
     f"{NAMESPACE}::quantize_act": check_quantize_act,
     f"{NAMESPACE}::quantize_weight": check_quantize_weight,

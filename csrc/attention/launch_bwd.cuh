@@ -3,7 +3,7 @@
 // its own pass); included by kernels/inst/flash_bwd_*.cu only.
 
 #include "attention/kernels/sm80/flash_bwd.cuh"
-#include "attention/launch.h"
+#include "attention/params.h"
 #include "common/cuda_launch.cuh"
 
 namespace deepseek_attn {

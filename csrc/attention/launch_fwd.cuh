@@ -4,7 +4,7 @@
 // kernels/inst/flash_fwd_*.cu only, so an edit here rebuilds the forward instantiations alone.
 
 #include "attention/kernels/sm90/flash_fwd.cuh"
-#include "attention/launch.h"
+#include "attention/params.h"
 #include "common/cuda_launch.cuh"
 #include "core/launch.h"
 

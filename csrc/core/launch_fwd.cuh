@@ -5,7 +5,8 @@
 #include "common/cuda_launch.cuh"
 #include "core/kernels/sm80/core_fwd.cuh"
 #include "core/kernels/sm80/split_combine.cuh"
-#include "core/launch.h"
+#include "core/head_dims.h"
+#include "core/params.h"
 
 namespace deepseek_attn {
 namespace cuda {
@@ -16,7 +17,7 @@ cudaError_t launch_core_fwd(const CoreFwdParams& p, const SplitKvParams& split,
   using Tile = CoreFwdTile<kDimQK, kDimV, kKv>;
   const QueryTiles tiles(p.heads_per_kv(), p.selection.listed(), p.seqlen_q, Tile::kBlockM);
   const dim3 grid(static_cast<unsigned>(tiles.token_tiles * tiles.head_chunks),
-                  static_cast<unsigned>(p.heads_kv * Tile::kColumnChunks),
+                  static_cast<unsigned>(p.heads_kv),
                   static_cast<unsigned>(p.batch * split.num_splits));
   if (p.selection.listed()) {
     if constexpr (kKv != CoreKv::kRows || core_lists_compiled(kDimQK, kDimV)) {

@@ -5,7 +5,7 @@
 #include "common/cuda_launch.cuh"
 #include "fp8/kernels/sm80/gemm.cuh"
 #include "fp8/kernels/sm90/gemm.cuh"
-#include "fp8/launch.h"
+#include "fp8/params.h"
 
 namespace deepseek_attn {
 namespace cuda {

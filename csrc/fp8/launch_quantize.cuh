@@ -3,7 +3,7 @@
 
 #include "common/cuda_launch.cuh"
 #include "fp8/kernels/quantize.cuh"
-#include "fp8/launch.h"
+#include "fp8/params.h"
 
 namespace deepseek_attn {
 namespace cuda {

@@ -3,7 +3,7 @@
 
 #include "common/cuda_launch.cuh"
 #include "mla/kernels/norm_rope.cuh"
-#include "mla/launch.h"
+#include "mla/params.h"
 
 namespace deepseek_attn {
 namespace cuda {

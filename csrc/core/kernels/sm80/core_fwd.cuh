@@ -12,7 +12,9 @@
 // n·kBlockN.. (blocks expanded to their keys); each row of a K/V tile is fetched from its own
 // address (page table, list), so any page size works. Unselected slots load zeros and are
 // masked. Latent sources keep one K tile whose first head_dim_v columns are the values; their
-// output columns are split across CTAs (kVColumns each) to bound the accumulator registers.
+// output columns are split across the CTA's warps (kVColumns each, to bound the accumulator
+// registers): every column group of warps computes the same scores for its 16 rows, so the CTA
+// streams each key row once for all its rows and all 512 output columns (MQA over the latent).
 // FP8 latent rows are dequantised to bf16 on their way into shared memory.
 
 #include <cstdint>
@@ -29,14 +31,15 @@ template <int kDimQK, int kDimV, CoreKv kKv>
 struct CoreFwdTile {
   static constexpr bool kLatent = kKv != CoreKv::kRows;
   static constexpr int kBlockM = core_block_m(kLatent);
-  static constexpr int kWarps = kBlockM / 16;
+  static constexpr int kRowWarps = kBlockM / 16;
+  static constexpr int kVColumns = kLatent ? 128 : kDimV;  // output columns per warp
+  static constexpr int kColumnGroups = kDimV / kVColumns;   // warps sharing one row group
+  static constexpr int kWarps = kRowWarps * kColumnGroups;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kBlockN = core_block_n(kLatent, kDimQK, kDimV);
-  static constexpr int kVColumns = kLatent ? 128 : kDimV;  // output columns per CTA
-  static constexpr int kColumnChunks = kDimV / kVColumns;
   static constexpr int kPitchQK = TilePitch<kDimQK>::value;
   static constexpr int kPitchV = kLatent ? kPitchQK : TilePitch<kDimV>::value;
-  static constexpr int kPitchOut = TilePitch<kVColumns>::value;
+  static constexpr int kPitchOut = TilePitch<kDimV>::value;
   static constexpr int kQElements = kBlockM * kPitchQK;
   static constexpr int kOElements = kBlockM * kPitchOut;  // output staging reuses the Q buffer
   static constexpr int kQRegion = kQElements > kOElements ? kQElements : kOElements;
@@ -154,13 +157,14 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
   T* k_tiles = q_tile + Tile::kQRegion;         // two stages
   T* v_tiles = k_tiles + 2 * Tile::kKElements;  // two stages (separate rows only)
 
-  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int thread = threadIdx.x, lane = thread % 32;
+  const int warp = (thread / 32) % Tile::kRowWarps;  // this warp's 16 rows
+  const int column0 = (thread / 32 / Tile::kRowWarps) * kVColumns;  // and its output columns
   const int64_t group = p.heads_per_kv();
   const QueryTiles tiles(group, kListed, p.seqlen_q, kBlockM);
   const int64_t token_tile = blockIdx.x % tiles.token_tiles;
   const int64_t head_chunk = blockIdx.x / tiles.token_tiles;
-  const int64_t kv_head = blockIdx.y / Tile::kColumnChunks;
-  const int column0 = int(blockIdx.y % Tile::kColumnChunks) * kVColumns;
+  const int64_t kv_head = blockIdx.y;
   const int64_t batch = blockIdx.z / split.num_splits;
   const int split_index = blockIdx.z % split.num_splits;
 
@@ -253,7 +257,7 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
     }
   }
 
-  // Epilogue: normalise, then write (out, lse) or the split's fp32 partials. Every column chunk
+  // Epilogue: normalise, then write (out, lse) or the split's fp32 partials. Every column group
   // computes the same lse; the first one writes it.
   float lse[2];
   finish_rows(rows, partial_sum, out_acc, lse);
@@ -282,15 +286,16 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = warp_row + 8 * r;
-      store_fragment_row<kDType>(out_tile + row * Tile::kPitchOut, out_acc, r, 1.f, lane);
+      store_fragment_row<kDType>(out_tile + row * Tile::kPitchOut + column0, out_acc, r, 1.f,
+                                 lane);
       if (writes_lse && row < work.rows) {
         p.lse[(batch * p.heads_q + work.head_of_row(row)) * p.seqlen_q + work.token_of_row(row)] =
             lse[r];
       }
     }
     __syncthreads();
-    T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch + column0;
-    constexpr int kChunksPerRow = kVColumns / 8;
+    T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch;
+    constexpr int kChunksPerRow = kDimV / 8;
     for (int chunk = thread; chunk < kBlockM * kChunksPerRow; chunk += Tile::kThreads) {
       const int row = chunk / kChunksPerRow, column = (chunk % kChunksPerRow) * 8;
       if (row < work.rows) {
