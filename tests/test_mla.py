@@ -138,6 +138,20 @@ def test_mla_rejects_bad_inputs(call, message):
         call(cache, torch.randn(2, 1, 4, 576, dtype=torch.bfloat16))
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(q_dtype=torch.float16), r"k must have the same dtype as q \(got BFloat16 and Half\)"),
+    (dict(table_dtype=torch.int64), r"block_table must have dtype Int \(got Long\)"),
+    (dict(lengths_dtype=torch.float32), r"cache_seqlens must have dtype Int \(got Float\)"),
+], ids=["q_dtype", "block_table_dtype", "cache_seqlens_dtype"])
+def test_mla_decode_rejects_wrong_dtypes(change, message):
+    cache = MLAKVCache(2, 8, page_size=4)
+    cache.append(torch.randn(2, 3, 512), torch.randn(2, 3, 64))
+    q = torch.randn(2, 1, 4, 576).to(change.get("q_dtype", torch.bfloat16))
+    with pytest.raises(TypeError, match=message):
+        mla_decode(q, cache.kv_cache, cache.block_table.to(change.get("table_dtype", torch.int32)),
+                   cache.cache_seqlens.to(change.get("lengths_dtype", torch.int32)))
+
+
 def test_mla_decode_compiles():
     cache = MLAKVCache(2, 64, page_size=16)
     cache.append(torch.randn(2, 20, 512), torch.randn(2, 20, 64))

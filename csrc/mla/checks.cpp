@@ -11,12 +11,12 @@ namespace {
 
 void check_row_dtype(const at::Tensor& x, const char* name) {
   const at::ScalarType dtype = x.scalar_type();
-  const bool low_or_single =
-      dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+  const bool low_or_single = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
   // fp64 serves gradcheck on CPU only.
   DEEPSEEK_ATTN_CHECK_TYPE(low_or_single || (dtype == at::kDouble && x.is_cpu()), name,
                            " must have dtype float32, bfloat16 or float16 (or float64 on CPU) "
-                           "(got ", dtype, ")");
+                           "(got ",
+                           dtype, ")");
 }
 
 // The rope tables' and rstd's dtype: fp32, or fp64 for fp64 rows (exact CPU tests).
@@ -52,9 +52,9 @@ void check_norm_and_rope(NormRopeParams& p, const at::Tensor& x,
     check_size(*rope_sin, "rope_sin", 1, rope_cos->size(1), "rope_dim / 2, as rope_cos");
     p.rope_pairs = rope_cos->size(1);
   }
-  DEEPSEEK_ATTN_CHECK_VALUE(p.norm_dim + 2 * p.rope_pairs <= p.dim,
-                            "the normalised columns (", p.norm_dim, ") and the rotated ones (",
-                            2 * p.rope_pairs, ") must fit in x's rows of ", p.dim, " values");
+  DEEPSEEK_ATTN_CHECK_VALUE(p.norm_dim + 2 * p.rope_pairs <= p.dim, "the normalised columns (",
+                            p.norm_dim, ") and the rotated ones (", 2 * p.rope_pairs,
+                            ") must fit in x's rows of ", p.dim, " values");
 }
 
 }  // namespace
@@ -76,8 +76,10 @@ NormRopeParams check_norm_rope_inputs(const NormRopeInputs& in) {
                             in.cache.has_value() ? "cache" : "cache_slots", ")");
   if (!in.cache.has_value()) return p;
   const at::Tensor &cache = *in.cache, &slots = *in.cache_slots;
-  DEEPSEEK_ATTN_CHECK_VALUE(p.groups == 1, "a cache takes one row per token: x must be (tokens, "
-                            "1, dim) (got ", p.groups, " groups)");
+  DEEPSEEK_ATTN_CHECK_VALUE(p.groups == 1,
+                            "a cache takes one row per token: x must be (tokens, "
+                            "1, dim) (got ",
+                            p.groups, " groups)");
   check_rank(slots, "cache_slots", 1, "(tokens,)");
   check_dtype(slots, "cache_slots", at::kLong);
   check_same_device(slots, "cache_slots", x, "x");
@@ -90,9 +92,11 @@ NormRopeParams check_norm_rope_inputs(const NormRopeInputs& in) {
     DEEPSEEK_ATTN_CHECK_VALUE(
         cache.size(-1) == LatentFp8RowLayout::kRowBytes &&
             p.dim == LatentFp8RowLayout::kValues + LatentFp8RowLayout::kRopeValues,
-        "an FP8 cache holds SPEC §3 rows of ", LatentFp8RowLayout::kRowBytes, " bytes for x's "
-        "rows of ", LatentFp8RowLayout::kValues + LatentFp8RowLayout::kRopeValues,
-        " values (got rows of ", cache.size(-1), " bytes and of ", p.dim, " values)");
+        "an FP8 cache holds SPEC §3 rows of ", LatentFp8RowLayout::kRowBytes,
+        " bytes for x's "
+        "rows of ",
+        LatentFp8RowLayout::kValues + LatentFp8RowLayout::kRopeValues, " values (got rows of ",
+        cache.size(-1), " bytes and of ", p.dim, " values)");
     p.cache_write = LatentCacheWrite::kFp8;
   } else {
     check_same_dtype(cache, "cache", x, "x");
@@ -114,17 +118,17 @@ NormRopeBwdParams check_norm_rope_bwd_inputs(const at::Tensor& dy, const at::Ten
   DEEPSEEK_ATTN_CHECK(x.is_contiguous(), "x must be contiguous; call .contiguous() first");
   check_same_device(dy, "dy", x, "x");
   check_same_dtype(dy, "dy", x, "x");
-  DEEPSEEK_ATTN_CHECK_VALUE(dy.sizes() == x.sizes(), "dy must have x's shape ", x.sizes(),
-                            " (got ", dy.sizes(), ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(dy.sizes() == x.sizes(), "dy must have x's shape ", x.sizes(), " (got ",
+                            dy.sizes(), ")");
   NormRopeParams shape;
   shape.tokens = x.size(0), shape.groups = x.size(1), shape.dim = x.size(2);
   check_norm_and_rope(shape, x, norm_weight, rope_cos, rope_sin);
   check_same_device(rstd, "rstd", x, "x");
   check_dtype(rstd, "rstd", statistics_dtype(x));
-  DEEPSEEK_ATTN_CHECK_VALUE(rstd.dim() == 2 && rstd.size(0) == shape.tokens &&
-                                rstd.size(1) == shape.groups,
-                            "rstd must be (tokens, groups) = (", shape.tokens, ", ", shape.groups,
-                            ") (got shape ", rstd.sizes(), ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(
+      rstd.dim() == 2 && rstd.size(0) == shape.tokens && rstd.size(1) == shape.groups,
+      "rstd must be (tokens, groups) = (", shape.tokens, ", ", shape.groups, ") (got shape ",
+      rstd.sizes(), ")");
   NormRopeBwdParams p;
   p.tokens = shape.tokens, p.groups = shape.groups, p.dim = shape.dim;
   p.norm_dim = shape.norm_dim, p.rope_pairs = shape.rope_pairs;

@@ -44,7 +44,8 @@ template <typename T>
 void norm_rope_rows(const NormRopeParams& p, const at::Tensor& x, const at::Tensor& y,
                     const at::Tensor& rstd, const std::optional<at::Tensor>& norm_weight,
                     const std::optional<at::Tensor>& rope_cos,
-                    const std::optional<at::Tensor>& rope_sin, const std::optional<at::Tensor>& cache,
+                    const std::optional<at::Tensor>& rope_sin,
+                    const std::optional<at::Tensor>& cache,
                     const std::optional<at::Tensor>& cache_slots) {
   using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
   const T* in = x.data_ptr<T>();
@@ -88,18 +89,20 @@ void norm_rope_rows(const NormRopeParams& p, const at::Tensor& x, const at::Tens
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> mla_norm_rope_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& norm_weight,
-    const std::optional<at::Tensor>& rope_cos, const std::optional<at::Tensor>& rope_sin,
-    double eps, const std::optional<at::Tensor>& cache,
-    const std::optional<at::Tensor>& cache_slots) {
+std::tuple<at::Tensor, at::Tensor> mla_norm_rope_cpu(const at::Tensor& x,
+                                                     const std::optional<at::Tensor>& norm_weight,
+                                                     const std::optional<at::Tensor>& rope_cos,
+                                                     const std::optional<at::Tensor>& rope_sin,
+                                                     double eps,
+                                                     const std::optional<at::Tensor>& cache,
+                                                     const std::optional<at::Tensor>& cache_slots) {
   const NormRopeParams p =
       check_norm_rope_inputs({x, norm_weight, rope_cos, rope_sin, eps, cache, cache_slots});
   if (cache_slots.has_value()) check_cache_slot_values(*cache_slots, p.cache_rows);
   at::Tensor y = at::empty_like(x);
-  at::Tensor rstd = at::empty({p.tokens, p.groups},
-                              x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble
-                                                                               : at::kFloat));
+  at::Tensor rstd =
+      at::empty({p.tokens, p.groups},
+                x.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "mla_norm_rope", [&] {
     norm_rope_rows<scalar_t>(p, x, y, rstd, norm_weight, rope_cos, rope_sin, cache, cache_slots);
   });
@@ -124,8 +127,8 @@ void norm_rope_bwd_rows(const NormRopeBwdParams& p, const at::Tensor& dy, const 
   // One partial weight-gradient row per worker: a fixed split, so the sum is deterministic.
   at::parallel_for(0, p.workers, 1, [&](int64_t worker_begin, int64_t worker_end) {
     for (int64_t worker = worker_begin; worker < worker_end; ++worker) {
-      Acc* dweight = p.norm_dim > 0 ? dweight_partials.data_ptr<Acc>() + worker * p.norm_dim
-                                    : nullptr;
+      Acc* dweight =
+          p.norm_dim > 0 ? dweight_partials.data_ptr<Acc>() + worker * p.norm_dim : nullptr;
       for (int64_t row = rows * worker / p.workers; row < rows * (worker + 1) / p.workers; ++row) {
         const T *gr = grad + row * p.dim, *xr = in + row * p.dim;
         T* dr = out + row * p.dim;

@@ -38,8 +38,8 @@ std::tuple<at::Tensor, at::Tensor> mla_norm_rope_bwd_cuda(
   const NormRopeBwdCall call =
       prepare_mla_norm_rope_bwd(dy, x, norm_weight, rstd, rope_cos, rope_sin);
   if (call.needs_launch) {
-    C10_CUDA_CHECK(cuda::launch_norm_rope_bwd_for(call.type, call.params,
-                                                  c10::cuda::getCurrentCUDAStream()));
+    C10_CUDA_CHECK(
+        cuda::launch_norm_rope_bwd_for(call.type, call.params, c10::cuda::getCurrentCUDAStream()));
   }
   return {call.dx, finish_mla_norm_rope_bwd(call, x)};
 }

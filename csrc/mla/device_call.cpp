@@ -25,7 +25,8 @@ bool check_index_values_requested() {
 
 }  // namespace
 
-NormRopeCall prepare_mla_norm_rope(const at::Tensor& x, const std::optional<at::Tensor>& norm_weight,
+NormRopeCall prepare_mla_norm_rope(const at::Tensor& x,
+                                   const std::optional<at::Tensor>& norm_weight,
                                    const std::optional<at::Tensor>& rope_cos,
                                    const std::optional<at::Tensor>& rope_sin, double eps,
                                    const std::optional<at::Tensor>& cache,

@@ -26,7 +26,8 @@ struct NormRopeBwdCall {
   bool needs_launch = false;
 };
 
-NormRopeCall prepare_mla_norm_rope(const at::Tensor& x, const std::optional<at::Tensor>& norm_weight,
+NormRopeCall prepare_mla_norm_rope(const at::Tensor& x,
+                                   const std::optional<at::Tensor>& norm_weight,
                                    const std::optional<at::Tensor>& rope_cos,
                                    const std::optional<at::Tensor>& rope_sin, double eps,
                                    const std::optional<at::Tensor>& cache,

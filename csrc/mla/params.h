@@ -34,8 +34,8 @@ struct NormRopeParams {
   const float* cos = nullptr;         // (tokens, rope_pairs); tables and rstd are fp64 on CPU
                                       // for fp64 x
   const float* sin = nullptr;
-  void* cache = nullptr;              // (cache_rows, dim) in x's dtype, or (cache_rows, 656) bytes
-  const int64_t* slots = nullptr;     // (tokens,): the cache row of each token; others skipped
+  void* cache = nullptr;           // (cache_rows, dim) in x's dtype, or (cache_rows, 656) bytes
+  const int64_t* slots = nullptr;  // (tokens,): the cache row of each token; others skipped
   int64_t cache_rows = 0;
   int64_t tokens = 0, groups = 1, dim = 0, norm_dim = 0, rope_pairs = 0;
   float eps = 1e-6f;
