@@ -102,11 +102,7 @@ class SdpaMultiHeadLatentAttention(MultiHeadLatentAttention):
     """The prefill peer: the same module and weights, SDPA as its causal attention."""
 
     def _naive_attention(self, q, latent):
-        batch, seqlen = q.shape[:2]
-        c_kv, k_pe = latent.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
-        expanded = self.wkv_b(c_kv).view(batch, seqlen, self.n_heads, -1)
-        k_nope, v = expanded.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
-        k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
+        k, v = self.expand_latent(latent)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                              v.transpose(1, 2), is_causal=True,
                                              scale=self.softmax_scale)

@@ -228,12 +228,18 @@ class MultiHeadLatentAttention(nn.Module):
             out = self._absorbed_attention(q, cache)
         return self.wo(out.flatten(2))
 
-    def _naive_attention(self, q, latent):
-        batch, seqlen = q.shape[:2]
+    def expand_latent(self, latent):
+        """Per-head keys [k_nope | k_pe] (B, S, H, nope + rope) and values (B, S, H, v) from the
+        latent rows [c_kv | k_pe] (B, S, kv_lora_rank + rope): the naive path's K and V."""
+        batch, seqlen = latent.shape[:2]
         c_kv, k_pe = latent.split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
         expanded = self.wkv_b(c_kv).view(batch, seqlen, self.n_heads, -1)
         k_nope, v = expanded.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
         k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1)
+        return k, v
+
+    def _naive_attention(self, q, latent):
+        k, v = self.expand_latent(latent)
         return flash_attn_func(q, k, v, softmax_scale=self.softmax_scale, causal=True)
 
     def _absorbed_attention(self, q, cache):
