@@ -31,6 +31,36 @@ def test_emulated_mla_decode_matches_reference(sm80, sm90, arch, fp8, seqlen_q, 
     torch.testing.assert_close(lse, exact_lse, atol=2e-3, rtol=1e-3)
 
 
+def check_balanced_decode(module, fp8, sm_count):
+    """mla_decode over lengths 0, 1, 300, 17, 64 (16-key pages) on `sm_count` emulated SMs
+    against the fp64 reference; returns the (splits, balanced) plan it ran."""
+    generator = torch.Generator().manual_seed(1)
+    cache = shuffled_paged_cache([0, 1, 300, 17, 64], 16, fp8, generator)
+    q = (torch.randn(5, 1, 16, 576, generator=generator) * 0.3).to(torch.bfloat16)
+    args = mla_decode_core_args(q, cache.kv_cache, cache.block_table, cache.cache_seqlens,
+                                causal=True, is_fp8_kvcache=fp8)
+    plan = module.core_split_plan(q, args[1], cache.block_table, cache.cache_seqlens, args[7],
+                                  True, sm_count)
+    out, lse = module.attention_core_fwd(*args, sm_count)
+    reference_args = (q, cache.kv_cache, cache.block_table, cache.cache_seqlens)
+    exact_out, exact_lse = mla_decode_ref(*reference_args, causal=True)
+    same_out, _ = mla_decode_ref(*reference_args, causal=True, dtype=torch.bfloat16)
+    assert_spec6_close("out", out, same_out, exact_out, factor=2)
+    torch.testing.assert_close(lse, exact_lse, atol=2e-3, rtol=1e-3)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.isneginf(lse[0]).all()
+    return plan
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16_cache", "fp8_cache"])
+@pytest.mark.parametrize("sm_count, parts", [(1, 1), (2, 4), (5, 10), (132, 95)])
+def test_emulated_mla_decode_balanced_schedule(sm80, fp8, sm_count, parts):
+    """The 26 key blocks shared by `parts` parts laid over the sequences end to end: pieces
+    cross sequence ends, part ends fall inside sequences, and the empty sequence gets 0 and
+    -inf. One SM: no split (the row tile fills it); 132 SMs: as many parts as the cache could
+    hold blocks (5 x 19, the host does not read the lengths), most of them empty."""
+    assert check_balanced_decode(sm80, fp8, sm_count) == (parts, parts > 1)
+
+
 # --- The fused latent epilogue (mla/kernels/norm_rope.cuh) --------------------------------------
 
 from test_mla import NORM_ROPE_SHAPES, norm_rope_inputs  # noqa: E402

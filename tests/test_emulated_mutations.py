@@ -107,6 +107,12 @@ def run_norm_rope_fp8_cache_write(module):
     assert torch.equal(cache[2:22], quantize_latent_fp8_ref(y[:, 0]))
 
 
+def run_balanced_mla_decode(module):
+    from test_emulated_mla import check_balanced_decode
+
+    check_balanced_decode(module, False, 5)
+
+
 def run_core_forward(case):
     """The core forward on the emulated module against the fp64 reference (test_core.py)."""
     from test_core import check_core_forward
@@ -132,6 +138,14 @@ HOPPER_FWD_SOURCE = "attention/kernels/sm90/flash_fwd.cuh"
 BWD = "flash_bwd_d64x64_bf16.cu"
 NORM_ROPE_SOURCE = "mla/kernels/norm_rope.cuh"
 MUTATIONS = [
+    Mutation("balanced_pieces_share_a_slot", CORE_SOURCE,
+             "run_piece(b, begin + lo - prefix, begin + hi - prefix, part + b);",
+             "run_piece(b, begin + lo - prefix, begin + hi - prefix, part);",
+             "core_fwd_latent_bf16.cu", run_balanced_mla_decode, WRONG_ANSWER),
+    Mutation("balanced_combine_misses_the_last_part", CORE_SOURCE,
+             "const int64_t last = end > begin ? (prefix + end - begin - 1) / per_part : first - 1;",
+             "const int64_t last = end > begin ? (prefix + end - begin - 2) / per_part : first - 1;",
+             "core_fwd_latent_bf16.cu", run_balanced_mla_decode, WRONG_ANSWER),
     Mutation("norm_rope_reads_y_back_without_syncwarp", NORM_ROPE_SOURCE,
              "  __syncwarp();  // the row's y values, written by every lane, are read back below\n",
              "", "norm_rope_bf16.cu", run_norm_rope_fp8_cache_write,

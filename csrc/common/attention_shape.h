@@ -38,10 +38,15 @@ struct AttentionShape {
 
 // Split-KV forward (decode): where each split's fp32 partial results go, as
 // (num_splits, B, Hq, Sq, Dv) and (num_splits, B, Hq, Sq); merged with the SPEC §0 LSE rule.
+// With `balanced` (the core's latent decode over cache_seqlens), num_splits is instead a number
+// of parts that share the key blocks of all sequences laid end to end, evenly whatever their
+// lengths; the piece of part z in batch b writes partial slot z + b (num_splits + B - 1 slots,
+// (slots, Hq, Sq, Dv) and (slots, Hq, Sq)).
 struct SplitKvParams {
   int num_splits = 1;
   float* partial_out = nullptr;
   float* partial_lse = nullptr;
+  bool balanced = false;
 };
 
 }  // namespace deepseek_attn

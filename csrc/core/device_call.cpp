@@ -47,9 +47,11 @@ void allocate_split_partials(SplitKvParams& split, const AttentionShape& shape,
                              at::Tensor& partial_lse) {
   if (split.num_splits <= 1) return;
   const auto fp32 = options.dtype(at::kFloat);
-  partial_out = at::empty(
-      {split.num_splits, shape.batch, shape.heads_q, shape.seqlen_q, shape.head_dim_v}, fp32);
-  partial_lse = at::empty({split.num_splits, shape.batch, shape.heads_q, shape.seqlen_q}, fp32);
+  // Uniform: (splits, B) slots; balanced: a slot per (part, batch) piece, part + batch.
+  const int64_t slots =
+      split.balanced ? split.num_splits + shape.batch - 1 : split.num_splits * shape.batch;
+  partial_out = at::empty({slots, shape.heads_q, shape.seqlen_q, shape.head_dim_v}, fp32);
+  partial_lse = at::empty({slots, shape.heads_q, shape.seqlen_q}, fp32);
   split.partial_out = partial_out.data_ptr<float>();
   split.partial_lse = partial_lse.data_ptr<float>();
 }
@@ -83,9 +85,18 @@ CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_s
     const bool latent = p.kv.policy() != CoreKv::kRows;
     const QueryTiles tiles(p.heads_per_kv(), false, p.seqlen_q, cuda::core_block_m(latent));
     const int block_n = cuda::core_block_n(latent, p.head_dim_qk, p.head_dim_v);
-    call.split.num_splits =
-        cuda::choose_split_count(p.batch * p.heads_kv * tiles.token_tiles * tiles.head_chunks,
-                                 (p.seqlen_k + block_n - 1) / block_n, p.batch, arch.sm_count);
+    const int64_t ctas = p.heads_kv * tiles.token_tiles * tiles.head_chunks;
+    const int64_t key_blocks = (p.seqlen_k + block_n - 1) / block_n;
+    const int parts = latent && in.cache_seqlens.has_value()
+                          ? cuda::choose_balanced_parts(ctas, p.batch * key_blocks, arch.sm_count)
+                          : 1;
+    if (parts > 1) {  // MLA decode: even work per part, whatever the cache_seqlens
+      call.split.num_splits = parts;
+      call.split.balanced = true;
+    } else {
+      call.split.num_splits =
+          cuda::choose_split_count(p.batch * ctas, key_blocks, p.batch, arch.sm_count);
+    }
   }
   allocate_split_partials(call.split, p, in.q.options(), call.partial_out, call.partial_lse);
   call.needs_launch = true;

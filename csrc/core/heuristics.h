@@ -28,5 +28,14 @@ inline int choose_split_count(int64_t ctas, int64_t key_blocks, int64_t batch, i
   return static_cast<int>(std::max<int64_t>(splits, 1));
 }
 
+// Parts of the balanced split schedule (decode over a cache): about two CTAs per SM across the
+// `ctas` row tiles, no more parts than key blocks, 1 when the row tiles fill the GPU already.
+inline int choose_balanced_parts(int64_t ctas, int64_t total_key_blocks, int sm_count) {
+  if (ctas >= sm_count) return 1;
+  const int64_t parts = std::min<int64_t>({(2 * sm_count + ctas - 1) / ctas, total_key_blocks,
+                                           65535});
+  return static_cast<int>(std::max<int64_t>(parts, 1));
+}
+
 }  // namespace cuda
 }  // namespace deepseek_attn

@@ -4,7 +4,6 @@
 
 #include "common/cuda_launch.cuh"
 #include "core/kernels/sm80/core_fwd.cuh"
-#include "core/kernels/sm80/split_combine.cuh"
 #include "core/head_dims.h"
 #include "core/params.h"
 
@@ -30,11 +29,20 @@ cudaError_t launch_core_fwd(const CoreFwdParams& p, const SplitKvParams& split,
     return launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, false>, grid,
                          Tile::kThreads, Tile::kSmemBytes, stream, p, split);
   }
+  // Balanced: the grid's z counts parts, each running its share of every sequence's blocks.
+  const dim3 split_grid(grid.x, grid.y,
+                        split.balanced ? static_cast<unsigned>(split.num_splits) : grid.z);
   const cudaError_t status =
-      launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, true>, grid, Tile::kThreads,
-                    Tile::kSmemBytes, stream, p, split);
+      launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, false, true>, split_grid,
+                    Tile::kThreads, Tile::kSmemBytes, stream, p, split);
   if (status != cudaSuccess) return status;
   const unsigned rows = static_cast<unsigned>(p.batch * p.heads_q * p.seqlen_q);
+  if constexpr (Tile::kLatent) {
+    if (split.balanced) {
+      return launch_kernel(balanced_split_combine_kernel<kDType, Tile::kBlockN>, dim3(rows), 128,
+                           0, stream, p, split);
+    }
+  }
   return launch_kernel(split_kv_combine_kernel<kDType, CoreFwdParams>, dim3(rows), 128, 0, stream,
                        p, split);
 }

@@ -147,6 +147,17 @@ int64_t core_num_splits(const at::Tensor& q, const at::Tensor& k,
       .split.num_splits;
 }
 
+// (number of splits or balanced parts, balanced?) that attention_core_fwd's launch would take.
+std::tuple<int64_t, bool> core_split_plan(const at::Tensor& q, const at::Tensor& k,
+                                          const std::optional<at::Tensor>& block_table,
+                                          const std::optional<at::Tensor>& cache_seqlens,
+                                          int64_t head_dim_v, bool causal, int64_t sm_count) {
+  const CoreFwdCall call = prepare_attention_core_fwd(
+      {q, k, std::nullopt, block_table, cache_seqlens, std::nullopt, 1, head_dim_v}, 1.0, causal,
+      -1, -1, 0.0, arch_with_sms(sm_count));
+  return {call.split.num_splits, call.split.balanced};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& out, const at::Tensor& lse, double softmax_scale, bool causal,
@@ -300,6 +311,7 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("flash_attn_bwd", &flash_attn_bwd);
   m.def("attention_core_fwd", &attention_core_fwd);
   m.def("core_num_splits", &core_num_splits);
+  m.def("core_split_plan", &core_split_plan);
   m.def("num_splits", &num_splits);
   m.def("quantize_act", &quantize_act);
   m.def("quantize_weight", &quantize_weight);

@@ -21,6 +21,7 @@
 
 #include "core/heuristics.h"
 #include "core/kernels/sm80/softmax_fragments.cuh"
+#include "core/kernels/sm80/split_combine.cuh"
 #include "core/kernels/sm80/tile_mma.cuh"
 #include "core/params.h"
 
@@ -142,6 +143,34 @@ __device__ __forceinline__ void load_core_kv_tile(T* k_tile, T* v_tile, const Co
   }
 }
 
+// The key blocks [begin, end) that the band of `batch`'s query tokens touches: the unit of work
+// of the balanced split schedule, computed alike by the main kernel and the combine.
+template <int kBlockN>
+__device__ __forceinline__ void band_key_blocks(const CoreFwdParams& p, int64_t batch,
+                                                int64_t& begin, int64_t& end) {
+  int64_t seqlen = p.kv.seqlen_of(batch, p.seqlen_k);
+  seqlen = seqlen < 0 ? 0 : (seqlen > p.seqlen_k ? p.seqlen_k : seqlen);
+  const KeyWindow band = p.selection.band(p.seqlen_q, seqlen);
+  const int64_t key_begin = band.first_key(0), key_end = band.end_key(p.seqlen_q - 1);
+  begin = key_begin / kBlockN;
+  end = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : begin;
+}
+
+// Key blocks per part of the balanced schedule: every sequence's blocks laid end to end and cut
+// into num_parts equal runs, so a long sequence gets more parts than a short one.
+template <int kBlockN>
+__device__ __forceinline__ int64_t balanced_blocks_per_part(const CoreFwdParams& p,
+                                                            int num_parts) {
+  int64_t total = 0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    int64_t begin, end;
+    band_key_blocks<kBlockN>(p, b, begin, end);
+    total += end - begin;
+  }
+  const int64_t per_part = (total + num_parts - 1) / num_parts;
+  return per_part > 0 ? per_part : 1;
+}
+
 template <int kDimQK, int kDimV, DType kDType, CoreKv kKv, bool kListed, bool kSplit>
 __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
     core_fwd_kernel(const CoreFwdParams p, const SplitKvParams split) {
@@ -165,8 +194,6 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
   const int64_t token_tile = blockIdx.x % tiles.token_tiles;
   const int64_t head_chunk = blockIdx.x / tiles.token_tiles;
   const int64_t kv_head = blockIdx.y;
-  const int64_t batch = blockIdx.z / split.num_splits;
-  const int split_index = blockIdx.z % split.num_splits;
 
   const int64_t token_begin = token_tile * tiles.tokens_per_tile;
   const int64_t token_end = token_begin + tiles.tokens_per_tile < p.seqlen_q
@@ -176,24 +203,152 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
   const int64_t group_end = (kv_head + 1) * group;
   const int64_t heads =
       head_begin + tiles.heads_per_tile < group_end ? tiles.heads_per_tile : group_end - head_begin;
+  const int warp_row = warp * 16 + lane / 4;
+
+  // This CTA's rows over key blocks [n_begin, n_end) of `batch`; with kSplit, the fp32 partials
+  // go to slot `slot` (split-major (slot, Hq, Sq) rows).
+  auto run_piece = [&](int64_t batch, int64_t n_begin, int64_t n_end, int64_t slot) {
+    int64_t seqlen = p.kv.seqlen_of(batch, p.seqlen_k);
+    seqlen = seqlen < 0 ? 0 : (seqlen > p.seqlen_k ? p.seqlen_k : seqlen);
+    const CoreFwdWork work{p,
+                           batch,
+                           kv_head,
+                           token_begin,
+                           head_begin,
+                           heads,
+                           (token_end - token_begin) * heads,
+                           seqlen,
+                           p.selection.band(p.seqlen_q, seqlen)};
+
+    float out_acc[kAccV][4] = {};
+    OnlineSoftmaxRow<float> rows[2];  // rows `group` and `group + 8` of this warp's 16
+    float partial_sum[2] = {0.f, 0.f};
+
+    if (n_begin < n_end) {
+      constexpr int kChunksQ = kDimQK / 8;
+      const T* q = static_cast<const T*>(p.q) + batch * p.q_strides.batch;
+      for (int chunk = thread; chunk < kBlockM * kChunksQ; chunk += Tile::kThreads) {
+        const int row = chunk / kChunksQ, column = (chunk % kChunksQ) * 8;
+        const bool valid = row < work.rows;
+        const T* source = valid ? q + work.token_of_row(row) * p.q_strides.row +
+                                      work.head_of_row(row) * p.q_strides.head + column
+                                : q;
+        cp_async_16(q_tile + row * Tile::kPitchQK + column, source, valid);
+      }
+      auto load_kv = [&](int stage, int64_t n_block) {
+        load_core_kv_tile<kDimQK, kDimV, kKv>(k_tiles + stage * Tile::kKElements,
+                                              v_tiles + stage * Tile::kVElements, work, n_block,
+                                              thread);
+      };
+      load_kv(0, n_begin);
+      cp_async_commit();
+
+      for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
+        const int stage = cp_async_double_buffer_step(n_block, n_begin, n_end, load_kv);
+        const T* k_tile = k_tiles + stage * Tile::kKElements;
+
+        float scores[kAccN][4] = {};
+        mma_a_bt<kDType, kDimQK, kBlockN>(scores, q_tile, warp * 16, k_tile, lane);
+
+        const int64_t slot0 = n_block * kBlockN;
+        // Dense band tiles inside the band (which ends at the sequence end) need no mask;
+        // listed and paged tiles (a page may be missing) always do.
+        const bool needs_mask =
+            kListed || p.kv.block_table != nullptr ||
+            !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
+        scores_to_logits(
+            scores, p.softmax_scale, p.softcap, needs_mask, lane, [&](int half, int column) {
+              const int64_t key = work.key_of_slot(slot0 + column);
+              return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);
+            });
+        online_softmax_step(scores, rows, partial_sum, out_acc);
+
+        uint32_t probs[kBlockN / 16][4];
+        accumulators_to_a_fragments<kDType, kBlockN>(scores, probs);
+        const T* v_tile = Tile::kLatent ? k_tile : v_tiles + stage * Tile::kVElements;
+        mma_a_regs_b<kDType, kBlockN, kVColumns, Tile::kPitchV>(out_acc, probs, v_tile, column0,
+                                                                lane);
+        __syncthreads();  // this stage is refilled by the prefetch two iterations on
+      }
+    }
+
+    // Epilogue: normalise, then write (out, lse) or the fp32 partials. Every column group
+    // computes the same lse; the first one writes it.
+    float lse[2];
+    finish_rows(rows, partial_sum, out_acc, lse);
+    const bool writes_lse = column0 == 0 && lane % 4 == 0;
+    if constexpr (kSplit) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = warp_row + 8 * r;
+        if (row >= work.rows) continue;
+        const int64_t flat =
+            (slot * p.heads_q + work.head_of_row(row)) * p.seqlen_q + work.token_of_row(row);
+        float* out_row = split.partial_out + flat * p.head_dim_v + column0;
+#pragma unroll
+        for (int d = 0; d < kAccV; ++d) {
+          *reinterpret_cast<float2*>(out_row + d * 8 + (lane % 4) * 2) =
+              make_float2(out_acc[d][2 * r], out_acc[d][2 * r + 1]);
+        }
+        if (writes_lse) split.partial_lse[flat] = lse[r];
+      }
+    } else {
+      // Stage the tile in shared memory (the Q buffer) so global stores are 16-byte and
+      // coalesced.
+      T* out_tile = q_tile;
+      __syncthreads();
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = warp_row + 8 * r;
+        store_fragment_row<kDType>(out_tile + row * Tile::kPitchOut + column0, out_acc, r, 1.f,
+                                   lane);
+        if (writes_lse && row < work.rows) {
+          p.lse[(batch * p.heads_q + work.head_of_row(row)) * p.seqlen_q +
+                work.token_of_row(row)] = lse[r];
+        }
+      }
+      __syncthreads();
+      T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch;
+      constexpr int kChunksPerRow = kDimV / 8;
+      for (int chunk = thread; chunk < kBlockM * kChunksPerRow; chunk += Tile::kThreads) {
+        const int row = chunk / kChunksPerRow, column = (chunk % kChunksPerRow) * 8;
+        if (row < work.rows) {
+          *reinterpret_cast<uint4*>(out + work.token_of_row(row) * p.out_strides.row +
+                                    work.head_of_row(row) * p.out_strides.head + column) =
+              *reinterpret_cast<const uint4*>(out_tile + row * Tile::kPitchOut + column);
+        }
+      }
+    }
+  };
+
+  if constexpr (kSplit && Tile::kLatent) {  // MLA decode (rows kernels keep their registers)
+    if (split.balanced) {  // part blockIdx.z: its run of the sequences' blocks, piece by piece
+      const int64_t part = blockIdx.z;
+      const int64_t per_part = balanced_blocks_per_part<kBlockN>(p, split.num_splits);
+      const int64_t run_begin = part * per_part, run_end = run_begin + per_part;
+      int64_t prefix = 0;
+      for (int64_t b = 0; b < p.batch && prefix < run_end; ++b) {
+        int64_t begin, end;
+        band_key_blocks<kBlockN>(p, b, begin, end);
+        const int64_t lo = run_begin > prefix ? run_begin : prefix;
+        const int64_t hi = run_end < prefix + end - begin ? run_end : prefix + end - begin;
+        if (lo < hi) run_piece(b, begin + lo - prefix, begin + hi - prefix, part + b);
+        prefix += end - begin;
+      }
+      return;
+    }
+  }
+  const int64_t batch = blockIdx.z / split.num_splits;
+  const int split_index = blockIdx.z % split.num_splits;
   int64_t seqlen = p.kv.seqlen_of(batch, p.seqlen_k);
   seqlen = seqlen < 0 ? 0 : (seqlen > p.seqlen_k ? p.seqlen_k : seqlen);
-  const CoreFwdWork work{p,
-                         batch,
-                         kv_head,
-                         token_begin,
-                         head_begin,
-                         heads,
-                         (token_end - token_begin) * heads,
-                         seqlen,
-                         p.selection.band(p.seqlen_q, seqlen)};
-
+  const KeyWindow band = p.selection.band(p.seqlen_q, seqlen);
   int64_t n_begin = 0, n_end = 0;
   if constexpr (kListed) {
     n_end = (p.selection.num_entries() + kBlockN - 1) / kBlockN;
   } else {
-    const int64_t key_begin = work.band.first_key(token_begin);
-    const int64_t key_end = work.band.end_key(token_end - 1);
+    const int64_t key_begin = band.first_key(token_begin);
+    const int64_t key_end = band.end_key(token_end - 1);
     n_begin = key_begin / kBlockN;
     n_end = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : n_begin;
   }
@@ -203,108 +358,27 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
     n_end = first + per_split < n_end ? first + per_split : n_end;
     n_begin = first < n_end ? first : n_end;
   }
+  run_piece(batch, n_begin, n_end, int64_t(split_index) * p.batch + batch);
+}
 
-  float out_acc[kAccV][4] = {};
-  OnlineSoftmaxRow<float> rows[2];  // rows `group` and `group + 8` of this warp's 16
-  float partial_sum[2] = {0.f, 0.f};
-  const int warp_row = warp * 16 + lane / 4;
-
-  if (n_begin < n_end) {
-    constexpr int kChunksQ = kDimQK / 8;
-    const T* q = static_cast<const T*>(p.q) + batch * p.q_strides.batch;
-    for (int chunk = thread; chunk < kBlockM * kChunksQ; chunk += Tile::kThreads) {
-      const int row = chunk / kChunksQ, column = (chunk % kChunksQ) * 8;
-      const bool valid = row < work.rows;
-      const T* source = valid ? q + work.token_of_row(row) * p.q_strides.row +
-                                    work.head_of_row(row) * p.q_strides.head + column
-                              : q;
-      cp_async_16(q_tile + row * Tile::kPitchQK + column, source, valid);
-    }
-    auto load_kv = [&](int stage, int64_t n_block) {
-      load_core_kv_tile<kDimQK, kDimV, kKv>(k_tiles + stage * Tile::kKElements,
-                                            v_tiles + stage * Tile::kVElements, work, n_block,
-                                            thread);
-    };
-    load_kv(0, n_begin);
-    cp_async_commit();
-
-    for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
-      const int stage = cp_async_double_buffer_step(n_block, n_begin, n_end, load_kv);
-      const T* k_tile = k_tiles + stage * Tile::kKElements;
-
-      float scores[kAccN][4] = {};
-      mma_a_bt<kDType, kDimQK, kBlockN>(scores, q_tile, warp * 16, k_tile, lane);
-
-      const int64_t slot0 = n_block * kBlockN;
-      // Dense band tiles inside the band (which ends at the sequence end) need no mask; listed
-      // and paged tiles (a page may be missing) always do.
-      const bool needs_mask =
-          kListed || p.kv.block_table != nullptr ||
-          !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
-      scores_to_logits(
-          scores, p.softmax_scale, p.softcap, needs_mask, lane, [&](int half, int column) {
-            const int64_t key = work.key_of_slot(slot0 + column);
-            return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);
-          });
-      online_softmax_step(scores, rows, partial_sum, out_acc);
-
-      uint32_t probs[kBlockN / 16][4];
-      accumulators_to_a_fragments<kDType, kBlockN>(scores, probs);
-      const T* v_tile = Tile::kLatent ? k_tile : v_tiles + stage * Tile::kVElements;
-      mma_a_regs_b<kDType, kBlockN, kVColumns, Tile::kPitchV>(out_acc, probs, v_tile, column0,
-                                                              lane);
-      __syncthreads();  // this stage is refilled by the prefetch two iterations on
-    }
+// One block per (batch, head, row): merges the pieces of the balanced schedule that cover its
+// batch — parts first..last of the end-to-end run of key blocks, at slots part + batch.
+template <DType kDType, int kBlockN>
+__global__ void balanced_split_combine_kernel(const CoreFwdParams p, const SplitKvParams split) {
+  const int64_t flat_row = blockIdx.x;  // (batch * Hq + head) * Sq + row
+  const int64_t batch = flat_row / (p.seqlen_q * p.heads_q);
+  const int64_t per_part = balanced_blocks_per_part<kBlockN>(p, split.num_splits);
+  int64_t prefix = 0, begin = 0, end = 0;
+  for (int64_t b = 0; b <= batch; ++b) {
+    prefix += end - begin;
+    band_key_blocks<kBlockN>(p, b, begin, end);
   }
-
-  // Epilogue: normalise, then write (out, lse) or the split's fp32 partials. Every column group
-  // computes the same lse; the first one writes it.
-  float lse[2];
-  finish_rows(rows, partial_sum, out_acc, lse);
-  const bool writes_lse = column0 == 0 && lane % 4 == 0;
-  if constexpr (kSplit) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = warp_row + 8 * r;
-      if (row >= work.rows) continue;
-      const int64_t flat =
-          ((int64_t(split_index) * p.batch + batch) * p.heads_q + work.head_of_row(row)) *
-              p.seqlen_q +
-          work.token_of_row(row);
-      float* out_row = split.partial_out + flat * p.head_dim_v + column0;
-#pragma unroll
-      for (int d = 0; d < kAccV; ++d) {
-        *reinterpret_cast<float2*>(out_row + d * 8 + (lane % 4) * 2) =
-            make_float2(out_acc[d][2 * r], out_acc[d][2 * r + 1]);
-      }
-      if (writes_lse) split.partial_lse[flat] = lse[r];
-    }
-  } else {
-    // Stage the tile in shared memory (the Q buffer) so global stores are 16-byte and coalesced.
-    T* out_tile = q_tile;
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int row = warp_row + 8 * r;
-      store_fragment_row<kDType>(out_tile + row * Tile::kPitchOut + column0, out_acc, r, 1.f,
-                                 lane);
-      if (writes_lse && row < work.rows) {
-        p.lse[(batch * p.heads_q + work.head_of_row(row)) * p.seqlen_q + work.token_of_row(row)] =
-            lse[r];
-      }
-    }
-    __syncthreads();
-    T* out = static_cast<T*>(p.out) + batch * p.out_strides.batch;
-    constexpr int kChunksPerRow = kDimV / 8;
-    for (int chunk = thread; chunk < kBlockM * kChunksPerRow; chunk += Tile::kThreads) {
-      const int row = chunk / kChunksPerRow, column = (chunk % kChunksPerRow) * 8;
-      if (row < work.rows) {
-        *reinterpret_cast<uint4*>(out + work.token_of_row(row) * p.out_strides.row +
-                                  work.head_of_row(row) * p.out_strides.head + column) =
-            *reinterpret_cast<const uint4*>(out_tile + row * Tile::kPitchOut + column);
-      }
-    }
-  }
+  const int64_t first = prefix / per_part;
+  const int64_t last = end > begin ? (prefix + end - begin - 1) / per_part : first - 1;
+  const int64_t rows_per_slot = p.heads_q * p.seqlen_q;
+  combine_partial_rows<kDType>(p, split, flat_row, first, last, [&](int64_t part) {
+    return (part + batch) * rows_per_slot + flat_row % rows_per_slot;
+  });
 }
 
 }  // namespace cuda

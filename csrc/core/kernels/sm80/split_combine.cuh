@@ -10,21 +10,20 @@
 namespace deepseek_attn {
 namespace cuda {
 
-// Merges the split partials of one (batch, head, row) per block (SPEC §0 LSE merge).
-template <DType kDType, class Params>
-__global__ void split_kv_combine_kernel(const Params p, const SplitKvParams split) {
+// Merges the partials of one (batch, head, row) — slots first..last, at partial rows
+// partial_row(slot) — into out and lse (SPEC §0 LSE merge); no slot gives 0 and -inf.
+template <DType kDType, class Params, class PartialRow>
+__device__ __forceinline__ void combine_partial_rows(const Params& p, const SplitKvParams& split,
+                                                     int64_t flat_row, int64_t first,
+                                                     int64_t last, const PartialRow& partial_row) {
   using T = Element<kDType>;
-  const int64_t flat_row = blockIdx.x;  // (batch * Hq + head) * Sq + row
-  const int64_t rows_per_split = p.batch * p.heads_q * p.seqlen_q;
   float max_lse = -INFINITY;
-  for (int s = 0; s < split.num_splits; ++s) {
-    max_lse = fmaxf(max_lse, split.partial_lse[s * rows_per_split + flat_row]);
+  for (int64_t s = first; s <= last; ++s) {
+    max_lse = fmaxf(max_lse, split.partial_lse[partial_row(s)]);
   }
   float total = 0.f;
   if (max_lse != -INFINITY) {
-    for (int s = 0; s < split.num_splits; ++s) {
-      total += expf(split.partial_lse[s * rows_per_split + flat_row] - max_lse);
-    }
+    for (int64_t s = first; s <= last; ++s) total += expf(split.partial_lse[partial_row(s)] - max_lse);
   }
   const float lse = total > 0.f ? max_lse + logf(total) : -INFINITY;
 
@@ -36,14 +35,23 @@ __global__ void split_kv_combine_kernel(const Params p, const SplitKvParams spli
   for (int64_t d = threadIdx.x; d < p.head_dim_v; d += blockDim.x) {
     float value = 0.f;
     if (lse != -INFINITY) {
-      for (int s = 0; s < split.num_splits; ++s) {
-        const float weight = expf(split.partial_lse[s * rows_per_split + flat_row] - lse);
-        value += weight * split.partial_out[(s * rows_per_split + flat_row) * p.head_dim_v + d];
+      for (int64_t s = first; s <= last; ++s) {
+        const int64_t partial = partial_row(s);
+        value += expf(split.partial_lse[partial] - lse) * split.partial_out[partial * p.head_dim_v + d];
       }
     }
     out[d] = T(value);
   }
   if (threadIdx.x == 0) p.lse[flat_row] = lse;
+}
+
+// One block per (batch, head, row): merges the num_splits partials of the uniform split.
+template <DType kDType, class Params>
+__global__ void split_kv_combine_kernel(const Params p, const SplitKvParams split) {
+  const int64_t flat_row = blockIdx.x;  // (batch * Hq + head) * Sq + row
+  const int64_t rows_per_split = p.batch * p.heads_q * p.seqlen_q;
+  combine_partial_rows<kDType>(p, split, flat_row, 0, split.num_splits - 1,
+                               [&](int64_t s) { return s * rows_per_split + flat_row; });
 }
 
 }  // namespace cuda
