@@ -43,6 +43,12 @@ TORCH_LIBRARY(deepseek_attn, m) {
   m.def(
       "mla_norm_rope_bwd(Tensor dy, Tensor x, Tensor? norm_weight, Tensor rstd, "
       "Tensor? rope_cos, Tensor? rope_sin) -> (Tensor, Tensor)");
+  // SPEC §4 sparse attention backward from the core forward's (out, lse) over token lists
+  // indices (B, Sq, Hkv, n): (dq, dk, dv); v=None: latent rows (dk holds the value gradient in
+  // its first head_dim_v columns, dv is empty).
+  m.def(
+      "sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor? v, Tensor out, Tensor lse, "
+      "Tensor indices, int head_dim_v, float softmax_scale) -> (Tensor, Tensor, Tensor)");
 }
 
 #ifndef DEEPSEEK_ATTN_CUDA_ARCHS
