@@ -49,6 +49,20 @@ TORCH_LIBRARY(deepseek_attn, m) {
   m.def(
       "sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor? v, Tensor out, Tensor lse, "
       "Tensor indices, int head_dim_v, float softmax_scale) -> (Tensor, Tensor, Tensor)");
+  // SPEC §4 lightning indexer logits (B, Sq, Sk) fp32, -inf where masked, from q (B, Sq, H, d),
+  // k (B, Sk, d), weights (B, Sq, H) fp32 (FP8 q's scales folded in), k_scale (B, Sk).
+  m.def(
+      "indexer_logits(Tensor q, Tensor k, Tensor weights, Tensor? k_scale, Tensor? seqlens_k, "
+      "float softmax_scale, bool causal) -> Tensor");
+  // Its backward (no FP8): (dq, dk, dweights).
+  m.def(
+      "indexer_logits_bwd(Tensor dlogits, Tensor q, Tensor k, Tensor weights, Tensor? seqlens_k, "
+      "float softmax_scale, bool causal) -> (Tensor, Tensor, Tensor)");
+  // The indexer's top-k keys per query row (B, Sq, topk) int32, best first, ties to the lower
+  // key, -1 padded; streaming: the (Sq, Sk) logits are never stored.
+  m.def(
+      "indexer_topk(Tensor q, Tensor k, Tensor weights, Tensor? k_scale, Tensor? seqlens_k, "
+      "int topk, float softmax_scale, bool causal) -> Tensor");
 }
 
 #ifndef DEEPSEEK_ATTN_CUDA_ARCHS

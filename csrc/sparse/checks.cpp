@@ -68,3 +68,86 @@ SparseAttnShape check_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::T
 }
 
 }  // namespace deepseek_attn
+
+namespace deepseek_attn {
+
+IndexerShape check_indexer_inputs(const at::Tensor& q, const at::Tensor& k,
+                                  const at::Tensor& weights,
+                                  const std::optional<at::Tensor>& k_scale,
+                                  const std::optional<at::Tensor>& seqlens_k) {
+  check_defined(q, "q");
+  check_defined(k, "k");
+  check_defined(weights, "weights");
+  check_rank(q, "q", 4, "(batch, seqlen_q, index_heads, index_head_dim)");
+  check_rank(k, "k", 3, "(batch, seqlen_k, index_head_dim)");
+  check_rank(weights, "weights", 3, "(batch, seqlen_q, index_heads)");
+  const auto dtype = q.scalar_type();
+  DEEPSEEK_ATTN_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                               dtype == at::kHalf || dtype == at::kFloat8_e4m3fn,
+                           "q must be float32, bfloat16, float16 or float8_e4m3fn (got ", dtype,
+                           ")");
+  check_same_dtype(k, "k", q, "q");
+  check_dtype(weights, "weights", dtype == at::kDouble ? at::kDouble : at::kFloat);
+  check_last_dim_contiguous(q, "q");
+  check_last_dim_contiguous(k, "k");
+  IndexerShape s;
+  s.batch = q.size(0), s.seqlen_q = q.size(1), s.heads = q.size(2), s.head_dim = q.size(3);
+  s.seqlen_k = k.size(1);
+  check_size(k, "k", 0, s.batch, "batch, as q");
+  check_size(k, "k", 2, s.head_dim, "index_head_dim, as q");
+  DEEPSEEK_ATTN_CHECK_VALUE(weights.size(0) == s.batch && weights.size(1) == s.seqlen_q &&
+                                weights.size(2) == s.heads,
+                            "weights must be (", s.batch, ", ", s.seqlen_q, ", ", s.heads,
+                            ") like q's first three dimensions (got shape ", weights.sizes(), ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(s.heads > 0 && s.head_dim > 0,
+                            "q must have at least one head and one column (got shape ", q.sizes(),
+                            ")");
+  check_same_device(k, "k", q, "q");
+  check_same_device(weights, "weights", q, "q");
+  if (k_scale.has_value()) {
+    check_dtype(*k_scale, "k_scale", at::kFloat);
+    DEEPSEEK_ATTN_CHECK_VALUE(k_scale->dim() == 2 && k_scale->size(0) == s.batch &&
+                                  k_scale->size(1) == s.seqlen_k,
+                              "k_scale must be (", s.batch, ", ", s.seqlen_k,
+                              ") like k's first two dimensions (got shape ", k_scale->sizes(), ")");
+    check_same_device(*k_scale, "k_scale", q, "q");
+  }
+  if (seqlens_k.has_value()) {
+    check_dtype(*seqlens_k, "seqlens_k", at::kInt);
+    DEEPSEEK_ATTN_CHECK_VALUE(seqlens_k->dim() == 1 && seqlens_k->size(0) == s.batch,
+                              "seqlens_k must be (", s.batch, ",) (got shape ", seqlens_k->sizes(),
+                              ")");
+    check_same_device(*seqlens_k, "seqlens_k", q, "q");
+  }
+  return s;
+}
+
+void check_indexer_topk(int64_t topk) {
+  DEEPSEEK_ATTN_CHECK_VALUE(topk > 0, "topk must be positive (got ", topk, ")");
+}
+
+void check_indexer_seqlens_values(const at::Tensor& seqlens_k, int64_t seqlen_k) {
+  const at::Tensor bad = (seqlens_k < 0) | (seqlens_k > seqlen_k);
+  if (!bad.any().item<bool>()) return;
+  const int64_t b = bad.nonzero()[0][0].item<int64_t>();
+  DEEPSEEK_ATTN_CHECK_VALUE(false, "seqlens_k[", b, "] = ", seqlens_k[b].item<int>(),
+                            " is out of range: k holds ", seqlen_k, " keys per sequence");
+}
+
+IndexerShape check_indexer_logits_bwd_inputs(const at::Tensor& dlogits, const at::Tensor& q,
+                                             const at::Tensor& k, const at::Tensor& weights,
+                                             const std::optional<at::Tensor>& seqlens_k) {
+  const IndexerShape s = check_indexer_inputs(q, k, weights, std::nullopt, seqlens_k);
+  DEEPSEEK_ATTN_CHECK_TYPE(q.scalar_type() != at::kFloat8_e4m3fn,
+                           "the indexer's FP8 logits are not differentiable; use bfloat16, "
+                           "float16 or float32 q and k for training");
+  check_dtype(dlogits, "dlogits", weights.scalar_type());
+  DEEPSEEK_ATTN_CHECK_VALUE(dlogits.dim() == 3 && dlogits.size(0) == s.batch &&
+                                dlogits.size(1) == s.seqlen_q && dlogits.size(2) == s.seqlen_k,
+                            "dlogits must be (", s.batch, ", ", s.seqlen_q, ", ", s.seqlen_k,
+                            ") (got shape ", dlogits.sizes(), ")");
+  check_same_device(dlogits, "dlogits", q, "q");
+  return s;
+}
+
+}  // namespace deepseek_attn

@@ -1,5 +1,5 @@
 #pragma once
-// Input checks of the sparse attention backward (SPEC §4), shared by the CPU and CUDA back ends.
+// Input checks of the sparse family's ops (SPEC §4), shared by the CPU and CUDA back ends.
 
 #include <ATen/core/Tensor.h>
 
@@ -21,5 +21,24 @@ SparseAttnShape check_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::T
                                              const std::optional<at::Tensor>& v,
                                              const at::Tensor& out, const at::Tensor& lse,
                                              const at::Tensor& indices, int64_t head_dim_v);
+
+struct IndexerShape {
+  int64_t batch = 0, seqlen_q = 0, seqlen_k = 0, heads = 0, head_dim = 0;
+};
+
+// The lightning indexer's inputs: q (B, Sq, H, d) and k (B, Sk, d) of one dtype (fp32, bf16,
+// fp16, float8_e4m3fn; fp64 too), weights (B, Sq, H) fp32 (fp64 with fp64 q), k_scale (B, Sk)
+// fp32 or None, seqlens_k (B,) int32 or None (keys per sequence, at most Sk).
+IndexerShape check_indexer_inputs(const at::Tensor& q, const at::Tensor& k,
+                                  const at::Tensor& weights,
+                                  const std::optional<at::Tensor>& k_scale,
+                                  const std::optional<at::Tensor>& seqlens_k);
+void check_indexer_topk(int64_t topk);
+// seqlens_k's values in [0, Sk] (reads them: synchronises on a GPU).
+void check_indexer_seqlens_values(const at::Tensor& seqlens_k, int64_t seqlen_k);
+// dlogits (B, Sq, Sk) fp32 (fp64 with fp64 q) beside the forward's inputs; no FP8.
+IndexerShape check_indexer_logits_bwd_inputs(const at::Tensor& dlogits, const at::Tensor& q,
+                                             const at::Tensor& k, const at::Tensor& weights,
+                                             const std::optional<at::Tensor>& seqlens_k);
 
 }  // namespace deepseek_attn

@@ -1,0 +1,41 @@
+#pragma once
+// Params of the lightning indexer's CUDA kernels (SPEC §4): plain C++, no torch types.
+//   I[b, t, s] = scale · k_scale[b, s] · Σ_h w[b, t, h] · ReLU(q[b, t, h] · k[b, s])
+// (FP8 inputs: the caller folds q's per-(token, head) scales into w, since scales are positive.)
+
+#include <cstdint>
+
+#include "common/key_window.h"
+
+namespace deepseek_attn {
+
+// The CUDA kernels' key tile, and how many keys one query row's top-k buffer merges at a time.
+constexpr int kIndexerBlockKeys = 64;
+// Query heads pad to whole 16-row mma tiles; the kernels take at most this many.
+constexpr int kIndexerMaxHeads = 128;
+constexpr int kIndexerMaxTopk = 4096;
+
+struct IndexerParams {
+  const void* q = nullptr;          // (B, Sq, H, d): bf16, fp16 or e4m3 bytes
+  const void* k = nullptr;          // (B, Sk, d), q's dtype
+  const float* weights = nullptr;   // (B, Sq, H), contiguous
+  const float* k_scale = nullptr;   // (B, Sk) contiguous, positive; null: all 1
+  const int32_t* seqlens_k = nullptr;  // (B,): keys of each sequence; null: all Sk
+  int64_t batch = 0, seqlen_q = 0, seqlen_k = 0, heads = 0, head_dim = 0;
+  int64_t q_batch_stride = 0, q_token_stride = 0, q_head_stride = 0;  // elements
+  int64_t k_batch_stride = 0, k_token_stride = 0;
+  float scale = 1.f;
+  bool causal = true;
+  float* logits = nullptr;    // (B, Sq, Sk) fp32 contiguous, -inf where masked; or null
+  int32_t* indices = nullptr;  // (B, Sq, topk) int32 contiguous, -1 padded; or null
+  int64_t topk = 0;
+};
+
+// The keys [0, end) that query row `token` of a sequence with `keys` keys sees (SPEC §0:
+// bottom-right causal alignment), the same on host and device.
+DEEPSEEK_ATTN_HOST_DEVICE int64_t indexer_visible_end(int64_t token, int64_t seqlen_q,
+                                                      int64_t keys, bool causal) {
+  return KeyWindow{seqlen_q, keys, -1, causal ? 0 : -1}.end_key(token);
+}
+
+}  // namespace deepseek_attn
