@@ -123,7 +123,7 @@ class IndexerLogitsFunction(torch.autograd.Function):
 def _indexer_operands(q, weights, softmax_scale, q_scale, k_scale):
     """(weights with q's FP8 scales folded in, in the accumulation dtype; the softmax scale)."""
     fp8 = q.dtype == torch.float8_e4m3fn
-    if fp8 != (q_scale is not None and k_scale is not None):
+    if (q_scale is not None, k_scale is not None) != (fp8, fp8):
         raise ValueError("q_scale and k_scale go with float8_e4m3fn q and k, and only with them "
                          f"(got q of dtype {q.dtype}, q_scale "
                          f"{'given' if q_scale is not None else 'None'}, k_scale "

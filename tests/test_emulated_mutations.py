@@ -136,6 +136,19 @@ FWD = "core_fwd_rows_d64x64_bf16.cu"  # flash_attn's sm80 forward is the core's 
 HOPPER_FWD = "flash_fwd_d128x128_bf16.cu"
 HOPPER_FWD_SOURCE = "attention/kernels/sm90/flash_fwd.cuh"
 BWD = "flash_bwd_d64x64_bf16.cu"
+def run_indexer_topk(module):
+    from test_emulated_sparse import test_emulated_indexer_topk_equals_sorted_logits
+
+    test_emulated_indexer_topk_equals_sorted_logits(module, 50)
+
+
+def run_indexer_topk_ties(module):
+    from test_emulated_sparse import test_emulated_indexer_topk_ties_and_fp8
+
+    test_emulated_indexer_topk_ties_and_fp8(module)
+
+
+INDEXER_SOURCE = "sparse/kernels/indexer.cuh"
 NORM_ROPE_SOURCE = "mla/kernels/norm_rope.cuh"
 MUTATIONS = [
     Mutation("balanced_pieces_share_a_slot", CORE_SOURCE,
@@ -150,6 +163,17 @@ MUTATIONS = [
              "  __syncwarp();  // the row's y values, written by every lane, are read back below\n",
              "", "norm_rope_bf16.cu", run_norm_rope_fp8_cache_write,
              r"global-memory race: load at offset \d+ of 'y' and a write by thread"),
+    Mutation("indexer_ties_to_the_higher_key", INDEXER_SOURCE,
+             "| uint64_t(~uint32_t(key));", "| uint64_t(uint32_t(key));",
+             "indexer_d64_bf16.cu", run_indexer_topk_ties, WRONG_ANSWER),
+    Mutation("indexer_topk_merges_too_late", INDEXER_SOURCE,
+             "if (admitted[0] > capacity - kIndexerBlockKeys) merge();",
+             "if (admitted[0] > capacity) merge();",
+             "indexer_d64_bf16.cu", run_indexer_topk, "shared-memory race"),
+    Mutation("indexer_reads_partial_sums_without_barrier", INDEXER_SOURCE,
+             "2 * lane + c] = sum;\n      }\n    }\n    __syncthreads();\n",
+             "2 * lane + c] = sum;\n      }\n    }\n",
+             "indexer_d64_bf16.cu", run_indexer_topk, "shared-memory race"),
     Mutation("norm_rope_fp8_scale_of_one_lane", NORM_ROPE_SOURCE,
              "fp8_scale_from_amax(warp_amax(amax), true)", "fp8_scale_from_amax(amax, true)",
              "norm_rope_bf16.cu", run_norm_rope_fp8_cache_write, WRONG_ANSWER),

@@ -5,6 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <string>
+
 // ValueError: a shape, size or value is wrong.
 #define DEEPSEEK_ATTN_CHECK_VALUE(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
 // TypeError: a dtype is wrong.
@@ -51,6 +54,16 @@ inline void check_size(const at::Tensor& t, const char* name, int64_t dim, int64
                        const char* what) {
   DEEPSEEK_ATTN_CHECK_VALUE(t.size(dim) == expected, name, ".size(", dim, ") (", what, ") must be ",
                             expected, " (got ", t.size(dim), ", shape ", t.sizes(), ")");
+}
+
+// DEEPSEEK_ATTN_CHECK_INDICES=1: the CUDA back end also validates index values (SPEC §0: a
+// debug switch; it synchronises). Read once.
+inline bool index_value_checks_requested() {
+  static const bool requested = [] {
+    const char* flag = std::getenv("DEEPSEEK_ATTN_CHECK_INDICES");
+    return flag != nullptr && std::string(flag) == "1";
+  }();
+  return requested;
 }
 
 }  // namespace deepseek_attn

@@ -64,4 +64,16 @@ DEEPSEEK_ATTN_HOST_DEVICE float fp8_scaled_and_clamped(float x, float scale) {
   return scaled > kFp8Max ? kFp8Max : (scaled < -kFp8Max ? -kFp8Max : scaled);
 }
 
+// float8_e4m3fn bits to float, exactly (no infinities; S.1111.111 is NaN).
+DEEPSEEK_ATTN_HOST_DEVICE float e4m3_to_float(uint8_t bits) {
+  const uint32_t sign = uint32_t(bits & 0x80u) << 24;
+  const uint32_t exponent = (bits >> 3) & 0xfu, mantissa = bits & 0x7u;
+  if (exponent == 0xfu && mantissa == 0x7u) return float_from_bits(sign | 0x7fc00000u);
+  if (exponent == 0) {  // subnormal: mantissa/8 * 2^-6
+    const float magnitude = float(mantissa) * 0.001953125f;
+    return sign ? -magnitude : magnitude;
+  }
+  return float_from_bits(sign | ((exponent + 120u) << 23) | (mantissa << 20));
+}
+
 }  // namespace deepseek_attn

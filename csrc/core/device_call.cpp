@@ -2,9 +2,7 @@
 
 #include "core/device_call.h"
 
-#include <cstdlib>
 #include <limits>
-#include <string>
 
 #include "common/checks.h"
 #include "common/vector_loads.h"
@@ -63,11 +61,7 @@ CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_s
   CoreFwdParams& p = call.params;
   p = check_core_fwd_inputs(in, softmax_scale, causal, window_left, window_right, softcap);
   check_device_support(p, in);
-  static const bool check_indices = [] {
-    const char* flag = std::getenv("DEEPSEEK_ATTN_CHECK_INDICES");
-    return flag != nullptr && std::string(flag) == "1";
-  }();
-  if (check_indices) check_core_index_values(p, in);  // a debug switch: copies to the host
+  if (index_value_checks_requested()) check_core_index_values(p, in);  // a debug switch: copies to the host
   call.q = aligned_for_vector_loads(in.q);
   call.k = aligned_for_vector_loads(in.k);
   if (in.v.has_value()) call.v = aligned_for_vector_loads(*in.v);

@@ -2,9 +2,6 @@
 
 #include "mla/device_call.h"
 
-#include <cstdlib>
-#include <string>
-
 #include "common/checks.h"
 #include "common/dtype_aten.h"
 #include "mla/checks.h"
@@ -14,14 +11,6 @@ namespace {
 
 // At most this many backward warps, each with its own partial weight-gradient row.
 constexpr int64_t kMaxBwdWorkers = 1024;
-
-bool check_index_values_requested() {
-  static const bool requested = [] {
-    const char* flag = std::getenv("DEEPSEEK_ATTN_CHECK_INDICES");
-    return flag != nullptr && std::string(flag) == "1";
-  }();
-  return requested;
-}
 
 }  // namespace
 
@@ -35,7 +24,7 @@ NormRopeCall prepare_mla_norm_rope(const at::Tensor& x,
   NormRopeParams& p = call.params;
   p = check_norm_rope_inputs({x, norm_weight, rope_cos, rope_sin, eps, cache, cache_slots});
   // A debug switch: out-of-range slots are otherwise skipped by the kernel.
-  if (cache_slots.has_value() && check_index_values_requested()) {
+  if (cache_slots.has_value() && index_value_checks_requested()) {
     check_cache_slot_values(*cache_slots, p.cache_rows);
   }
   call.type = dtype_of(x.scalar_type());

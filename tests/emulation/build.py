@@ -118,7 +118,8 @@ def _kernel_jobs(arch):
     if arch == 90:  # its probes include the Hopper ones
         specific += _instantiation_files("attention", "flash_fwd_d128x128") + [probes]
     shared = [source for source in _instantiation_files("attention") + _instantiation_files("core")
-              + _instantiation_files("fp8", "quantize") + _instantiation_files("mla") + [probes]
+              + _instantiation_files("fp8", "quantize") + _instantiation_files("mla")
+              + _instantiation_files("sparse") + [probes]
               if source not in specific]
     jobs = [(source, os.path.join(BUILD, "sm80", os.path.basename(source) + ".o"), 800)
             for source in shared]
@@ -144,7 +145,7 @@ def _host_jobs():
              RUNTIME_FLAGS + [f"-I{CSRC}"])]
     for source in ("attention/device_call.cpp", "attention/checks.cpp", "core/device_call.cpp",
                    "core/checks.cpp", "fp8/device_call.cpp", "fp8/checks.cpp", "mla/device_call.cpp",
-                   "mla/checks.cpp"):
+                   "mla/checks.cpp", "sparse/device_call.cpp", "sparse/checks.cpp"):
         jobs.append((os.path.join(CSRC, source),
                      os.path.join(common, source.replace("/", "_") + ".o"), torch_flags))
     jobs.append((os.path.join(ROOT, "tests", "emulation", "emulated_ops.cpp"),

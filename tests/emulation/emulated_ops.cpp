@@ -20,6 +20,8 @@
 #include "fp8/launch.h"
 #include "mla/device_call.h"
 #include "mla/launch.h"
+#include "sparse/device_call.h"
+#include "sparse/launch.h"
 
 namespace deepseek_attn {
 namespace {
@@ -275,6 +277,38 @@ std::tuple<at::Tensor, at::Tensor> mla_norm_rope_bwd(
   return {call.dx, finish_mla_norm_rope_bwd(call, x)};
 }
 
+at::Tensor run_indexer(const IndexerCall& call, const std::optional<at::Tensor>& seqlens_k) {
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    memory.add(call.q, "q", true);
+    memory.add(call.k, "k", true);
+    memory.add(call.weights, "weights", true);
+    if (call.k_scale.defined()) memory.add(call.k_scale, "k_scale", true);
+    if (seqlens_k.has_value()) memory.add(*seqlens_k, "seqlens_k", true);
+    memory.add(call.output, "output", false);
+    memory.register_all();
+    check_launch(cuda::launch_indexer_for(call.input, call.params, emulated_stream()));
+  }
+  return call.output;
+}
+
+at::Tensor indexer_logits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& weights,
+                          const std::optional<at::Tensor>& k_scale,
+                          const std::optional<at::Tensor>& seqlens_k, double softmax_scale,
+                          bool causal) {
+  return run_indexer(
+      prepare_indexer(q, k, weights, k_scale, seqlens_k, std::nullopt, softmax_scale, causal),
+      seqlens_k);
+}
+
+at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& weights,
+                        const std::optional<at::Tensor>& k_scale,
+                        const std::optional<at::Tensor>& seqlens_k, int64_t topk,
+                        double softmax_scale, bool causal) {
+  return run_indexer(
+      prepare_indexer(q, k, weights, k_scale, seqlens_k, topk, softmax_scale, causal), seqlens_k);
+}
+
 }  // namespace
 
 namespace cuda {
@@ -318,6 +352,8 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("fp8_gemm", &fp8_gemm);
   m.def("mla_norm_rope", &mla_norm_rope);
   m.def("mla_norm_rope_bwd", &mla_norm_rope_bwd);
+  m.def("indexer_logits", &indexer_logits);
+  m.def("indexer_topk", &indexer_topk);
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
   m.def("run_probe", &run_probe);
   m.def("last_kernel_name", &dsa_emu::last_kernel_name);

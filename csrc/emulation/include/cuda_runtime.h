@@ -105,6 +105,7 @@ inline bool __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask
 inline bool __all_sync(unsigned mask, int predicate) {
   return __ballot_sync(mask, predicate) == __ballot_sync(mask, 1);
 }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline float atomicAdd(float* address, float value) { return dsa_emu::atomic_add(address, value); }
 inline size_t __cvta_generic_to_shared(const void* pointer) {
   return dsa_emu::shared_window_address(pointer);

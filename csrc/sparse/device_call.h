@@ -1,0 +1,28 @@
+#pragma once
+// The torch-facing half of the sparse family's launches on a GPU-style device, shared by the CUDA
+// back end (cuda.cpp) and the emulated test extension (tests/emulation/): checks, outputs and
+// params. The caller guards the device and launches.
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "common/dtype.h"
+#include "sparse/params.h"
+
+namespace deepseek_attn {
+
+struct IndexerCall {
+  IndexerParams params;
+  DType input = DType::kBFloat16;
+  at::Tensor q, k, weights, k_scale, output;  // output: logits or indices
+  bool needs_launch = false;  // false: nothing to compute, the output is final
+};
+
+// No topk: the logits kernel; else the top-k kernel.
+IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::Tensor& weights,
+                            const std::optional<at::Tensor>& k_scale,
+                            const std::optional<at::Tensor>& seqlens_k, std::optional<int64_t> topk,
+                            double softmax_scale, bool causal);
+
+}  // namespace deepseek_attn

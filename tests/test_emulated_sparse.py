@@ -1,0 +1,80 @@
+"""The lightning indexer's CUDA kernels (csrc/sparse/kernels/indexer.cuh) on the CPU emulator:
+logits against the CPU op on the same inputs (bf16, fp16, FP8; index head dims 64 and 128; head
+counts that pad to whole mma tiles; causal rows that see nothing, per-sequence key counts), and
+top-k exactly equal to a stable sort of the kernel's own logits, through many buffer merges,
+with ties from integer-valued inputs, up to DeepSeek's topk = 2048."""
+
+import pytest
+import torch
+
+from deepseek_attn import sparse
+from deepseek_attn.reference import indexer_logits_ref, indexer_topk_ref
+
+from test_emulated_kernels import sm80, sm90  # noqa: F401  (session fixtures)
+from test_sparse_indexer import assert_logits_close, indexer_inputs
+
+
+def device_operands(q, k, w, dtype):
+    """(q, k, weights with q's scales folded in, k_scale) as the ops pass them to the kernels."""
+    if dtype != torch.float8_e4m3fn:
+        return q.to(dtype), k.to(dtype), w, None
+    q_fp8, q_scale = sparse.quantize_indexer_fp8(q)
+    k_fp8, k_scale = sparse.quantize_indexer_fp8(k)
+    return q_fp8, k_fp8, (w * q_scale).contiguous(), k_scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn],
+                         ids=["bf16", "fp16", "fp8"])
+@pytest.mark.parametrize("heads, dim", [(20, 64), (3, 128)])
+def test_emulated_indexer_logits_match_cpu(sm80, heads, dim, dtype):
+    """Sq = 7 > the second sequence's 5 keys: its first rows see nothing (-inf everywhere)."""
+    q, k, w = indexer_inputs(2, 7, 150, heads, dim)
+    args = device_operands(q, k, w, dtype)
+    seqlens = torch.tensor([150, 5], dtype=torch.int32)
+    for causal in (True, False):
+        got = sm80.indexer_logits(*args, seqlens, dim ** -0.5, causal)
+        want = torch.ops.deepseek_attn.indexer_logits(*args, seqlens, dim ** -0.5, causal)
+        assert_logits_close(got, want, atol=1e-4)
+        assert torch.isneginf(got[1, :2] if causal else got[1, :, 5:]).all()
+
+
+def test_emulated_indexer_logits_128_heads_on_sm90(sm90):
+    """DeepSeek's largest shape class: 128 heads (8 mma tiles over 4 warps), d = 128."""
+    q, k, w = indexer_inputs(1, 2, 70, 128, 128)
+    args = device_operands(q, k, w, torch.bfloat16)
+    got = sm90.indexer_logits(*args, None, 128 ** -0.5, True)
+    want = torch.ops.deepseek_attn.indexer_logits(*args, None, 128 ** -0.5, True)
+    assert_logits_close(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("topk", [1, 50, 100, 300])
+def test_emulated_indexer_topk_equals_sorted_logits(sm80, topk):
+    """700 keys in 11 blocks: the buffer (capacity 64 to 512) merges again and again."""
+    q, k, w = indexer_inputs(2, 3, 700, 4, 64)
+    args = device_operands(q, k, w, torch.bfloat16)
+    seqlens = torch.tensor([700, 333], dtype=torch.int32)
+    for causal in (True, False):
+        got = sm80.indexer_topk(*args, seqlens, topk, 0.125, causal)
+        logits = sm80.indexer_logits(*args, seqlens, 0.125, causal)
+        assert torch.equal(got, indexer_topk_ref(logits, topk))
+
+
+def test_emulated_indexer_topk_ties_and_fp8(sm80):
+    """Integer-valued inputs are exact in bf16 and e4m3 (scale 1): the kernel's order equals the
+    fp64 formula's under the tie rule, many keys tying at the k-th place."""
+    q, k, w = indexer_inputs(1, 2, 400, 2, 64, integer=True)
+    ref = indexer_topk_ref(indexer_logits_ref(q.double(), k.double(), w.double(),
+                                              softmax_scale=0.125), 70)
+    ones_q, ones_k = torch.ones(1, 2, 2), torch.ones(1, 400)
+    for args in [(q.bfloat16(), k.bfloat16(), w, None),
+                 (q.to(torch.float8_e4m3fn), k.to(torch.float8_e4m3fn), w * ones_q, ones_k)]:
+        assert torch.equal(sm80.indexer_topk(*args, None, 70, 0.125, True), ref)
+
+
+def test_emulated_indexer_topk_2048(sm80):
+    """topk = 2048 (a 4096-slot bitonic merge) over 2100 keys: one decode token of a long
+    sequence; the row keeps its 2048 best of 2100."""
+    q, k, w = indexer_inputs(1, 1, 2100, 1, 64)
+    args = device_operands(q, k, w, torch.bfloat16)
+    got = sm80.indexer_topk(*args, None, 2048, 0.125, True)
+    assert torch.equal(got, indexer_topk_ref(sm80.indexer_logits(*args, None, 0.125, True), 2048))
