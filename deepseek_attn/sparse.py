@@ -18,12 +18,13 @@ import functools
 import math
 
 import torch
+import torch.utils.checkpoint
 
 from deepseek_attn import core  # noqa: F401  (registers the core op's fake kernel)
 from deepseek_attn.fp8 import quantize_act
 
-__all__ = ["IndexerLogitsFunction", "SparseAttnFunction", "hadamard_rotate", "indexer_logits",
-           "indexer_topk", "quantize_indexer_fp8", "sparse_attn"]
+__all__ = ["IndexerLogitsFunction", "SparseAttnFunction", "hadamard_rotate", "indexer_kl_loss",
+           "indexer_logits", "indexer_topk", "quantize_indexer_fp8", "sparse_attn"]
 
 _ops = torch.ops.deepseek_attn
 
@@ -182,3 +183,90 @@ def quantize_indexer_fp8(x, scale_fmt=None):
     scales up to powers of two. Rotate with `hadamard_rotate` first."""
     payload, scales = quantize_act(x, group_size=x.shape[-1], scale_fmt=scale_fmt)
     return payload, scales.squeeze(-1)
+
+
+# Rows of the KL loss per chunk: about this many main-attention scores are held at once.
+_KL_CHUNK_SCORES = 1 << 24
+
+
+def _attention_target(q, keys_k, visible, softmax_scale):
+    """p (B, c, n) fp32: the main attention's per-head softmax over the `visible` (B, c, n) keys
+    keys_k (B, c or 1, n, Hkv, D), summed over q's heads (B, c, Hq, D) and L1-normalised; rows
+    without keys are 0."""
+    batch, rows, heads, dim = q.shape
+    heads_kv = keys_k.shape[-2]
+    grouped = q.float().view(batch, rows, heads_kv, heads // heads_kv, dim)
+    scores = torch.einsum("btkgd,btnkd->btkgn", grouped, keys_k.float()) * softmax_scale
+    scores = scores.masked_fill(~visible[:, :, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0).sum((2, 3))
+    return probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def _kl_terms(target, index_logits, visible):
+    """Σ over the chunk of KL(target_t ‖ softmax(I_t over the visible keys)); 0·log 0 = 0."""
+    has_key = visible.any(-1, keepdim=True)
+    logits = index_logits.float().masked_fill(~visible, float("-inf"))
+    log_probs = torch.log_softmax(torch.where(has_key, logits, 0.0), dim=-1)
+    return torch.where(target > 0, target * (target.clamp_min(1e-30).log() - log_probs), 0.0).sum()
+
+
+def indexer_kl_loss(q, k, index_q, index_k, index_weights, softmax_scale=None, indices=None,
+                    reduction="sum", index_softmax_scale=None, chunk_size=None):
+    """The lightning indexer's training loss (SPEC §4): Σ_t KL(p_t ‖ softmax(I_t)).
+
+    q (B, Sq, Hq, D), k (B, Sk, Hkv, D): the main attention's queries and keys (causal,
+    bottom-right; GQA or MLA's latent rows with Hkv = 1), used without gradient: p_t is their
+    per-head softmax summed over heads and L1-normalised. I = indexer_logits(index_q, index_k,
+    index_weights) gets the gradient. Dense warm-up (indices None): over every visible key.
+    Sparse stage: indices (B, Sq, K) or (B, Sq, 1, K) int32 (-1 empty; no duplicates, as
+    indexer_topk gives): both distributions over the selected visible keys only, each head's
+    softmax over them. Rows without keys add 0; "mean" divides by B·Sq.
+
+    Works `chunk_size` query rows at a time (default: about 16M main-attention scores per
+    chunk), each chunk recomputed in the backward (activation checkpointing), so no (Sq, Sk)
+    matrix is ever held for long sequences.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean' (got {reduction!r})")
+    batch, seqlen_q, heads, dim = q.shape
+    seqlen_k = k.shape[1]
+    if indices is not None and indices.dim() == 4:
+        indices = indices.squeeze(2)
+    if indices is not None and (indices.dim() != 3 or indices.shape[:2] != (batch, seqlen_q)):
+        raise ValueError(f"indices must be ({batch}, {seqlen_q}, K) (got shape "
+                         f"{tuple(indices.shape)})")
+    scale = dim ** -0.5 if softmax_scale is None else softmax_scale
+    q, k = q.detach(), k.detach()
+    width = seqlen_k if indices is None else indices.shape[-1]
+    rows = chunk_size or max(1, _KL_CHUNK_SCORES // max(1, heads * width))
+    total = q.new_zeros((), dtype=torch.float32)
+    for t0 in range(0, seqlen_q, rows):
+        t1 = min(t0 + rows, seqlen_q)
+        keys = t1 + seqlen_k - seqlen_q  # the chunk's rows see keys below this
+        if keys <= 0:
+            continue
+        # Query row t0 + i sees key s iff s <= t0 + i + Sk - Sq (SPEC §0).
+        limit = torch.arange(t0, t1, device=q.device)[:, None] + seqlen_k - seqlen_q
+        with torch.no_grad():
+            if indices is None:
+                visible = (torch.arange(keys, device=q.device) <= limit).expand(batch, -1, -1)
+                target = _attention_target(q[:, t0:t1], k[:, None, :keys], visible, scale)
+            else:
+                chunk_indices = indices[:, t0:t1].long()
+                visible = (chunk_indices >= 0) & (chunk_indices <= limit)
+                gathered = chunk_indices.clamp(0, keys - 1)
+                rows_k = k[torch.arange(batch, device=q.device)[:, None, None], gathered]
+                target = _attention_target(q[:, t0:t1], rows_k, visible, scale)
+
+        def chunk_loss(index_q_rows, index_k_keys, weights_rows, target=target, visible=visible,
+                       gathered=None if indices is None else gathered):
+            logits = indexer_logits(index_q_rows, index_k_keys, weights_rows,
+                                    softmax_scale=index_softmax_scale)
+            if gathered is not None:
+                logits = logits.gather(-1, gathered)
+            return _kl_terms(target, logits, visible)
+
+        total = total + torch.utils.checkpoint.checkpoint(
+            chunk_loss, index_q[:, t0:t1], index_k[:, :keys], index_weights[:, t0:t1],
+            use_reentrant=False)
+    return total / (batch * seqlen_q) if reduction == "mean" else total

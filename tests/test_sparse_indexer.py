@@ -2,7 +2,8 @@
 in every dtype, causal or not, with per-sequence key counts, FP8 with scales; its gradients
 (gradcheck, and against autograd through the formula); `indexer_topk` equal to a stable sort of
 the logits, exactly, including ties from integer-valued inputs; streaming memory that does not
-grow with Sk; opcheck, torch.compile and bad inputs."""
+grow with Sk; the chunked KL training loss against its naive formula; opcheck, torch.compile
+and bad inputs."""
 
 import os
 import subprocess
@@ -13,8 +14,8 @@ import torch
 
 import deepseek_attn
 from deepseek_attn import sparse
-from deepseek_attn.reference import (hadamard_ref, indexer_logits_fp8_ref, indexer_logits_ref,
-                                     indexer_topk_ref)
+from deepseek_attn.reference import (hadamard_ref, indexer_kl_loss_ref, indexer_logits_fp8_ref,
+                                     indexer_logits_ref, indexer_topk_ref)
 
 from conftest import device_params
 
@@ -279,3 +280,64 @@ def test_indexer_on_device_matches_cpu(device):
                         atol=1e-3)
     got = sparse.indexer_topk(*args, topk=64)
     assert torch.equal(got.cpu(), topk_of(sparse.indexer_logits(*args).cpu(), 64))
+
+
+def kl_inputs(seed=0, heads_kv=2):
+    """Main attention q (2, 13, 4, 8), k (2, 17, heads_kv, 8) and indexer inputs (3 heads, d 8);
+    Sq < Sk, so every row sees keys."""
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 13, 4, 8, generator=generator)
+    k = torch.randn(2, 17, heads_kv, 8, generator=generator)
+    index = indexer_inputs(2, 13, 17, 3, 8, seed=seed + 1)
+    return q, k, [t.clone().requires_grad_() for t in index]
+
+
+def distinct_indices(batch, seqlen_q, seqlen_k, count, seed=0):
+    """(B, Sq, count) int32 without duplicates; some -1 slots and one row of only -1."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randperm(seqlen_k, generator=generator)[:count]
+            for _ in range(batch * seqlen_q)]
+    indices = torch.stack(rows).view(batch, seqlen_q, count).int()
+    indices[0, 3, 2] = -1
+    indices[1, 0] = -1
+    return indices
+
+
+@pytest.mark.parametrize("heads_kv", [2, 1], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("sparse_stage", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("chunk_size", [None, 3, 1])
+def test_indexer_kl_loss_matches_naive(chunk_size, sparse_stage, heads_kv):
+    """The chunked loss and its gradients against reference/sparse.py's naive fp64 formula."""
+    q, k, index = kl_inputs(heads_kv=heads_kv)
+    indices = distinct_indices(2, 13, 17, 5) if sparse_stage else None
+    loss = sparse.indexer_kl_loss(q, k, *index, indices=indices, chunk_size=chunk_size)
+    grads = torch.autograd.grad(loss, index)
+    exact = [t.detach().double().requires_grad_() for t in index]
+    ref = indexer_kl_loss_ref(q.double(), k.double(), indexer_logits_ref(*exact), indices=indices)
+    torch.testing.assert_close(loss.double(), ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads, torch.autograd.grad(ref, exact)):
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-4)
+    mean = sparse.indexer_kl_loss(q, k, *index, indices=indices, reduction="mean")
+    torch.testing.assert_close(mean * 26, loss, atol=1e-5, rtol=1e-5)
+
+
+def test_indexer_kl_loss_training_reduces_it():
+    """A few Adam steps on the indexer's inputs bring its distribution toward the attention's."""
+    q, k, index = kl_inputs(heads_kv=1)
+    optimizer = torch.optim.Adam(index, lr=0.05)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = sparse.indexer_kl_loss(q, k, *index)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_indexer_kl_loss_rejects_bad_arguments():
+    q, k, index = kl_inputs()
+    with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean' \\(got 'max'\\)"):
+        sparse.indexer_kl_loss(q, k, *index, reduction="max")
+    with pytest.raises(ValueError, match="indices must be \\(2, 13, K\\)"):
+        sparse.indexer_kl_loss(q, k, *index, indices=torch.zeros(2, 12, 4, dtype=torch.int32))
