@@ -106,18 +106,20 @@ def _cache_rows(kv_cache, is_fp8_kvcache):
 
 
 def mla_decode(q, kv_cache, block_table, cache_seqlens, head_dim_v=LATENT_VALUES,
-               softmax_scale=None, causal=False, is_fp8_kvcache=False):
+               softmax_scale=None, causal=False, is_fp8_kvcache=False, indices=None):
     """Absorbed MLA attention over a latent cache; returns (out (B, Sq, H, head_dim_v) in q's
     dtype, lse (B, H, Sq) fp32). `block_table` (B, max_pages) int32 or None (then kv_cache is
     (B, seqlen, 1, row), one page per sequence); `cache_seqlens` (B,) int32. `softmax_scale`
-    defaults to 576^-0.5, as in FlashMLA; MLA passes (128 + 64)^-0.5·mscale² (SPEC §3)."""
+    defaults to 576^-0.5, as in FlashMLA; MLA passes (128 + 64)^-0.5·mscale² (SPEC §3).
+    `indices` (B, Sq, K) int32 (-1 empty): DSA's sparse decode, each query attending only to
+    the cached tokens (positions in its sequence) it lists."""
     return torch.ops.deepseek_attn.attention_core_fwd(
         *mla_decode_core_args(q, kv_cache, block_table, cache_seqlens, head_dim_v, softmax_scale,
-                              causal, is_fp8_kvcache))
+                              causal, is_fp8_kvcache, indices))
 
 
 def mla_decode_core_args(q, kv_cache, block_table, cache_seqlens, head_dim_v=LATENT_VALUES,
-                         softmax_scale=None, causal=False, is_fp8_kvcache=False):
+                         softmax_scale=None, causal=False, is_fp8_kvcache=False, indices=None):
     """mla_decode's checks, then the arguments of the core op it runs (the emulated tests call
     the emulated core with them)."""
     rows = _cache_rows(kv_cache, is_fp8_kvcache)
@@ -128,7 +130,9 @@ def mla_decode_core_args(q, kv_cache, block_table, cache_seqlens, head_dim_v=LAT
     if is_fp8_kvcache and head_dim_v != LATENT_VALUES:
         raise ValueError(f"head_dim_v must be {LATENT_VALUES} with the FP8 cache (got {head_dim_v})")
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
-    return (q, rows, None, block_table, cache_seqlens, None, 1,
+    if indices is not None and indices.dim() == 3:
+        indices = indices[:, :, None]  # one kv head
+    return (q, rows, None, block_table, cache_seqlens, indices, 1,
             -1 if is_fp8_kvcache else head_dim_v, scale, causal, -1, -1, 0.0)
 
 

@@ -1,6 +1,8 @@
 """nn.Modules built from the functional API."""
 
+from deepseek_attn.nn.dsa import DeepSeekSparseAttention, DSAKVCache, LightningIndexer
 from deepseek_attn.nn.fp8_linear import Fp8Linear, Fp8LinearFunction
 from deepseek_attn.nn.mla import MultiHeadLatentAttention, RMSNorm
 
-__all__ = ["Fp8Linear", "Fp8LinearFunction", "MultiHeadLatentAttention", "RMSNorm"]
+__all__ = ["DSAKVCache", "DeepSeekSparseAttention", "Fp8Linear", "Fp8LinearFunction",
+           "LightningIndexer", "MultiHeadLatentAttention", "RMSNorm"]

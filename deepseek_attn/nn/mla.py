@@ -122,6 +122,13 @@ class MultiHeadLatentAttention(nn.Module):
     def from_transformers(cls, attention):
         """A module computing the same function as a Hugging Face DeepseekV3Attention, with its
         configuration (YaRN included) and a copy of its weights."""
+        module = cls(**cls._transformers_config(attention))
+        module.load_state_dict(cls._transformers_state(attention))
+        return module
+
+    @staticmethod
+    def _transformers_config(attention):
+        """The constructor's arguments for a transformers MLA attention module."""
         config = attention.config
         rope = dict(getattr(config, "rope_parameters", None) or {})
         rope_type = rope.get("rope_type", "default")
@@ -146,22 +153,28 @@ class MultiHeadLatentAttention(nn.Module):
                         beta_slow=rope.get("beta_slow") or 1, mscale=mscale_all_dim,
                         original_seq_len=original)
         weight = attention.kv_a_proj_with_mqa.weight
-        module = cls(config.hidden_size, config.num_attention_heads, config.q_lora_rank or 0,
-                     config.kv_lora_rank, config.qk_nope_head_dim, config.qk_rope_head_dim,
-                     config.v_head_dim, max_seq_len, rope.get("rope_theta", 10000.0),
-                     norm_eps=attention.kv_a_layernorm.variance_epsilon, device=weight.device,
-                     dtype=weight.dtype,
-                     **yarn)
-        names = {"q_proj": "wq", "q_a_proj": "wq_a", "q_a_layernorm": "q_norm", "q_b_proj": "wq_b",
-                 "kv_a_proj_with_mqa": "wkv_a", "kv_a_layernorm": "kv_norm", "kv_b_proj": "wkv_b",
-                 "o_proj": "wo"}
+        return dict(dim=config.hidden_size, n_heads=config.num_attention_heads,
+                    q_lora_rank=config.q_lora_rank or 0, kv_lora_rank=config.kv_lora_rank,
+                    qk_nope_head_dim=config.qk_nope_head_dim,
+                    qk_rope_head_dim=config.qk_rope_head_dim, v_head_dim=config.v_head_dim,
+                    max_seq_len=max_seq_len, rope_theta=rope.get("rope_theta", 10000.0),
+                    norm_eps=attention.kv_a_layernorm.variance_epsilon, device=weight.device,
+                    dtype=weight.dtype, **yarn)
+
+    # transformers' MLA layer names -> DeepSeek's.
+    _TRANSFORMERS_NAMES = {"q_proj": "wq", "q_a_proj": "wq_a", "q_a_layernorm": "q_norm",
+                           "q_b_proj": "wq_b", "kv_a_proj_with_mqa": "wkv_a",
+                           "kv_a_layernorm": "kv_norm", "kv_b_proj": "wkv_b", "o_proj": "wo"}
+
+    @classmethod
+    def _transformers_state(cls, attention):
+        """A transformers MLA module's weights under DeepSeek's names."""
         state = {}
         for name, value in attention.state_dict().items():
             layer, _, rest = name.partition(".")
-            if layer in names:
-                state[f"{names[layer]}.{rest}"] = value
-        module.load_state_dict(state)
-        return module
+            if layer in cls._TRANSFORMERS_NAMES:
+                state[f"{cls._TRANSFORMERS_NAMES[layer]}.{rest}"] = value
+        return state
 
     def new_cache(self, batch_size, max_seq_len=None, page_size=None, fp8=None):
         """An empty MLAKVCache for this module: pages of `page_size` tokens (None: one page per
