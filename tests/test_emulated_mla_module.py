@@ -32,6 +32,8 @@ def on_emulated_cuda(sm80):
         "quantize_act": sm80.quantize_act,
         "quantize_weight": sm80.quantize_weight,
         "fp8_gemm": sm80.fp8_gemm,
+        "indexer_topk": sm80.indexer_topk,
+        "indexer_logits": sm80.indexer_logits,
     }
     for name, kernel in kernels.items():
         library.impl(name, kernel, "CPU")
@@ -98,3 +100,35 @@ def test_emulated_module_routing_is_undone(sm80):
     library._destroy()
     y, _ = torch.ops.deepseek_attn.mla_norm_rope(torch.randn(1, 1, 4), None, None, None, 1e-6)
     assert y.shape == (1, 1, 4)
+
+
+def test_emulated_dsa_module_prefills_and_decodes(sm80):
+    """nn.DeepSeekSparseAttention at MLA's real latent width with 2 heads, topk 8 < S: the
+    indexer's top-k kernel and the core's latent kernel over token lists (contiguous rows in
+    the prefill, paged FP8 and bf16 cache rows in decode), against the module on the CPU ops."""
+    from deepseek_attn.nn import DeepSeekSparseAttention
+
+    torch.manual_seed(0)
+    module = DeepSeekSparseAttention(128, 2, q_lora_rank=64, kv_lora_rank=512,
+                                     qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                                     max_seq_len=64, index_n_heads=4, index_head_dim=64,
+                                     index_topk=8, dtype=torch.bfloat16)
+    x = torch.randn(2, 20, 128, dtype=torch.bfloat16)
+
+    def prefill_and_decode(fp8_cache, index_fp8):
+        with torch.no_grad():
+            cache = module.new_cache(2, 32, page_size=16, fp8=fp8_cache, index_fp8=index_fp8)
+            decoded = [module(x[:, :12], cache)] + [module(x[:, t:t + 1], cache)
+                                                    for t in range(12, 20)]
+            return module(x), torch.cat(decoded, dim=1)
+
+    for fp8_cache, index_fp8 in [(False, False), (True, True)]:
+        want = prefill_and_decode(fp8_cache, index_fp8)
+        launches = sm80.counters()["launches"]
+        with on_emulated_cuda(sm80):
+            got = prefill_and_decode(fp8_cache, index_fp8)
+        # Per call: the 2 epilogues, the indexer's top-k and attention (a split decode adds a
+        # combine): at least 4 launches for each of the 11 calls.
+        assert sm80.counters()["launches"] - launches >= 44
+        for ours, cpu in zip(got, want):
+            assert fp8_rule_difference(ours, cpu) <= 1e-3
