@@ -8,7 +8,7 @@ Edit the table below, never the files it writes:
   per file so builds parallelise and an edit recompiles one file;
 - csrc/fp8/kernels/inst/{quantize,gemm_out}_<dtype>.cu;
 - csrc/mla/kernels/inst/norm_rope_<dtype>.cu;
-- csrc/sparse/kernels/inst/indexer_d<dim>_<dtype>.cu;
+- csrc/sparse/kernels/inst/indexer_d<dim>_<dtype>.cu and sparse_bwd_{d<Dqk>x<Dv>,latent}_<dtype>.cu;
 - csrc/core/kernels/inst/core_fwd_{rows_d<Dqk>x<Dv>,latent,latent_fp8}_<dtype>.cu;
 - csrc/attention/head_dims.h and csrc/core/head_dims.h, the lists the CUDA checks accept and
   dispatch over;
@@ -143,7 +143,21 @@ def generated_files():
                 "sparse/launch_indexer.cuh",
                 [f"template cudaError_t launch_indexer<DType::{dtype}, {dim}>(const "
                  "IndexerParams&, cudaStream_t);"])
+    for qk, v in CORE_LISTED_HEAD_DIMS:
+        for suffix, dtype in ATTENTION_DTYPES.items():
+            files[f"{inst}/sparse_bwd_d{qk}x{v}_{suffix}.cu"] = _sparse_bwd_instantiation(
+                qk, v, suffix, dtype)
+    files[f"{inst}/sparse_bwd_latent_bf16.cu"] = _sparse_bwd_instantiation(
+        *CORE_LATENT_HEAD_DIMS, "bf16", "kBFloat16")
     return files
+
+
+def _sparse_bwd_instantiation(qk, v, suffix, dtype):
+    # csrc/sparse/launch.h dispatches over the same pairs (a missing one fails to link).
+    return _instantiation(
+        f"sparse attention bwd, Dqk={qk}, Dv={v}, {suffix}", "sparse/launch_sparse_bwd.cuh",
+        [f"template cudaError_t launch_sparse_attn_bwd<{qk}, {v}, DType::{dtype}>(const "
+         "SparseBwdParams&, cudaStream_t);"])
 
 
 README_CELL = re.compile(r"^(\| `flash_attn_func` \| CUDA [^|]*\| [^|]*\| )([^|]*)( \|)", re.M)

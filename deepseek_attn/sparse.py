@@ -10,7 +10,7 @@ matrix. FP8 inputs (`quantize_indexer_fp8`, after `hadamard_rotate`) take their 
 (B, Sq, Hkv, K)` int32, -1 slots skipped, a key listed twice counted twice, rows with no valid
 index giving 0 and lse -inf. The forward is the shared core over token lists (CPU and CUDA,
 each gathered key row loaded once for all query heads of its group); the backward recomputes P
-from the LSE entry by entry (dQ per row, dK/dV through an inverse index; CPU so far). `v=None`
+from the LSE entry by entry (dQ per row, dK/dV through an inverse index: deterministic). `v=None`
 reads MLA's latent rows: values are the first `head_dim_v` columns of k (Hkv = 1, 576 / 512).
 """
 
@@ -56,9 +56,6 @@ class SparseAttnFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, indices, out, lse = ctx.saved_tensors
-        if q.device.type != "cpu":
-            raise NotImplementedError("sparse_attn's backward runs on CPU tensors only so far (no "
-                                      "CUDA kernel yet, issue 15); the forward runs on CUDA")
         dq, dk, dv = _ops.sparse_attn_bwd(dout.contiguous(), q, k, v, out, lse, indices,
                                           ctx.head_dim_v, ctx.softmax_scale)
         return dq, dk, dv if v is not None else None, None, None, None

@@ -149,6 +149,14 @@ def run_indexer_topk_ties(module):
 
 
 INDEXER_SOURCE = "sparse/kernels/indexer.cuh"
+SPARSE_BWD_SOURCE = "sparse/kernels/sparse_bwd.cuh"
+
+
+def run_sparse_attn_backward(module):
+    from test_emulated_sparse import test_emulated_sparse_attn_forward_and_backward
+
+    test_emulated_sparse_attn_forward_and_backward(module, (2, 17, 40, 4, 2, 64, 64, 24),
+                                                   torch.bfloat16)
 NORM_ROPE_SOURCE = "mla/kernels/norm_rope.cuh"
 MUTATIONS = [
     Mutation("balanced_pieces_share_a_slot", CORE_SOURCE,
@@ -174,6 +182,16 @@ MUTATIONS = [
              "2 * lane + c] = sum;\n      }\n    }\n    __syncthreads();\n",
              "2 * lane + c] = sum;\n      }\n    }\n",
              "indexer_d64_bf16.cu", run_indexer_topk, "shared-memory race"),
+    Mutation("sparse_bwd_reads_gathered_rows_without_barrier", SPARSE_BWD_SOURCE,
+             "      *reinterpret_cast<uint4*>(target) = *reinterpret_cast<const uint4*>(source);\n"
+             "    }\n    __syncthreads();\n",
+             "      *reinterpret_cast<uint4*>(target) = *reinterpret_cast<const uint4*>(source);\n"
+             "    }\n",
+             "sparse_bwd_d64x64_bf16.cu", run_sparse_attn_backward,
+             "which no thread has written|shared-memory race"),
+    Mutation("sparse_bwd_dk_without_softmax_scale", SPARSE_BWD_SOURCE,
+             "    sum *= p.scale;\n", "",
+             "sparse_bwd_d64x64_bf16.cu", run_sparse_attn_backward, WRONG_ANSWER),
     Mutation("norm_rope_fp8_scale_of_one_lane", NORM_ROPE_SOURCE,
              "fp8_scale_from_amax(warp_amax(amax), true)", "fp8_scale_from_amax(amax, true)",
              "norm_rope_bf16.cu", run_norm_rope_fp8_cache_write, WRONG_ANSWER),

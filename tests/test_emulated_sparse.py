@@ -1,8 +1,10 @@
-"""The lightning indexer's CUDA kernels (csrc/sparse/kernels/indexer.cuh) on the CPU emulator:
+"""The sparse family's CUDA kernels on the CPU emulator. The lightning indexer
+(kernels/indexer.cuh):
 logits against the CPU op on the same inputs (bf16, fp16, FP8; index head dims 64 and 128; head
 counts that pad to whole mma tiles; causal rows that see nothing, per-sequence key counts), and
 top-k exactly equal to a stable sort of the kernel's own logits, through many buffer merges,
-with ties from integer-valued inputs, up to DeepSeek's topk = 2048."""
+with ties from integer-valued inputs, up to DeepSeek's topk = 2048. sparse_attn's backward
+(kernels/sparse_bwd.cuh) with the core's forward, against the fp64 formula."""
 
 import pytest
 import torch
@@ -11,6 +13,8 @@ from deepseek_attn import sparse
 from deepseek_attn.reference import indexer_logits_ref, indexer_topk_ref
 
 from test_emulated_kernels import sm80, sm90  # noqa: F401  (session fixtures)
+from test_emulated_mla_module import on_emulated_cuda
+from test_sparse import check_against_reference, sparse_inputs
 from test_sparse_indexer import assert_logits_close, indexer_inputs
 
 
@@ -78,3 +82,20 @@ def test_emulated_indexer_topk_2048(sm80):
     args = device_operands(q, k, w, torch.bfloat16)
     got = sm80.indexer_topk(*args, None, 2048, 0.125, True)
     assert torch.equal(got, indexer_topk_ref(sm80.indexer_logits(*args, None, 0.125, True), 2048))
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((2, 17, 40, 4, 2, 64, 64, 24), torch.bfloat16),
+    ((1, 9, 113, 6, 1, 128, 128, 50), torch.float16),
+    ((2, 5, 33, 10, 2, 192, 128, 7), torch.bfloat16),
+    ((1, 4, 90, 16, 1, 576, -1, 40), torch.bfloat16),
+], ids=["gqa2-d64", "mqa6-d128", "gqa5-d192x128", "latent"])
+def test_emulated_sparse_attn_forward_and_backward(sm80, shape, dtype):
+    """sparse_attn through the emulated core forward and backward kernels against the fp64
+    formula (SPEC §6): -1 slots, a key listed three times, a row listing nothing; 10 heads per
+    group leave a partial 8-head tile in the dq kernel."""
+    with on_emulated_cuda(sm80):
+        launches = sm80.counters()["launches"]
+        check_against_reference(*sparse_inputs(*shape, dtype),
+                                head_dim_v=512 if shape[6] < 0 else shape[6])
+        assert sm80.counters()["launches"] - launches == 3  # forward, dq, dk/dv

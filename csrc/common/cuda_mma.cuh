@@ -1,7 +1,7 @@
 #pragma once
 // Register-level helpers of the tiled kernels on top of the PTX wrappers in cuda_intrinsics.cuh:
-// the two-stage cp.async pipeline step, fp32 <-> packed 16-bit pairs and
-// quad reductions over the lanes of one C-fragment row. No torch headers.
+// the two-stage cp.async pipeline step, fp32 <-> packed 16-bit pairs, quad reductions over the
+// lanes of one C-fragment row and warp sums. No torch headers.
 //
 // Fragment layouts (PTX ISA, "Matrix fragments for mma.m16n8k16"), lane = 4*group + quad:
 //   A (16x16, row-major): a0 (row group, cols 2quad..+1), a1 (row group+8), a2 (cols +8), a3
@@ -65,6 +65,13 @@ __device__ __forceinline__ float quad_max(float x) {
 __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// Sum over the 32 lanes of a warp (every lane gets it).
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
 }
 
 }  // namespace cuda

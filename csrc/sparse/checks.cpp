@@ -71,6 +71,17 @@ SparseAttnShape check_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::T
 
 namespace deepseek_attn {
 
+void check_sparse_index_values(const at::Tensor& indices, int64_t seqlen_k) {
+  const at::Tensor bad = (indices < -1) | (indices >= seqlen_k);
+  if (!bad.any().item<bool>()) return;
+  const at::Tensor where = bad.nonzero()[0].cpu();
+  const auto at = [&](int64_t d) { return where[d].item<int64_t>(); };
+  DEEPSEEK_ATTN_CHECK_VALUE(false, "indices[", at(0), ", ", at(1), ", ", at(2), ", ", at(3),
+                            "] = ", indices.index({at(0), at(1), at(2), at(3)}).item<int>(),
+                            " is out of range: sequence ", at(0), " has ", seqlen_k,
+                            " keys; -1 marks an empty slot");
+}
+
 IndexerShape check_indexer_inputs(const at::Tensor& q, const at::Tensor& k,
                                   const at::Tensor& weights,
                                   const std::optional<at::Tensor>& k_scale,

@@ -22,6 +22,9 @@ SparseAttnShape check_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::T
                                              const at::Tensor& out, const at::Tensor& lse,
                                              const at::Tensor& indices, int64_t head_dim_v);
 
+// indices' values in [-1, seqlen_k) (reads them: synchronises on a GPU); the core's words.
+void check_sparse_index_values(const at::Tensor& indices, int64_t seqlen_k);
+
 struct IndexerShape {
   int64_t batch = 0, seqlen_q = 0, seqlen_k = 0, heads = 0, head_dim = 0;
 };

@@ -135,17 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cpu(
   const SparseAttnShape s =
       check_sparse_attn_bwd_inputs(dout, q, k, v, out, lse, indices, head_dim_v);
   const at::Tensor idx = indices.contiguous();
-  const at::Tensor bad = (idx < -1) | (idx >= s.seqlen_k);
-  if (bad.any().item<bool>()) {  // SPEC §0: on CPU, out-of-range indices are errors
-    const at::Tensor where = bad.nonzero()[0];
-    // The forward core's words.
-    DEEPSEEK_ATTN_CHECK_VALUE(false, "indices[", where[0].item<int64_t>(), ", ",
-                              where[1].item<int64_t>(), ", ", where[2].item<int64_t>(), ", ",
-                              where[3].item<int64_t>(), "] = ",
-                              idx.index({where[0], where[1], where[2], where[3]}).item<int>(),
-                              " is out of range: sequence ", where[0].item<int64_t>(), " has ",
-                              s.seqlen_k, " keys; -1 marks an empty slot");
-  }
+  check_sparse_index_values(idx, s.seqlen_k);  // SPEC §0: on CPU, out-of-range indices are errors
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto acc = cpu::accumulation_dtype(q);
   const at::Tensor q_acc = q.to(acc).contiguous(), k_acc = k.to(acc).contiguous();

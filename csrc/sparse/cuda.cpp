@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <tuple>
+
 #include "sparse/device_call.h"
 #include "sparse/launch.h"
 
@@ -39,9 +41,24 @@ at::Tensor indexer_topk_cuda(const at::Tensor& q, const at::Tensor& k, const at:
       prepare_indexer(q, k, weights, k_scale, seqlens_k, topk, softmax_scale, causal));
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+    const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& indices, int64_t head_dim_v, double softmax_scale) {
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  const SparseBwdCall call =
+      prepare_sparse_attn_bwd(dout, q, k, v, out, lse, indices, head_dim_v, softmax_scale);
+  if (call.needs_launch) {
+    C10_CUDA_CHECK(cuda::launch_sparse_attn_bwd_for(call.type, call.params,
+                                                    c10::cuda::getCurrentCUDAStream()));
+  }
+  return {call.dq, call.dk, call.dv};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(deepseek_attn, CUDA, m) {
+  m.impl("sparse_attn_bwd", &sparse_attn_bwd_cuda);
   m.impl("indexer_logits", &indexer_logits_cuda);
   m.impl("indexer_topk", &indexer_topk_cuda);
 }

@@ -4,6 +4,8 @@
 #include "sparse/device_call.h"
 
 #include <limits>
+#include <tuple>
+#include <utility>
 
 #include "common/checks.h"
 #include "common/dtype_aten.h"
@@ -66,6 +68,94 @@ IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::
     p.indices = call.output.data_ptr<int32_t>();
     p.topk = *topk;
   }
+  call.needs_launch = true;
+  return call;
+}
+
+namespace {
+
+// For every (sequence, kv head, key), the tokens whose lists name it, in token order, repeats
+// kept: (offsets (B·Hkv·Sk + 1), tokens) int32, computed on the indices' device.
+std::pair<at::Tensor, at::Tensor> inverse_index(const at::Tensor& indices, int64_t seqlen_k) {
+  const int64_t batch = indices.size(0), seqlen_q = indices.size(1), heads_kv = indices.size(2);
+  const auto long_options = indices.options().dtype(at::kLong);
+  const at::Tensor keys = indices.to(at::kLong);
+  const at::Tensor valid = (keys >= 0) & (keys < seqlen_k);  // out-of-range keys are skipped
+  const at::Tensor list = (at::arange(batch, long_options).view({batch, 1, 1, 1}) * heads_kv +
+                           at::arange(heads_kv, long_options).view({1, 1, heads_kv, 1})) *
+                              seqlen_k + keys;
+  const at::Tensor tokens = at::arange(seqlen_q, long_options).view({1, seqlen_q, 1, 1})
+                                .expand_as(keys);
+  const at::Tensor valid_lists = list.masked_select(valid);
+  // Entries come in token order, so a stable sort by list keeps it within each list.
+  const at::Tensor order = std::get<1>(valid_lists.sort(/*stable=*/true, 0, false));
+  const at::Tensor counts = at::bincount(valid_lists, {}, batch * heads_kv * seqlen_k);
+  const at::Tensor offsets = at::cat({at::zeros({1}, long_options), counts.cumsum(0)});
+  return {offsets.to(at::kInt), tokens.masked_select(valid).index_select(0, order).to(at::kInt)};
+}
+
+}  // namespace
+
+SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
+                                      const at::Tensor& k, const std::optional<at::Tensor>& v,
+                                      const at::Tensor& out, const at::Tensor& lse,
+                                      const at::Tensor& indices, int64_t head_dim_v,
+                                      double softmax_scale) {
+  const SparseAttnShape s =
+      check_sparse_attn_bwd_inputs(dout, q, k, v, out, lse, indices, head_dim_v);
+  const auto dtype = q.scalar_type();
+  DEEPSEEK_ATTN_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf,
+                           "the CUDA sparse_attn backward takes bfloat16 or float16 (got ", dtype,
+                           ")");
+  const bool latent = !v.has_value();
+  const bool rows_compiled = (s.head_dim_qk == 64 && s.head_dim_v == 64) ||
+                             (s.head_dim_qk == 128 && s.head_dim_v == 128) ||
+                             (s.head_dim_qk == 192 && s.head_dim_v == 128);
+  DEEPSEEK_ATTN_CHECK_VALUE(
+      latent ? s.head_dim_qk == 576 && s.head_dim_v == 512 && dtype == at::kBFloat16
+             : rows_compiled,
+      "the CUDA sparse_attn backward has kernels for (Dqk, Dv) = 64/64, 128/128, 192/128 and "
+      "bfloat16 latent rows 576/512 (got ", s.head_dim_qk, "/", s.head_dim_v,
+      latent ? " latent" : "", ")");
+  const int64_t entries = s.batch * s.seqlen_q * s.heads_kv * s.num_indices;
+  DEEPSEEK_ATTN_CHECK_VALUE(entries < std::numeric_limits<int32_t>::max(),
+                            "indices must hold fewer than 2^31 entries (got ", entries, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(s.batch <= 65535 && s.heads_kv <= 65535,
+                            "the CUDA sparse_attn backward takes at most 65535 sequences and kv "
+                            "heads (got ", s.batch, " and ", s.heads_kv, ")");
+  if (index_value_checks_requested()) check_sparse_index_values(indices, s.seqlen_k);
+  SparseBwdCall call;
+  call.type = dtype_of(dtype);
+  call.q = q.contiguous();
+  call.k = k.contiguous();
+  call.v = latent ? call.k : v->contiguous();
+  call.dout = dout.contiguous();
+  call.lse = lse.contiguous();
+  call.indices = indices.contiguous();
+  call.delta = (call.dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
+  call.dq = at::empty_like(call.q);
+  call.dk = at::empty_like(call.k);
+  call.dv = latent ? at::empty({0}, q.options()) : at::empty_like(call.v);
+  if (q.numel() == 0 && k.numel() == 0) return call;
+  std::tie(call.key_offsets, call.key_tokens) = inverse_index(call.indices, s.seqlen_k);
+  SparseBwdParams& p = call.params;
+  p.q = call.q.data_ptr();
+  p.k = call.k.data_ptr();
+  p.v = call.v.data_ptr();
+  p.dout = call.dout.data_ptr();
+  p.lse = call.lse.data_ptr<float>();
+  p.delta = call.delta.data_ptr<float>();
+  p.indices = call.indices.data_ptr<int32_t>();
+  p.key_offsets = call.key_offsets.data_ptr<int32_t>();
+  p.key_tokens = call.key_tokens.data_ptr<int32_t>();
+  p.dq = call.dq.data_ptr();
+  p.dk = call.dk.data_ptr();
+  p.dv = latent ? nullptr : call.dv.data_ptr();
+  p.batch = s.batch, p.seqlen_q = s.seqlen_q, p.seqlen_k = s.seqlen_k;
+  p.heads_q = s.heads_q, p.heads_kv = s.heads_kv;
+  p.head_dim_qk = s.head_dim_qk, p.head_dim_v = s.head_dim_v, p.num_indices = s.num_indices;
+  p.v_row = latent ? s.head_dim_qk : s.head_dim_v;
+  p.scale = float(softmax_scale);
   call.needs_launch = true;
   return call;
 }

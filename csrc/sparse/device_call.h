@@ -25,4 +25,18 @@ IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::
                             const std::optional<at::Tensor>& seqlens_k, std::optional<int64_t> topk,
                             double softmax_scale, bool causal);
 
+struct SparseBwdCall {
+  SparseBwdParams params;
+  DType type = DType::kBFloat16;
+  // Contiguous inputs, the inverse index and the outputs (dv empty for latent rows).
+  at::Tensor q, k, v, dout, lse, delta, indices, key_offsets, key_tokens, dq, dk, dv;
+  bool needs_launch = false;
+};
+
+SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
+                                      const at::Tensor& k, const std::optional<at::Tensor>& v,
+                                      const at::Tensor& out, const at::Tensor& lse,
+                                      const at::Tensor& indices, int64_t head_dim_v,
+                                      double softmax_scale);
+
 }  // namespace deepseek_attn

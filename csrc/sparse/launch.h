@@ -34,5 +34,30 @@ inline cudaError_t launch_indexer_for(DType input, const IndexerParams& p, cudaS
   return cudaErrorInvalidValue;
 }
 
+// The sparse attention backward's dq and dk/dv kernels, in that order on `stream`.
+template <int kDimQK, int kDimV, DType kDType>
+cudaError_t launch_sparse_attn_bwd(const SparseBwdParams& p, cudaStream_t stream);
+
+// The instantiation for runtime head dims and dtype: K/V rows of csrc/instantiations.py's
+// CORE_LISTED_HEAD_DIMS in bf16 or fp16, and bf16 latent rows 576/512 (checked before by
+// device_call.cpp).
+inline cudaError_t launch_sparse_attn_bwd_for(DType type, const SparseBwdParams& p,
+                                              cudaStream_t stream) {
+  const bool bf16 = type == DType::kBFloat16;
+#define DEEPSEEK_ATTN_DISPATCH(QK, V)                                              \
+  if (p.head_dim_qk == QK && p.head_dim_v == V) {                                  \
+    return bf16 ? launch_sparse_attn_bwd<QK, V, DType::kBFloat16>(p, stream)       \
+                : launch_sparse_attn_bwd<QK, V, DType::kFloat16>(p, stream);       \
+  }
+  DEEPSEEK_ATTN_DISPATCH(64, 64)
+  DEEPSEEK_ATTN_DISPATCH(128, 128)
+  DEEPSEEK_ATTN_DISPATCH(192, 128)
+#undef DEEPSEEK_ATTN_DISPATCH
+  if (p.head_dim_qk == 576 && p.head_dim_v == 512 && bf16) {
+    return launch_sparse_attn_bwd<576, 512, DType::kBFloat16>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace cuda
 }  // namespace deepseek_attn

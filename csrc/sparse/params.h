@@ -39,3 +39,29 @@ DEEPSEEK_ATTN_HOST_DEVICE int64_t indexer_visible_end(int64_t token, int64_t seq
 }
 
 }  // namespace deepseek_attn
+
+namespace deepseek_attn {
+
+// Params of the sparse attention backward's CUDA kernels (SPEC §4); every tensor contiguous.
+// dQ per query row over its entries; dK/dV per key over the (token) references an inverse index
+// lists, so every gradient row has one writer (deterministic, no atomics).
+struct SparseBwdParams {
+  const void* q = nullptr;     // (B, Sq, Hq, Dqk)
+  const void* k = nullptr;     // (B, Sk, Hkv, Dqk)
+  const void* v = nullptr;     // (B, Sk, Hkv, Dv), or k for latent rows (values = first Dv)
+  const void* dout = nullptr;  // (B, Sq, Hq, Dv)
+  const float* lse = nullptr;    // (B, Hq, Sq)
+  const float* delta = nullptr;  // (B, Sq, Hq): rowsum(dout · out)
+  const int32_t* indices = nullptr;      // (B, Sq, Hkv, K)
+  const int32_t* key_offsets = nullptr;  // (B·Hkv·Sk + 1): key (b, hk, s)'s references start
+  const int32_t* key_tokens = nullptr;   // the referencing tokens, key by key, in token order
+  void* dq = nullptr;  // (B, Sq, Hq, Dqk)
+  void* dk = nullptr;  // (B, Sk, Hkv, Dqk); latent rows: the value gradient added in
+  void* dv = nullptr;  // (B, Sk, Hkv, Dv); null for latent rows
+  int64_t batch = 0, seqlen_q = 0, seqlen_k = 0, heads_q = 0, heads_kv = 0;
+  int64_t head_dim_qk = 0, head_dim_v = 0, num_indices = 0;
+  int64_t v_row = 0;  // elements between value rows: Dv, or Dqk for latent rows
+  float scale = 1.f;
+};
+
+}  // namespace deepseek_attn

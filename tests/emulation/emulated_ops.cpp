@@ -309,6 +309,29 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& k, const at::Tens
       prepare_indexer(q, k, weights, k_scale, seqlens_k, topk, softmax_scale, causal), seqlens_k);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+    const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& indices, int64_t head_dim_v, double softmax_scale) {
+  const SparseBwdCall call =
+      prepare_sparse_attn_bwd(dout, q, k, v, out, lse, indices, head_dim_v, softmax_scale);
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    for (const auto& [tensor, name] :
+         {std::pair{call.q, "q"}, {call.k, "k"}, {call.v, "v"}, {call.dout, "dout"},
+          {call.lse, "lse"}, {call.delta, "delta"}, {call.indices, "indices"},
+          {call.key_offsets, "key_offsets"}, {call.key_tokens, "key_tokens"}}) {
+      memory.add(tensor, name, true);
+    }
+    memory.add(call.dq, "dq", false);
+    memory.add(call.dk, "dk", false);
+    memory.add(call.dv, "dv", false);
+    memory.register_all();
+    check_launch(cuda::launch_sparse_attn_bwd_for(call.type, call.params, emulated_stream()));
+  }
+  return {call.dq, call.dk, call.dv};
+}
+
 }  // namespace
 
 namespace cuda {
@@ -354,6 +377,7 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("mla_norm_rope_bwd", &mla_norm_rope_bwd);
   m.def("indexer_logits", &indexer_logits);
   m.def("indexer_topk", &indexer_topk);
+  m.def("sparse_attn_bwd", &sparse_attn_bwd);
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
   m.def("run_probe", &run_probe);
   m.def("last_kernel_name", &dsa_emu::last_kernel_name);

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/cuda_mma.cuh"
 #include "common/element.cuh"
 #include "fp8/kernels/quantize.cuh"
 #include "mla/params.h"
@@ -21,14 +22,6 @@ namespace deepseek_attn {
 namespace cuda {
 
 constexpr int kNormRopeWarps = 8;
-
-__device__ __forceinline__ float warp_sum(float value) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) {
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
-  }
-  return value;
-}
 
 // One token's y row (already written by this warp) as SPEC §3's 656-byte FP8 row.
 template <typename T>
