@@ -138,11 +138,13 @@ def generated_files():
     inst = "csrc/sparse/kernels/inst"
     for dim in INDEXER_HEAD_DIMS:
         for suffix, dtype in INDEXER_DTYPES.items():
+            backward = ([f"template cudaError_t launch_indexer_bwd<DType::{dtype}, {dim}>(const "
+                         "IndexerBwdParams&, cudaStream_t);"] if suffix != "fp8" else [])
             files[f"{inst}/indexer_d{dim}_{suffix}.cu"] = _instantiation(
-                f"lightning indexer logits and top-k, index_head_dim={dim}, {suffix}",
-                "sparse/launch_indexer.cuh",
+                f"lightning indexer logits and top-k{' (and backward)' if backward else ''}, "
+                f"index_head_dim={dim}, {suffix}", "sparse/launch_indexer.cuh",
                 [f"template cudaError_t launch_indexer<DType::{dtype}, {dim}>(const "
-                 "IndexerParams&, cudaStream_t);"])
+                 "IndexerParams&, cudaStream_t);"] + backward)
     for qk, v in CORE_LISTED_HEAD_DIMS:
         for suffix, dtype in ATTENTION_DTYPES.items():
             files[f"{inst}/sparse_bwd_d{qk}x{v}_{suffix}.cu"] = _sparse_bwd_instantiation(

@@ -110,9 +110,6 @@ class IndexerLogitsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dlogits):
         q, k, weights, seqlens_k = ctx.saved_tensors
-        if q.device.type != "cpu":
-            raise NotImplementedError("indexer_logits' backward runs on CPU tensors only so far "
-                                      "(no CUDA kernel yet, issue 15); the forward runs on CUDA")
         dq, dk, dweights = _ops.indexer_logits_bwd(dlogits.contiguous(), q, k, weights, seqlens_k,
                                                    ctx.softmax_scale, ctx.causal)
         return dq, dk, dweights, None, None, None

@@ -103,10 +103,11 @@ def test_emulated_module_routing_is_undone(sm80):
     assert y.shape == (1, 1, 4)
 
 
-def test_emulated_dsa_module_prefills_and_decodes(sm80):
-    """nn.DeepSeekSparseAttention at MLA's real latent width with 2 heads, topk 8 < S: the
-    indexer's top-k kernel and the core's latent kernel over token lists (contiguous rows in
-    the prefill, paged FP8 and bf16 cache rows in decode), against the module on the CPU ops."""
+def test_emulated_dsa_module_trains_prefills_and_decodes(sm80):
+    """nn.DeepSeekSparseAttention at MLA's real latent width with 2 heads, topk 8 < S: a training
+    step with the indexer's sparse-stage loss (top-k, logits and their backward, sparse attention
+    and its backward), then the core's latent kernel over token lists (contiguous rows in the
+    prefill, paged FP8 and bf16 cache rows in decode), against the module on the CPU ops."""
     from deepseek_attn.nn import DeepSeekSparseAttention
 
     torch.manual_seed(0)
@@ -123,6 +124,18 @@ def test_emulated_dsa_module_prefills_and_decodes(sm80):
                                                     for t in range(12, 20)]
             return module(x), torch.cat(decoded, dim=1)
 
+    def train_step():
+        """The layer's and the indexer's KL loss's gradients (sparse stage, S = 20 > topk)."""
+        module.zero_grad()
+        out, loss = module(x, indexer_loss="sparse")
+        (out.float().square().mean() + loss).backward()
+        return [out.detach()] + [p.grad.clone() for p in module.parameters()]
+
+    want = train_step()
+    with on_emulated_cuda(sm80):
+        got = train_step()
+    for ours, cpu in zip(got, want):
+        assert fp8_rule_difference(ours, cpu) <= 1e-3
     for fp8_cache, index_fp8 in [(False, False), (True, True)]:
         want = prefill_and_decode(fp8_cache, index_fp8)
         launches = sm80.counters()["launches"]

@@ -152,6 +152,13 @@ INDEXER_SOURCE = "sparse/kernels/indexer.cuh"
 SPARSE_BWD_SOURCE = "sparse/kernels/sparse_bwd.cuh"
 
 
+def run_indexer_backward(module):
+    from test_emulated_sparse import test_emulated_indexer_backward_matches_cpu
+
+    test_emulated_indexer_backward_matches_cpu(
+        module, (2, 7, 150, 20, 64, torch.bfloat16, True, [150, 5]))
+
+
 def run_sparse_attn_backward(module):
     from test_emulated_sparse import test_emulated_sparse_attn_forward_and_backward
 
@@ -182,6 +189,10 @@ MUTATIONS = [
              "2 * lane + c] = sum;\n      }\n    }\n    __syncthreads();\n",
              "2 * lane + c] = sum;\n      }\n    }\n",
              "indexer_d64_bf16.cu", run_indexer_topk, "shared-memory race"),
+    Mutation("indexer_bwd_dk_skips_the_last_token", INDEXER_SOURCE,
+             "key0 < keys ? f.seqlen_q - first_token : 0;",
+             "key0 < keys ? f.seqlen_q - first_token - 1 : 0;",
+             "indexer_d64_bf16.cu", run_indexer_backward, WRONG_ANSWER),
     Mutation("sparse_bwd_reads_gathered_rows_without_barrier", SPARSE_BWD_SOURCE,
              "      *reinterpret_cast<uint4*>(target) = *reinterpret_cast<const uint4*>(source);\n"
              "    }\n    __syncthreads();\n",

@@ -3,7 +3,8 @@
 logits against the CPU op on the same inputs (bf16, fp16, FP8; index head dims 64 and 128; head
 counts that pad to whole mma tiles; causal rows that see nothing, per-sequence key counts), and
 top-k exactly equal to a stable sort of the kernel's own logits, through many buffer merges,
-with ties from integer-valued inputs, up to DeepSeek's topk = 2048. sparse_attn's backward
+with ties from integer-valued inputs, up to DeepSeek's topk = 2048; the logits' backward against
+the CPU one. sparse_attn's backward
 (kernels/sparse_bwd.cuh) with the core's forward, against the fp64 formula."""
 
 import pytest
@@ -99,3 +100,25 @@ def test_emulated_sparse_attn_forward_and_backward(sm80, shape, dtype):
         check_against_reference(*sparse_inputs(*shape, dtype),
                                 head_dim_v=512 if shape[6] < 0 else shape[6])
         assert sm80.counters()["launches"] - launches == 3  # forward, dq, dk/dv
+
+
+@pytest.mark.parametrize("case", [
+    (2, 7, 150, 20, 64, torch.bfloat16, True, [150, 5]),
+    (1, 5, 70, 3, 128, torch.float16, False, None),
+    (2, 9, 130, 64, 64, torch.bfloat16, True, [100, 130]),
+], ids=["bf16-causal-seqlens", "fp16-full-rows", "64-heads"])
+def test_emulated_indexer_backward_matches_cpu(sm80, case):
+    """The dq/dweights and dk kernels against the CPU backward on the same 16-bit inputs: they
+    round dz to 16 bits for the tensor cores (as flash attention rounds P), the CPU does not."""
+    batch, seqlen_q, seqlen_k, heads, dim, dtype, causal, lengths = case
+    q, k, w = indexer_inputs(batch, seqlen_q, seqlen_k, heads, dim, dtype=dtype)
+    seqlens = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    dlogits = torch.randn(batch, seqlen_q, seqlen_k)
+    args = (dlogits, q, k, w, seqlens, dim ** -0.5, causal)
+    got = sm80.indexer_logits_bwd(*args)
+    want = torch.ops.deepseek_attn.indexer_logits_bwd(*args)
+    for name, ours, cpu, tolerance in zip(("dq", "dk", "dweights"), got, want,
+                                          (1e-2, 1e-2, 1e-5)):
+        assert ours.dtype == cpu.dtype, name
+        error = (ours.float() - cpu.float()).abs().max() / cpu.float().abs().max()
+        assert error <= tolerance, (name, error.item())

@@ -41,6 +41,19 @@ at::Tensor indexer_topk_cuda(const at::Tensor& q, const at::Tensor& k, const at:
       prepare_indexer(q, k, weights, k_scale, seqlens_k, topk, softmax_scale, causal));
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> indexer_logits_bwd_cuda(
+    const at::Tensor& dlogits, const at::Tensor& q, const at::Tensor& k, const at::Tensor& weights,
+    const std::optional<at::Tensor>& seqlens_k, double softmax_scale, bool causal) {
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  const IndexerBwdCall call =
+      prepare_indexer_bwd(dlogits, q, k, weights, seqlens_k, softmax_scale, causal);
+  if (call.needs_launch) {
+    C10_CUDA_CHECK(
+        cuda::launch_indexer_bwd_for(call.type, call.params, c10::cuda::getCurrentCUDAStream()));
+  }
+  return {call.dq, call.dk, call.dweights};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
     const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
@@ -61,6 +74,7 @@ TORCH_LIBRARY_IMPL(deepseek_attn, CUDA, m) {
   m.impl("sparse_attn_bwd", &sparse_attn_bwd_cuda);
   m.impl("indexer_logits", &indexer_logits_cuda);
   m.impl("indexer_topk", &indexer_topk_cuda);
+  m.impl("indexer_logits_bwd", &indexer_logits_bwd_cuda);
 }
 
 }  // namespace deepseek_attn

@@ -72,6 +72,41 @@ IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::
   return call;
 }
 
+IndexerBwdCall prepare_indexer_bwd(const at::Tensor& dlogits, const at::Tensor& q,
+                                   const at::Tensor& k, const at::Tensor& weights,
+                                   const std::optional<at::Tensor>& seqlens_k,
+                                   double softmax_scale, bool causal) {
+  check_indexer_logits_bwd_inputs(dlogits, q, k, weights, seqlens_k);
+  IndexerBwdCall call;
+  // The forward's checks and params, over contiguous copies.
+  call.q = q.contiguous();
+  call.k = k.contiguous();
+  const IndexerCall forward =
+      prepare_indexer(call.q, call.k, weights, std::nullopt, seqlens_k, std::nullopt,
+                      softmax_scale, causal);
+  call.type = forward.input;
+  call.weights = forward.weights;
+  call.dlogits = dlogits.contiguous();
+  call.dq = at::empty_like(call.q);
+  call.dk = at::empty_like(call.k);
+  call.dweights = at::empty_like(call.weights);
+  if (q.numel() == 0 && k.numel() == 0) return call;
+  if (q.numel() == 0 || k.numel() == 0) {  // nothing is visible: every gradient is 0
+    call.dq.zero_();
+    call.dk.zero_();
+    call.dweights.zero_();
+    return call;
+  }
+  call.params.forward = forward.params;
+  call.params.forward.logits = nullptr;
+  call.params.dlogits = call.dlogits.data_ptr<float>();
+  call.params.dq = call.dq.data_ptr();
+  call.params.dk = call.dk.data_ptr();
+  call.params.dweights = call.dweights.data_ptr<float>();
+  call.needs_launch = true;
+  return call;
+}
+
 namespace {
 
 // For every (sequence, kv head, key), the tokens whose lists name it, in token order, repeats

@@ -25,6 +25,18 @@ IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::
                             const std::optional<at::Tensor>& seqlens_k, std::optional<int64_t> topk,
                             double softmax_scale, bool causal);
 
+struct IndexerBwdCall {
+  IndexerBwdParams params;
+  DType type = DType::kBFloat16;
+  at::Tensor q, k, weights, dlogits, dq, dk, dweights;  // contiguous inputs, outputs
+  bool needs_launch = false;
+};
+
+IndexerBwdCall prepare_indexer_bwd(const at::Tensor& dlogits, const at::Tensor& q,
+                                   const at::Tensor& k, const at::Tensor& weights,
+                                   const std::optional<at::Tensor>& seqlens_k,
+                                   double softmax_scale, bool causal);
+
 struct SparseBwdCall {
   SparseBwdParams params;
   DType type = DType::kBFloat16;

@@ -34,6 +34,24 @@ inline cudaError_t launch_indexer_for(DType input, const IndexerParams& p, cudaS
   return cudaErrorInvalidValue;
 }
 
+// The indexer's backward: the dq/dweights kernel, then the dk kernel.
+template <DType kDType, int kHeadDim>
+cudaError_t launch_indexer_bwd(const IndexerBwdParams& p, cudaStream_t stream);
+
+inline cudaError_t launch_indexer_bwd_for(DType type, const IndexerBwdParams& p,
+                                          cudaStream_t stream) {
+  const bool wide = p.forward.head_dim == 128;
+  if (type == DType::kBFloat16) {
+    return wide ? launch_indexer_bwd<DType::kBFloat16, 128>(p, stream)
+                : launch_indexer_bwd<DType::kBFloat16, 64>(p, stream);
+  }
+  if (type == DType::kFloat16) {
+    return wide ? launch_indexer_bwd<DType::kFloat16, 128>(p, stream)
+                : launch_indexer_bwd<DType::kFloat16, 64>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 // The sparse attention backward's dq and dk/dv kernels, in that order on `stream`.
 template <int kDimQK, int kDimV, DType kDType>
 cudaError_t launch_sparse_attn_bwd(const SparseBwdParams& p, cudaStream_t stream);

@@ -23,5 +23,19 @@ cudaError_t launch_indexer(const IndexerParams& p, cudaStream_t stream) {
                        layout.bytes(), stream, p, layout);
 }
 
+template <DType kDType, int kHeadDim>
+cudaError_t launch_indexer_bwd(const IndexerBwdParams& p, cudaStream_t stream) {
+  const IndexerParams& f = p.forward;
+  const IndexerSmemLayout layout{int((f.heads + 15) / 16 * 16), TilePitch<kHeadDim>::value, 0};
+  const cudaError_t status =
+      launch_kernel(indexer_bwd_dq_kernel<kDType, kHeadDim>,
+                    dim3(unsigned(f.seqlen_q), unsigned(f.batch)), kIndexerBwdThreads,
+                    layout.bytes(), stream, p, layout);
+  if (status != cudaSuccess) return status;
+  return launch_kernel(indexer_bwd_dk_kernel<kDType, kHeadDim>,
+                       dim3(ceil_div(f.seqlen_k, kIndexerBlockKeys), unsigned(f.batch)),
+                       kIndexerThreads, indexer_bwd_dk_smem_bytes(layout), stream, p, layout);
+}
+
 }  // namespace cuda
 }  // namespace deepseek_attn

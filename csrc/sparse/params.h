@@ -31,6 +31,16 @@ struct IndexerParams {
   int64_t topk = 0;
 };
 
+// The indexer's backward: the forward's params (q, k, weights, seqlens; no FP8, no k_scale)
+// plus the upstream gradient and the outputs, all contiguous.
+struct IndexerBwdParams {
+  IndexerParams forward;
+  const float* dlogits = nullptr;  // (B, Sq, Sk)
+  void* dq = nullptr;              // (B, Sq, H, d), q's dtype
+  void* dk = nullptr;              // (B, Sk, d), k's dtype
+  float* dweights = nullptr;       // (B, Sq, H)
+};
+
 // The keys [0, end) that query row `token` of a sequence with `keys` keys sees (SPEC §0:
 // bottom-right causal alignment), the same on host and device.
 DEEPSEEK_ATTN_HOST_DEVICE int64_t indexer_visible_end(int64_t token, int64_t seqlen_q,

@@ -309,6 +309,27 @@ at::Tensor indexer_topk(const at::Tensor& q, const at::Tensor& k, const at::Tens
       prepare_indexer(q, k, weights, k_scale, seqlens_k, topk, softmax_scale, causal), seqlens_k);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> indexer_logits_bwd(
+    const at::Tensor& dlogits, const at::Tensor& q, const at::Tensor& k, const at::Tensor& weights,
+    const std::optional<at::Tensor>& seqlens_k, double softmax_scale, bool causal) {
+  const IndexerBwdCall call =
+      prepare_indexer_bwd(dlogits, q, k, weights, seqlens_k, softmax_scale, causal);
+  if (call.needs_launch) {
+    DeviceMemory memory;
+    for (const auto& [tensor, name] : {std::pair{call.q, "q"}, {call.k, "k"},
+                                       {call.weights, "weights"}, {call.dlogits, "dlogits"}}) {
+      memory.add(tensor, name, true);
+    }
+    if (seqlens_k.has_value()) memory.add(*seqlens_k, "seqlens_k", true);
+    memory.add(call.dq, "dq", false);
+    memory.add(call.dk, "dk", false);
+    memory.add(call.dweights, "dweights", false);
+    memory.register_all();
+    check_launch(cuda::launch_indexer_bwd_for(call.type, call.params, emulated_stream()));
+  }
+  return {call.dq, call.dk, call.dweights};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
     const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
@@ -378,6 +399,7 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("indexer_logits", &indexer_logits);
   m.def("indexer_topk", &indexer_topk);
   m.def("sparse_attn_bwd", &sparse_attn_bwd);
+  m.def("indexer_logits_bwd", &indexer_logits_bwd);
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
   m.def("run_probe", &run_probe);
   m.def("last_kernel_name", &dsa_emu::last_kernel_name);

@@ -315,3 +315,195 @@ __global__ void __launch_bounds__(kIndexerThreads)
 
 }  // namespace cuda
 }  // namespace deepseek_attn
+
+namespace deepseek_attn {
+namespace cuda {
+
+// The backward kernels (no FP8: only 16-bit inputs train). With g = scale·dI[t, s] on visible
+// entries (0 elsewhere) and z = q[t, h]·k[s]:
+//   dw[t, h] = Σ_s g·ReLU(z),  dz = g·w[t, h]·[z > 0],  dq[t, h] = Σ_s dz·k[s],
+//   dk[s] = Σ_(t, h) dz·q[t, h]   (dz rounded to 16 bits for the tensor cores, as P in flash).
+constexpr int kIndexerBwdWarps = 8;  // one 16-head tile each (at most 128 heads)
+constexpr int kIndexerBwdThreads = kIndexerBwdWarps * 32;
+
+// dq and dw: a CTA per (token, sequence), key blocks of 64 streamed as in the forward; each warp
+// keeps its head tile's dq (16 x d) in registers.
+template <DType kDType, int kHeadDim>
+__global__ void __launch_bounds__(kIndexerBwdThreads)
+    indexer_bwd_dq_kernel(const IndexerBwdParams p, const IndexerSmemLayout layout) {
+  using T = Element<kDType>;
+  constexpr int kPitch = TilePitch<kHeadDim>::value;
+  constexpr int kBlock = kIndexerBlockKeys;
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(char, smem);
+  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int64_t b = blockIdx.y, t = blockIdx.x;
+  T* q_tile = reinterpret_cast<T*>(smem);
+  T* k_tiles = reinterpret_cast<T*>(smem + layout.k_offset());
+  float* weights = reinterpret_cast<float*>(smem + layout.weights_offset());
+  float* upstream = reinterpret_cast<float*>(smem + layout.partial_offset());  // g of a block
+  const int64_t visible_end = indexer_visible_end_of_block(p.forward);
+  const int64_t blocks = (visible_end + kBlock - 1) / kBlock;
+  const T* q_rows = static_cast<const T*>(p.forward.q) + b * p.forward.q_batch_stride +
+                    t * p.forward.q_token_stride;
+  const T* k_rows = static_cast<const T*>(p.forward.k) + b * p.forward.k_batch_stride;
+  const float* dlogits = p.dlogits + (b * p.forward.seqlen_q + t) * p.forward.seqlen_k;
+  const auto load_keys = [&](int stage, int64_t block) {
+    load_tile_async<kBlock, kHeadDim, kIndexerBwdThreads>(
+        k_tiles + stage * kBlock * kPitch, k_rows, p.forward.k_token_stride, block * kBlock,
+        visible_end, thread);
+  };
+  for (int h = thread; h < layout.heads_pad; h += kIndexerBwdThreads) {
+    weights[h] = h < p.forward.heads
+                     ? p.forward.weights[(b * p.forward.seqlen_q + t) * p.forward.heads + h]
+                     : 0.f;
+  }
+  if (blocks > 0) {
+    for (int r0 = 0; r0 < layout.heads_pad; r0 += 16) {
+      load_tile_async<16, kHeadDim, kIndexerBwdThreads>(q_tile + r0 * kPitch, q_rows,
+                                                        p.forward.q_head_stride, r0,
+                                                        p.forward.heads, thread);
+    }
+    load_keys(0, 0);
+    cp_async_commit();
+  }
+  const bool owns_tile = warp < layout.heads_pad / 16;
+  const int row0 = warp * 16;
+  float dq[kHeadDim / 8][4] = {};
+  float dw[2] = {0.f, 0.f};  // rows lane / 4 and lane / 4 + 8 of the tile
+  for (int64_t block = 0; block < blocks; ++block) {
+    if (thread < kBlock) {
+      const int64_t key = block * kBlock + thread;
+      upstream[thread] = key < visible_end ? p.forward.scale * dlogits[key] : 0.f;
+    }
+    const int stage = cp_async_double_buffer_step(block, 0, blocks, load_keys);
+    const T* k_tile = k_tiles + stage * kBlock * kPitch;
+    if (owns_tile) {
+      float z[kBlock / 8][4] = {};
+      mma_a_bt<kDType, kHeadDim, kBlock>(z, q_tile, row0, k_tile, lane);
+      const float w[2] = {weights[row0 + lane / 4], weights[row0 + lane / 4 + 8]};
+#pragma unroll
+      for (int n = 0; n < kBlock / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float g = upstream[n * 8 + (lane % 4) * 2 + (e & 1)];
+          const bool active = z[n][e] > 0.f;
+          dw[e / 2] += active ? g * z[n][e] : 0.f;
+          z[n][e] = active ? g * w[e / 2] : 0.f;
+        }
+      }
+      uint32_t dz[kBlock / 16][4];
+      accumulators_to_a_fragments<kDType, kBlock>(z, dz);
+      mma_a_regs_b<kDType, kBlock, kHeadDim, kPitch>(dq, dz, k_tile, 0, lane);
+    }
+    __syncthreads();  // the stage and `upstream` are reused by the next block
+  }
+  if (!owns_tile) return;
+  T* dq_out = static_cast<T*>(p.dq) + (b * p.forward.seqlen_q + t) * p.forward.heads * kHeadDim;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int h = row0 + lane / 4 + 8 * half;
+    const float dw_row = quad_sum(dw[half]);
+    if (h < p.forward.heads) {
+      store_fragment_row<kDType, kHeadDim / 8>(dq_out + h * kHeadDim, dq, half, 1.f, lane);
+      if (lane % 4 == 0) p.dweights[(b * p.forward.seqlen_q + t) * p.forward.heads + h] = dw_row;
+    }
+  }
+}
+
+// Dynamic shared memory of indexer_bwd_dk_kernel: two Q stages, the K block, two stages of the
+// token's weights and of g.
+DEEPSEEK_ATTN_HOST_DEVICE int indexer_bwd_dk_smem_bytes(const IndexerSmemLayout& layout) {
+  return (2 * layout.heads_pad + kIndexerBlockKeys) * layout.pitch * 2 +
+         2 * (layout.heads_pad + kIndexerBlockKeys) * 4;
+}
+
+// dk: a CTA per (block of 64 keys, sequence); its four warps own 16 keys each (dk 16 x d in
+// registers) and stream the tokens that see the block, one Q tile per token, 16 heads at a time:
+// zᵀ = K·Qᵀ, then dk += dzᵀ·Q.
+template <DType kDType, int kHeadDim>
+__global__ void __launch_bounds__(kIndexerThreads)
+    indexer_bwd_dk_kernel(const IndexerBwdParams p, const IndexerSmemLayout layout) {
+  using T = Element<kDType>;
+  constexpr int kPitch = TilePitch<kHeadDim>::value;
+  constexpr int kBlock = kIndexerBlockKeys;
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(char, smem);
+  const IndexerParams& f = p.forward;
+  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int64_t b = blockIdx.y, key0 = int64_t(blockIdx.x) * kBlock;
+  // Layout: two Q stages (heads_pad rows each), the K block, then two stages of weights and g.
+  T* q_tiles = reinterpret_cast<T*>(smem);
+  T* k_tile = q_tiles + 2 * layout.heads_pad * kPitch;
+  float* weights = reinterpret_cast<float*>(k_tile + kBlock * kPitch);
+  float* upstream = weights + 2 * layout.heads_pad;
+  int64_t keys = f.seqlen_k;
+  if (f.seqlens_k != nullptr) {
+    const int64_t given = f.seqlens_k[b];
+    keys = given < 0 ? 0 : (given > f.seqlen_k ? f.seqlen_k : given);
+  }
+  // Bottom-right causal: token t sees key s iff s < t + keys - Sq + 1.
+  int64_t first_token = f.causal ? key0 - (keys - f.seqlen_q) : 0;
+  first_token = first_token < 0 ? 0 : first_token;
+  const int64_t tokens = key0 < keys ? f.seqlen_q - first_token : 0;
+  const T* q_base = static_cast<const T*>(f.q) + b * f.q_batch_stride;
+  const auto load_token = [&](int stage, int64_t step) {
+    const int64_t t = first_token + step;
+    for (int r0 = 0; r0 < layout.heads_pad; r0 += 16) {
+      load_tile_async<16, kHeadDim, kIndexerThreads>(
+          q_tiles + (stage * layout.heads_pad + r0) * kPitch, q_base + t * f.q_token_stride,
+          f.q_head_stride, r0, f.heads, thread);
+    }
+    for (int h = thread; h < layout.heads_pad; h += kIndexerThreads) {
+      weights[stage * layout.heads_pad + h] =
+          h < f.heads ? f.weights[(b * f.seqlen_q + t) * f.heads + h] : 0.f;
+    }
+    if (thread < kBlock) {
+      const int64_t key = key0 + thread;
+      const bool visible = key < indexer_visible_end(t, f.seqlen_q, keys, f.causal);
+      upstream[stage * kBlock + thread] =
+          visible ? f.scale * p.dlogits[(b * f.seqlen_q + t) * f.seqlen_k + key] : 0.f;
+    }
+  };
+  if (tokens > 0) {
+    load_tile_async<kBlock, kHeadDim, kIndexerThreads>(
+        k_tile, static_cast<const T*>(f.k) + b * f.k_batch_stride, f.k_token_stride, key0, keys,
+        thread);
+    load_token(0, 0);
+    cp_async_commit();
+  }
+  float dk[kHeadDim / 8][4] = {};
+  const int row0 = warp * 16;  // this warp's keys within the block
+  for (int64_t step = 0; step < tokens; ++step) {
+    const int stage = cp_async_double_buffer_step(step, 0, tokens, load_token);
+    const T* q_tile = q_tiles + stage * layout.heads_pad * kPitch;
+    const float g[2] = {upstream[stage * kBlock + row0 + lane / 4],
+                        upstream[stage * kBlock + row0 + lane / 4 + 8]};
+    for (int tile = 0; tile < layout.heads_pad / 16; ++tile) {
+      float z[2][4] = {};  // zᵀ: 16 keys x 16 heads
+      mma_a_bt<kDType, kHeadDim, 16>(z, k_tile, row0, q_tile + tile * 16 * kPitch, lane);
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float w = weights[stage * layout.heads_pad + tile * 16 + n * 8 + (lane % 4) * 2 +
+                                  (e & 1)];
+          z[n][e] = z[n][e] > 0.f ? g[e / 2] * w : 0.f;
+        }
+      }
+      uint32_t dz[1][4];
+      accumulators_to_a_fragments<kDType, 16>(z, dz);
+      mma_a_regs_b<kDType, 16, kHeadDim, kPitch>(dk, dz, q_tile + tile * 16 * kPitch, 0, lane);
+    }
+    __syncthreads();  // this stage is refilled two steps on
+  }
+  T* dk_out = static_cast<T*>(p.dk) + (b * f.seqlen_k) * kHeadDim;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t key = key0 + row0 + lane / 4 + 8 * half;
+    if (key < f.seqlen_k) {
+      store_fragment_row<kDType, kHeadDim / 8>(dk_out + key * kHeadDim, dk, half, 1.f, lane);
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn
