@@ -73,11 +73,12 @@ struct CpuKvSource {
     }
   }
 
-  // Key `key` of (batch, head) as column `col` of k_tile (Dqk x cols) and row `col` of v_tile
-  // (cols x Dv). The key's page is valid (checked before the loop).
-  void gather(int64_t batch, int64_t head, int64_t key, int64_t col, int64_t cols, T* k_tile,
-              T* v_tile) const {
+  // Key `key` of (batch, head) as row `col` of k_rows (cols x Dqk) and of v_tile (cols x Dv);
+  // rows are written contiguously (the caller transposes K in cache-sized blocks). The key's
+  // page is valid (checked before the loop).
+  void gather(int64_t batch, int64_t head, int64_t key, int64_t col, T* k_rows, T* v_tile) const {
     const int64_t page = layout.page_of(batch, key);
+    T* k_row_out = k_rows + col * dim_qk;
     T* v_row = v_tile + col * dim_v;
     if (layout.storage == KvStorage::kLatentFp8) {
       using Layout = LatentFp8Layout;
@@ -86,39 +87,33 @@ struct CpuKvSource {
       float scales[Layout::kQuantized / Layout::kGroup];
       std::memcpy(scales, row + Layout::kScaleOffset, sizeof(scales));
       for (int64_t d = 0; d < Layout::kQuantized; ++d) {
-        const T value = T(e4m3_to_float(row[d]) * scales[d / Layout::kGroup]);
-        k_tile[d * cols + col] = value;
-        v_row[d] = value;
+        k_row_out[d] = T(e4m3_to_float(row[d]) * scales[d / Layout::kGroup]);
       }
       for (int64_t d = 0; d < Layout::kRope; ++d) {
         uint16_t bits;
         std::memcpy(&bits, row + Layout::kRopeOffset + 2 * d, sizeof(bits));
-        k_tile[(Layout::kQuantized + d) * cols + col] = T(bf16_bits_to_float(bits));
+        k_row_out[Layout::kQuantized + d] = T(bf16_bits_to_float(bits));
       }
+      std::copy(k_row_out, k_row_out + dim_v, v_row);
       return;
     }
     const int64_t element = c10::elementSize(storage);
     const char* k_row = static_cast<const char*>(layout.k) +
                         layout.row_offset(layout.k_strides, page, key, head) * element;
-    read_row(k_row, dim_qk, k_tile + col, cols);
-    const char* v_src = layout.values_in_keys()
-                            ? k_row
-                            : static_cast<const char*>(layout.v) +
-                                  layout.row_offset(layout.v_strides, page, key, head) * element;
-    read_row(v_src, dim_v, v_row, 1);
-  }
-
-  // An unselected slot: zeros, so its (masked) column contributes exactly nothing.
-  void clear(int64_t col, int64_t cols, T* k_tile, T* v_tile) const {
-    for (int64_t d = 0; d < dim_qk; ++d) k_tile[d * cols + col] = T(0);
-    std::fill(v_tile + col * dim_v, v_tile + (col + 1) * dim_v, T(0));
+    read_row(k_row, dim_qk, k_row_out, 1);
+    if (layout.values_in_keys()) {  // latent rows: the values are the key's first columns
+      std::copy(k_row_out, k_row_out + dim_v, v_row);
+      return;
+    }
+    read_row(static_cast<const char*>(layout.v) +
+                 layout.row_offset(layout.v_strides, page, key, head) * element,
+             dim_v, v_row, 1);
   }
 };
 
 template <typename T>
 struct TaskScratch {
-  std::vector<T> q_tile, scores, out, k_tile, v_tile;
-  std::vector<uint8_t> selected;
+  std::vector<T> q_tile, scores, out, k_rows, k_tile, v_tile;
   std::vector<OnlineSoftmaxRow<T>> state;
 };
 
@@ -176,19 +171,18 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out, T so
     state.assign(rows, OnlineSoftmaxRow<T>());
 
     // One key tile: S = Q K^T, mask, online softmax, O += P V. Band tiles start at key j0;
-    // listed tiles pass which of their columns hold a selected key.
+    // listed tiles hold only selected keys (full).
     auto consume_tile = [&](const T* k_tile, int64_t ld_k, const T* v_tile, int64_t ld_v,
-                            int64_t cols, int64_t j0, bool full, const uint8_t* selected) {
+                            int64_t cols, int64_t j0, bool full) {
       cpu::gemm_nn(rows, cols, dqk, s.q_tile.data(), dqk, k_tile, ld_k, false, s.scores.data(),
                    cols);
       for (int64_t r = 0; r < rows; ++r) {
         T* scores = s.scores.data() + r * cols;
         const int64_t token = t0 + r / nh;
-        const int64_t vis_begin = full || selected ? 0 : band.first_key(token) - j0;
-        const int64_t vis_end = full || selected ? cols : band.end_key(token) - j0;
+        const int64_t vis_begin = full ? 0 : band.first_key(token) - j0;
+        const int64_t vis_end = full ? cols : band.end_key(token) - j0;
         cpu::scores_to_logits(scores, cols, softmax_scale, softcap, vis_begin, vis_end,
                               static_cast<T*>(nullptr));
-        if (selected != nullptr) cpu::mask_columns(scores, selected, cols);
         const T rescale = state[r].update_max(cpu::row_max(scores, cols));
         state[r].sum += cpu::exp2_shifted_inplace(scores, cols, state[r].max_log2);
         if (rescale != T(1)) cpu::scale_row(s.out.data() + r * dv, dv, rescale);
@@ -206,38 +200,35 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out, T so
           const BshdStrides& vs =
               kv.layout.values_in_keys() ? kv.layout.k_strides : kv.layout.v_strides;
           const T* v_tile = kv.values() + kv.layout.row_offset(vs, b, j0, hk);
-          consume_tile(k_tile, kv.seqlen_k, v_tile, vs.row, cols, j0, full, nullptr);
+          consume_tile(k_tile, kv.seqlen_k, v_tile, vs.row, cols, j0, full);
           continue;
         }
+        s.k_rows.resize(cols * dqk);
         s.k_tile.resize(dqk * cols);
         s.v_tile.resize(cols * dv);
         for (int64_t c = 0; c < cols; ++c) {
-          kv.gather(b, hk, j0 + c, c, cols, s.k_tile.data(), s.v_tile.data());
+          kv.gather(b, hk, j0 + c, c, s.k_rows.data(), s.v_tile.data());
         }
-        consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, j0, full, nullptr);
+        cpu::transpose_tile(s.k_rows.data(), cols, dqk, dqk, s.k_tile.data());
+        consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, j0, full);
       }
     } else {
+      // The selected entries are packed into full tiles (a listed tile holds one token's keys:
+      // order does not matter to the softmax, and a key listed twice is gathered twice).
       const int64_t entries = selection.num_entries();
-      for (int64_t e0 = 0; e0 < entries; e0 += kKeysPerTile) {
-        const int64_t cols = std::min(kKeysPerTile, entries - e0);
-        s.k_tile.resize(dqk * cols);
-        s.v_tile.resize(cols * dv);
-        s.selected.resize(cols);
-        bool any = false;
-        for (int64_t c = 0; c < cols; ++c) {
-          const int64_t key = selection.key_of_entry(b, t0, hk, e0 + c);
-          const bool selected = key >= 0 && key < seqlen && band.visible(t0, key);
-          s.selected[c] = selected;
-          any = any || selected;
-          if (selected) {
-            kv.gather(b, hk, key, c, cols, s.k_tile.data(), s.v_tile.data());
-          } else {
-            kv.clear(c, cols, s.k_tile.data(), s.v_tile.data());
-          }
+      s.k_rows.resize(kKeysPerTile * dqk);
+      s.k_tile.resize(dqk * kKeysPerTile);
+      s.v_tile.resize(kKeysPerTile * dv);
+      int64_t cols = 0;
+      for (int64_t e = 0; e < entries; ++e) {
+        const int64_t key = selection.key_of_entry(b, t0, hk, e);
+        if (key >= 0 && key < seqlen && band.visible(t0, key)) {
+          kv.gather(b, hk, key, cols++, s.k_rows.data(), s.v_tile.data());
         }
-        if (any) {
-          consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, 0, false,
-                       s.selected.data());
+        if (cols == kKeysPerTile || (e + 1 == entries && cols > 0)) {
+          cpu::transpose_tile(s.k_rows.data(), cols, dqk, dqk, s.k_tile.data());
+          consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, 0, true);
+          cols = 0;
         }
       }
     }

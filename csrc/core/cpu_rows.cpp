@@ -84,14 +84,6 @@ DEEPSEEK_ATTN_ROW_KERNEL_FP32(softmax_grad_row, void,
                                float delta),
                               (dp, p, tanh_row, cols, delta))
 
-template <typename T>
-DEEPSEEK_ATTN_ALWAYS_INLINE void mask_columns_impl(T* s, const uint8_t* selected, int64_t cols) {
-  for (int64_t c = 0; c < cols; ++c) s[c] = selected[c] ? s[c] : T(-INFINITY);
-}
-
-DEEPSEEK_ATTN_ROW_KERNEL_FP32(mask_columns, void, (float* s, const uint8_t* selected, int64_t cols),
-                              (s, selected, cols))
-
 void scores_to_logits(double* s, int64_t cols, double scale, double softcap, int64_t visible_begin,
                       int64_t visible_end, double* tanh_out) {
   scores_to_logits_impl<double>(s, cols, scale, softcap, visible_begin, visible_end, tanh_out);
@@ -104,10 +96,6 @@ void scale_row(double* x, int64_t n, double factor) { scale_row_impl<double>(x, 
 void softmax_grad_row(double* dp, const double* p, const double* tanh_row, int64_t cols,
                       double delta) {
   softmax_grad_row_impl<double>(dp, p, tanh_row, cols, delta);
-}
-
-void mask_columns(double* s, const uint8_t* selected, int64_t cols) {
-  mask_columns_impl<double>(s, selected, cols);
 }
 
 }  // namespace deepseek_attn::cpu

@@ -30,8 +30,4 @@ void softmax_grad_row(float* dp, const float* p, const float* tanh_row, int64_t 
 void softmax_grad_row(double* dp, const double* p, const double* tanh_row, int64_t cols,
                       double delta);
 
-// s[c] <- -inf where column c holds no selected key (an index list's empty or masked slot).
-void mask_columns(float* s, const uint8_t* selected, int64_t cols);
-void mask_columns(double* s, const uint8_t* selected, int64_t cols);
-
 }  // namespace deepseek_attn::cpu
