@@ -4,6 +4,7 @@ Exit status 0 when every registered op matches its reference on the best availab
 """
 
 import argparse
+import math
 import sys
 
 import torch
@@ -223,7 +224,40 @@ def check_sparse_attn_bwd(device):
     return max(spec6_error_ratio(a.cpu(), b, c, factor=3) for a, b, c in zip(ours, same, exact))
 
 
+def check_indexer(device, what):
+    """The lightning indexer on bf16 inputs (4 heads of 64, 9 queries, 40 keys, causal): logits
+    against reference/sparse.py's fp64 formula (max error / 1e-3 of their range), their
+    gradients against autograd through it (relative error / 2e-2: dz is rounded to bf16 on
+    CUDA), or the top-k against a stable sort of the op's own logits (0, or inf)."""
+    from deepseek_attn import sparse
+    from deepseek_attn.reference import indexer_logits_ref, indexer_topk_ref
+
+    generator = torch.Generator().manual_seed(7)
+    q, k, w = (torch.randn(*shape, generator=generator) for shape in ((1, 9, 4, 64), (1, 40, 64),
+                                                                         (1, 9, 4)))
+    q, k = q.to(torch.bfloat16), k.to(torch.bfloat16)
+    inputs = [t.to(device).requires_grad_(what == "backward") for t in (q, k, w)]
+    logits = sparse.indexer_logits(*inputs)
+    if what == "topk":
+        topk = sparse.indexer_topk(*inputs[:3], topk=16).cpu()
+        return 0.0 if torch.equal(topk, indexer_topk_ref(logits.detach().cpu(), 16)) else math.inf
+    exact_inputs = [t.detach().double().requires_grad_() for t in (q, k, w)]
+    exact = indexer_logits_ref(*exact_inputs)
+    visible = torch.isfinite(exact)
+    if what == "forward":
+        error = (logits.detach().cpu().double()[visible] - exact[visible]).abs().max()
+        return error.item() / (1e-3 * exact[visible].abs().max().item())
+    upstream = torch.randn(exact.shape, generator=generator).masked_fill(~visible, 0)
+    ours = torch.autograd.grad(logits, inputs, upstream.to(device))
+    theirs = torch.autograd.grad(exact.masked_fill(~visible, 0), exact_inputs, upstream.double())
+    return max(((a.cpu().double() - b).abs().max() / b.abs().max()).item() / 2e-2
+               for a, b in zip(ours, theirs))
+
+
 SELF_CHECKS = {
+    f"{NAMESPACE}::indexer_logits": lambda device: check_indexer(device, "forward"),
+    f"{NAMESPACE}::indexer_logits_bwd": lambda device: check_indexer(device, "backward"),
+    f"{NAMESPACE}::indexer_topk": lambda device: check_indexer(device, "topk"),
     f"{NAMESPACE}::sparse_attn_bwd": check_sparse_attn_bwd,
     f"{NAMESPACE}::mla_norm_rope": lambda device: check_mla_norm_rope(device, backward=False),
     f"{NAMESPACE}::mla_norm_rope_bwd": lambda device: check_mla_norm_rope(device, backward=True),
