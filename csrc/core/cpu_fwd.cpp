@@ -269,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
   const at::Tensor q_acc = in.q.to(acc_dtype);
   // Dense band tiles are read in place from K transposed once, so every tile product is A·B;
   // every other source is gathered (and converted) key by key from the caller's tensors.
-  const bool in_place = !fp8 && !in.block_table.has_value() && !p.selection.listed();
+  const bool in_place = !fp8 && !in.block_table.has_value() && !in.indices.has_value();
   const at::Tensor k_acc = in_place ? in.k.to(acc_dtype) : in.k;
   const std::optional<at::Tensor> v_acc =
       in.v.has_value() && in_place ? std::optional<at::Tensor>(in.v->to(acc_dtype)) : in.v;

@@ -160,13 +160,7 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (batch, seqlen, {self.dim}) (got shape {tuple(x.shape)})")
         batch, seqlen, _ = x.shape
-        if cache is None:
-            positions, slots = torch.arange(seqlen, device=x.device).expand(batch, seqlen), None
-        else:
-            if cache.block_table.shape[0] != batch:
-                raise ValueError(f"the cache holds {cache.block_table.shape[0]} sequences and x "
-                                 f"{batch}")
-            positions, slots = cache.reserve(seqlen)
+        positions, slots = self._positions(x, cache)
         cos, sin = self._rope_tables(positions, x.dtype)
         c_q = self.q_norm(self.wq_a(x))
         q = mla_norm_rope(self.wq_b(c_q).view(batch, seqlen, self.n_heads, self.qk_head_dim),

@@ -185,6 +185,17 @@ class MultiHeadLatentAttention(nn.Module):
                           device=weight.device, kv_lora_rank=self.kv_lora_rank,
                           rope_dim=self.qk_rope_head_dim)
 
+    def _positions(self, x, cache):
+        """(positions (B, S), cache slots (B, S) or None) of x's tokens: 0..S-1 without a cache,
+        else after each sequence's cached tokens (reserved, to be committed)."""
+        batch, seqlen, _ = x.shape
+        if cache is None:
+            return torch.arange(seqlen, device=x.device).expand(batch, seqlen), None
+        if cache.block_table.shape[0] != batch:
+            raise ValueError(f"the cache holds {cache.block_table.shape[0]} sequences and x "
+                             f"{batch}")
+        return cache.reserve(seqlen)
+
     def _rope_tables(self, positions, dtype):
         angles = positions.to(torch.float64)[..., None] * self.rope_inv_freq
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -216,14 +227,7 @@ class MultiHeadLatentAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (batch, seqlen, {self.dim}) (got shape {tuple(x.shape)})")
         batch, seqlen, _ = x.shape
-        if cache is None:
-            positions = torch.arange(seqlen, device=x.device).expand(batch, seqlen)
-            slots = None
-        else:
-            if cache.block_table.shape[0] != batch:
-                raise ValueError(f"the cache holds {cache.block_table.shape[0]} sequences and x "
-                                 f"{batch}")
-            positions, slots = cache.reserve(seqlen)
+        positions, slots = self._positions(x, cache)
         cos, sin = self._rope_tables(positions, x.dtype)
 
         if self.q_lora_rank == 0:
