@@ -5,7 +5,7 @@ from deepseek_attn.fp8 import dequantize, fp8_gemm, quantize_act, quantize_weigh
 from deepseek_attn import nn  # noqa: F401  (deepseek_attn.nn.Fp8Linear)
 from deepseek_attn import core  # noqa: F401  (the shared core's op and its fake kernel)
 from deepseek_attn.mla import MLAKVCache, mla_decode
-from deepseek_attn.sparse import sparse_attn
+from deepseek_attn.sparse import block_select, block_sparse_attn, sparse_attn
 from deepseek_attn import _C
 
 __version__ = "0.1.0"
@@ -20,5 +20,5 @@ def set_hopper_kernels(enabled: bool) -> bool:
 
 
 __all__ = ["FlashAttnFunction", "flash_attn_func", "quantize_act", "quantize_weight",
-           "dequantize", "fp8_gemm", "mla_decode", "MLAKVCache", "sparse_attn", "nn", "set_hopper_kernels",
-           "__version__"]
+           "dequantize", "fp8_gemm", "mla_decode", "MLAKVCache", "sparse_attn", "block_sparse_attn",
+           "block_select", "nn", "set_hopper_kernels", "__version__"]

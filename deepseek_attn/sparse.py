@@ -23,7 +23,8 @@ import torch.utils.checkpoint
 from deepseek_attn import core  # noqa: F401  (registers the core op's fake kernel)
 from deepseek_attn.fp8 import quantize_act
 
-__all__ = ["IndexerLogitsFunction", "SparseAttnFunction", "hadamard_rotate", "indexer_kl_loss",
+__all__ = ["BlockSparseAttnFunction", "IndexerLogitsFunction", "SparseAttnFunction",
+           "block_select", "block_sparse_attn", "hadamard_rotate", "indexer_kl_loss",
            "indexer_logits", "indexer_topk", "quantize_indexer_fp8", "sparse_attn"]
 
 _ops = torch.ops.deepseek_attn
@@ -264,3 +265,102 @@ def indexer_kl_loss(q, k, index_q, index_k, index_weights, softmax_scale=None, i
             chunk_loss, index_q[:, t0:t1], index_k[:, :keys], index_weights[:, t0:t1],
             use_reentrant=False)
     return total / (batch * seqlen_q) if reduction == "mean" else total
+
+
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def block_token_indices(block_indices, block_size, seqlen_k, causal):
+    """The token lists (B, Sq, Hkv, n·block_size) int32 of block lists (B, Sq, Hkv, n): each
+    block's keys in order, -1 for empty slots, keys past Sk and (causal) keys a row cannot see."""
+    seqlen_q = block_indices.shape[1]
+    offsets = torch.arange(block_size, device=block_indices.device)
+    blocks = block_indices.long()[..., None]
+    keys = blocks * block_size + offsets
+    hidden = (blocks < 0) | (keys >= seqlen_k)
+    if causal:  # bottom-right: row t sees key s iff s <= t + Sk - Sq (SPEC §0)
+        limit = torch.arange(seqlen_q, device=keys.device) + seqlen_k - seqlen_q
+        hidden = hidden | (keys > limit.view(1, -1, 1, 1, 1))
+    return keys.masked_fill(hidden, -1).flatten(-2).to(torch.int32)
+
+
+class BlockSparseAttnFunction(torch.autograd.Function):
+    """(out, lse) of attention over block lists (SPEC §5). Inputs: (q, k, v, block_indices,
+    block_size, causal, softmax_scale). The forward is the core over block lists; the backward
+    expands the lists to their keys and runs sparse_attn's (dQ per row, dK/dV per key through an
+    inverse index: deterministic)."""
+
+    @staticmethod
+    def forward(q, k, v, block_indices, block_size, causal, softmax_scale):
+        return _ops.attention_core_fwd(q, k, v, None, None, block_indices, block_size, -1,
+                                       softmax_scale, causal, -1, -1, 0.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, block_indices, block_size, causal, softmax_scale = inputs
+        ctx.save_for_backward(q, k, v, block_indices, *output)
+        ctx.block_size, ctx.causal, ctx.softmax_scale = block_size, causal, softmax_scale
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, block_indices, out, lse = ctx.saved_tensors
+        indices = block_token_indices(block_indices, ctx.block_size, k.shape[1], ctx.causal)
+        dq, dk, dv = _ops.sparse_attn_bwd(dout.contiguous(), q, k, v, out, lse, indices,
+                                          v.shape[-1], ctx.softmax_scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def block_sparse_attn(q, k, v, block_indices, block_size=64, causal=True, softmax_scale=None,
+                      return_lse=False):
+    """Attention of q (B, Sq, Hq, D) over the key blocks of k (B, Sk, Hkv, D) / v (B, Sk, Hkv, Dv)
+    that `block_indices` (B, Sq, Hkv, n) int32 names (SPEC §5): block b covers keys
+    [b·block_size, (b+1)·block_size), -1 slots are skipped, a block listed twice counts twice,
+    causal (bottom-right) applies inside the blocks, all query heads of a GQA group share their
+    kv head's list, rows seeing no key give 0 and lse -inf. Returns out (B, Sq, Hq, Dv), and lse
+    (B, Hq, Sq) fp32 with return_lse."""
+    if block_size not in BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {BLOCK_SIZES} (got {block_size})")
+    if block_indices.dim() != 4:
+        raise ValueError("block_indices must be (batch, seqlen_q, heads_kv, num_blocks) (got "
+                         f"shape {tuple(block_indices.shape)})")
+    if block_indices.shape[-1] == 0:
+        raise ValueError("block_indices must name at least one slot per row (got num_blocks = 0)")
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    out, lse = BlockSparseAttnFunction.apply(q, k, v, block_indices, block_size, causal, scale)
+    return (out, lse) if return_lse else out
+
+
+def block_select(scores, n, block_size=64, causal=True, init_blocks=1, local_blocks=2,
+                 seqlen_k=None):
+    """NSA's block selection (SPEC §5): per (query, kv head), the `n` best key blocks by `scores`
+    (B, Sq, Hkv, n_blocks), always including the first `init_blocks` blocks and the
+    `local_blocks` blocks ending at the query's own (when visible); best first, equal scores to
+    the lower block, -1 past the row's visible blocks. Causal (bottom-right over seqlen_k, default
+    n_blocks·block_size): a block is visible when its first key is. Returns (B, Sq, Hkv, n)
+    int32."""
+    if n < init_blocks + local_blocks or n <= 0:
+        raise ValueError(f"n must be positive and hold the {init_blocks} initial and "
+                         f"{local_blocks} local blocks (got {n})")
+    if scores.dim() != 4:
+        raise ValueError("scores must be (batch, seqlen_q, heads_kv, num_blocks) (got shape "
+                         f"{tuple(scores.shape)})")
+    seqlen_q, blocks = scores.shape[1], scores.shape[-1]
+    seqlen_k = blocks * block_size if seqlen_k is None else seqlen_k
+    block = torch.arange(blocks, device=scores.device)
+    last_key = torch.arange(seqlen_q, device=scores.device) + seqlen_k - seqlen_q
+    own = (last_key // block_size).view(-1, 1)  # the block holding the query's last key
+    if causal:
+        visible = block * block_size <= last_key.view(-1, 1)
+    else:
+        visible = torch.ones(seqlen_q, blocks, dtype=torch.bool, device=scores.device)
+    forced = (block < init_blocks) | ((block <= own) & (block > own - local_blocks))
+    ranked = scores.float().masked_fill(forced[None, :, None], float("inf"))
+    ranked = ranked.masked_fill(~visible[None, :, None], float("-inf"))
+    order = torch.sort(ranked, dim=-1, descending=True, stable=True)
+    picked = order.indices[..., :n].to(torch.int32)
+    keep = order.values[..., :n] > float("-inf")
+    picked = picked.masked_fill(~keep, -1)
+    if picked.shape[-1] < n:
+        picked = torch.nn.functional.pad(picked, (0, n - picked.shape[-1]), value=-1)
+    return picked

@@ -5,7 +5,8 @@ counts that pad to whole mma tiles; causal rows that see nothing, per-sequence k
 top-k exactly equal to a stable sort of the kernel's own logits, through many buffer merges,
 with ties from integer-valued inputs, up to DeepSeek's topk = 2048; the logits' backward against
 the CPU one. sparse_attn's backward
-(kernels/sparse_bwd.cuh) with the core's forward, against the fp64 formula."""
+(kernels/sparse_bwd.cuh) with the core's forward, against the fp64 formula, over token lists
+and (block_sparse_attn) block lists."""
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from deepseek_attn import sparse
 from deepseek_attn.reference import indexer_logits_ref, indexer_topk_ref
 
 from test_emulated_kernels import sm80, sm90  # noqa: F401  (session fixtures)
+from test_block_sparse import block_inputs, check_block_sparse
 from test_emulated_mla_module import on_emulated_cuda
 from test_sparse import check_against_reference, sparse_inputs
 from test_sparse_indexer import assert_logits_close, indexer_inputs
@@ -122,3 +124,18 @@ def test_emulated_indexer_backward_matches_cpu(sm80, case):
         assert ours.dtype == cpu.dtype, name
         error = (ours.float() - cpu.float()).abs().max() / cpu.float().abs().max()
         assert error <= tolerance, (name, error.item())
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((2, 37, 150, 4, 2, 64, 64, 3, 16), torch.bfloat16),
+    ((1, 20, 130, 16, 1, 128, 128, 2, 64), torch.float16),
+    ((1, 33, 129, 4, 2, 192, 128, 2, 128), torch.bfloat16),
+], ids=["gqa2-d64-block16", "gqa16-d128-block64", "d192x128-block128"])
+def test_emulated_block_sparse_attn_forward_and_backward(sm80, shape, dtype):
+    """block_sparse_attn on the emulated core (block lists, causal inside the blocks) and the
+    emulated sparse backward (the lists expanded to their keys), against the fp64 formula."""
+    *sizes, block = shape
+    with on_emulated_cuda(sm80):
+        launches = sm80.counters()["launches"]
+        check_block_sparse(*block_inputs(*sizes, block, dtype), block, causal=True)
+        assert sm80.counters()["launches"] - launches == 3  # forward, dq, dk/dv
