@@ -2,8 +2,8 @@
 masked formula (reference/core.py over block lists: duplicates weighted by their count, causal
 inside the blocks) in values and every gradient, for GQA ratios 1/2/4/16, lengths that are not a
 multiple of the block, -1 slots, duplicated blocks and rows that see nothing; against
-flash_attn_func when the lists name every block; `block_select`'s forced blocks and tie rule;
-gradcheck, compile and bad inputs."""
+flash_attn_func when the lists name every block and against fla-core's plain-PyTorch NSA selection
+(a test extra); `block_select`'s forced blocks and tie rule; gradcheck, compile and bad inputs."""
 
 import pytest
 import torch
@@ -138,3 +138,24 @@ def test_block_sparse_rejects_bad_inputs(call, error, message):
     q, k, v, indices = block_inputs(1, 9, 40, 2, 1, 16, 16, 2, 16, torch.float32)
     with pytest.raises(error, match=message):
         call(q, k, v, indices)
+
+
+def test_block_sparse_attn_matches_fla_naive_selection():
+    """Against fla-core's plain-PyTorch NSA selection branch (an independent implementation, on
+    its own conventions: long block indices, causal as Sq == Sk, GQA by repetition), values and
+    gradients; every row lists its own block, so none is empty (fla would give NaN there)."""
+    naive = pytest.importorskip("fla.ops.nsa.naive")
+    generator = torch.Generator().manual_seed(11)
+    batch, seqlen, heads_q, heads_kv, dim, block = 2, 100, 16, 1, 64, 32
+    q, k, v = (torch.randn(batch, seqlen, h, dim, generator=generator, dtype=torch.float64)
+               .requires_grad_() for h in (heads_q, heads_kv, heads_kv))
+    own = (torch.arange(seqlen) // block).view(1, seqlen, 1, 1).expand(batch, -1, heads_kv, 1)
+    others = torch.randint(-1, 4, (batch, seqlen, heads_kv, 2), generator=generator)
+    indices = torch.cat([own, torch.minimum(others, own)], dim=-1)  # -1, repeats, past blocks
+    ours = block_sparse_attn(q, k, v, indices.int(), block_size=block)
+    theirs = naive.naive_nsa_selection(q, k, v, indices.long(), block_size=block)
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), atol=1e-5, rtol=1e-5)
+    dout = torch.randn(ours.shape, generator=generator, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), dout),
+                    torch.autograd.grad(theirs, (q, k, v), dout)):
+        torch.testing.assert_close(a, b.to(a.dtype), atol=1e-5, rtol=1e-5)
