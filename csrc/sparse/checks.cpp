@@ -1,4 +1,5 @@
-// Input checks of the sparse attention backward (SPEC §4): the words of the core's checks.
+// Input checks of the sparse family's ops (SPEC §4): the sparse attention backward (the words of
+// the core's checks) and the lightning indexer.
 
 #include "sparse/checks.h"
 
@@ -66,10 +67,6 @@ SparseAttnShape check_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::T
   }
   return s;
 }
-
-}  // namespace deepseek_attn
-
-namespace deepseek_attn {
 
 void check_sparse_index_values(const at::Tensor& indices, int64_t seqlen_k) {
   const at::Tensor bad = (indices < -1) | (indices >= seqlen_k);

@@ -14,13 +14,17 @@
 
 namespace deepseek_attn {
 
-IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::Tensor& weights,
-                            const std::optional<at::Tensor>& k_scale,
-                            const std::optional<at::Tensor>& seqlens_k, std::optional<int64_t> topk,
-                            double softmax_scale, bool causal) {
+namespace {
+
+// The CUDA kernels' limits on the indexer's inputs (topk: the top-k kernel's), after the checks
+// both back ends share.
+IndexerShape check_indexer_device_inputs(const at::Tensor& q, const at::Tensor& k,
+                                         const at::Tensor& weights,
+                                         const std::optional<at::Tensor>& k_scale,
+                                         const std::optional<at::Tensor>& seqlens_k,
+                                         std::optional<int64_t> topk) {
   const IndexerShape s = check_indexer_inputs(q, k, weights, k_scale, seqlens_k);
-  const bool logits = !topk.has_value();
-  if (!logits) check_indexer_topk(*topk);
+  if (topk.has_value()) check_indexer_topk(*topk);
   const auto dtype = q.scalar_type();
   DEEPSEEK_ATTN_CHECK_TYPE(dtype == at::kBFloat16 || dtype == at::kHalf ||
                                dtype == at::kFloat8_e4m3fn,
@@ -31,8 +35,9 @@ IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::
                             s.head_dim, ")");
   DEEPSEEK_ATTN_CHECK_VALUE(s.heads <= kIndexerMaxHeads, "the CUDA indexer takes at most ",
                             kIndexerMaxHeads, " index heads (got ", s.heads, ")");
-  DEEPSEEK_ATTN_CHECK_VALUE(logits || *topk <= kIndexerMaxTopk, "the CUDA indexer_topk takes topk <= ",
-                            kIndexerMaxTopk, " (got ", *topk, ")");
+  DEEPSEEK_ATTN_CHECK_VALUE(!topk.has_value() || *topk <= kIndexerMaxTopk,
+                            "the CUDA indexer_topk takes topk <= ", kIndexerMaxTopk, " (got ",
+                            topk.value_or(0), ")");
   DEEPSEEK_ATTN_CHECK_VALUE(s.batch <= 65535, "the CUDA indexer takes at most 65535 sequences (got ",
                             s.batch, ")");
   DEEPSEEK_ATTN_CHECK_VALUE(s.seqlen_k <= std::numeric_limits<int32_t>::max(),
@@ -40,33 +45,55 @@ IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::
   if (seqlens_k.has_value() && index_value_checks_requested()) {
     check_indexer_seqlens_values(*seqlens_k, s.seqlen_k);  // else the kernels clamp them
   }
+  return s;
+}
+
+// The params of the kernels' inputs (no outputs), from operands already aligned for the
+// kernels' vector loads (weights and k_scale contiguous).
+IndexerParams indexer_input_params(const IndexerShape& s, const at::Tensor& q, const at::Tensor& k,
+                                   const at::Tensor& weights, const at::Tensor& k_scale,
+                                   const std::optional<at::Tensor>& seqlens_k,
+                                   double softmax_scale, bool causal) {
+  IndexerParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.weights = weights.data_ptr<float>();
+  if (k_scale.defined()) p.k_scale = k_scale.data_ptr<float>();
+  if (seqlens_k.has_value()) p.seqlens_k = seqlens_k->data_ptr<int32_t>();
+  p.batch = s.batch, p.seqlen_q = s.seqlen_q, p.seqlen_k = s.seqlen_k;
+  p.heads = s.heads, p.head_dim = s.head_dim;
+  p.q_batch_stride = q.stride(0), p.q_token_stride = q.stride(1), p.q_head_stride = q.stride(2);
+  p.k_batch_stride = k.stride(0), p.k_token_stride = k.stride(1);
+  p.scale = float(softmax_scale);
+  p.causal = causal;
+  return p;
+}
+
+}  // namespace
+
+IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::Tensor& weights,
+                            const std::optional<at::Tensor>& k_scale,
+                            const std::optional<at::Tensor>& seqlens_k, std::optional<int64_t> topk,
+                            double softmax_scale, bool causal) {
+  const IndexerShape s = check_indexer_device_inputs(q, k, weights, k_scale, seqlens_k, topk);
   IndexerCall call;
-  call.input = dtype_of(dtype);
+  call.input = dtype_of(q.scalar_type());
   call.q = aligned_for_vector_loads(q);
   call.k = aligned_for_vector_loads(k);
   call.weights = weights.contiguous();
   if (k_scale.has_value()) call.k_scale = k_scale->contiguous();
-  call.output = logits ? at::empty({s.batch, s.seqlen_q, s.seqlen_k}, q.options().dtype(at::kFloat))
-                       : at::empty({s.batch, s.seqlen_q, *topk}, q.options().dtype(at::kInt));
+  call.output = topk.has_value()
+                    ? at::empty({s.batch, s.seqlen_q, *topk}, q.options().dtype(at::kInt))
+                    : at::empty({s.batch, s.seqlen_q, s.seqlen_k}, q.options().dtype(at::kFloat));
   if (call.output.numel() == 0) return call;
   IndexerParams& p = call.params;
-  p.q = call.q.data_ptr();
-  p.k = call.k.data_ptr();
-  p.weights = call.weights.data_ptr<float>();
-  if (k_scale.has_value()) p.k_scale = call.k_scale.data_ptr<float>();
-  if (seqlens_k.has_value()) p.seqlens_k = seqlens_k->data_ptr<int32_t>();
-  p.batch = s.batch, p.seqlen_q = s.seqlen_q, p.seqlen_k = s.seqlen_k;
-  p.heads = s.heads, p.head_dim = s.head_dim;
-  p.q_batch_stride = call.q.stride(0), p.q_token_stride = call.q.stride(1);
-  p.q_head_stride = call.q.stride(2);
-  p.k_batch_stride = call.k.stride(0), p.k_token_stride = call.k.stride(1);
-  p.scale = float(softmax_scale);
-  p.causal = causal;
-  if (logits) {
-    p.logits = call.output.data_ptr<float>();
-  } else {
+  p = indexer_input_params(s, call.q, call.k, call.weights, call.k_scale, seqlens_k,
+                           softmax_scale, causal);
+  if (topk.has_value()) {
     p.indices = call.output.data_ptr<int32_t>();
     p.topk = *topk;
+  } else {
+    p.logits = call.output.data_ptr<float>();
   }
   call.needs_launch = true;
   return call;
@@ -77,18 +104,17 @@ IndexerBwdCall prepare_indexer_bwd(const at::Tensor& dlogits, const at::Tensor& 
                                    const std::optional<at::Tensor>& seqlens_k,
                                    double softmax_scale, bool causal) {
   check_indexer_logits_bwd_inputs(dlogits, q, k, weights, seqlens_k);
+  const IndexerShape s =
+      check_indexer_device_inputs(q, k, weights, std::nullopt, seqlens_k, std::nullopt);
   IndexerBwdCall call;
-  // The forward's checks and params, over contiguous copies.
-  call.q = q.contiguous();
-  call.k = k.contiguous();
-  const IndexerCall forward =
-      prepare_indexer(call.q, call.k, weights, std::nullopt, seqlens_k, std::nullopt,
-                      softmax_scale, causal);
-  call.type = forward.input;
-  call.weights = forward.weights;
+  call.type = dtype_of(q.scalar_type());
+  call.q = aligned_for_vector_loads(q);
+  call.k = aligned_for_vector_loads(k);
+  call.weights = weights.contiguous();
   call.dlogits = dlogits.contiguous();
-  call.dq = at::empty_like(call.q);
-  call.dk = at::empty_like(call.k);
+  // The kernels write dense gradients, whatever q's and k's strides.
+  call.dq = at::empty(q.sizes(), q.options());
+  call.dk = at::empty(k.sizes(), k.options());
   call.dweights = at::empty_like(call.weights);
   if (q.numel() == 0 && k.numel() == 0) return call;
   if (q.numel() == 0 || k.numel() == 0) {  // nothing is visible: every gradient is 0
@@ -97,8 +123,8 @@ IndexerBwdCall prepare_indexer_bwd(const at::Tensor& dlogits, const at::Tensor& 
     call.dweights.zero_();
     return call;
   }
-  call.params.forward = forward.params;
-  call.params.forward.logits = nullptr;
+  call.params.forward = indexer_input_params(s, call.q, call.k, call.weights, at::Tensor(),
+                                             seqlens_k, softmax_scale, causal);
   call.params.dlogits = call.dlogits.data_ptr<float>();
   call.params.dq = call.dq.data_ptr();
   call.params.dk = call.dk.data_ptr();
@@ -161,10 +187,11 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   if (index_value_checks_requested()) check_sparse_index_values(indices, s.seqlen_k);
   SparseBwdCall call;
   call.type = dtype_of(dtype);
-  call.q = q.contiguous();
-  call.k = k.contiguous();
-  call.v = latent ? call.k : v->contiguous();
-  call.dout = dout.contiguous();
+  // The kernels index dense rows and load them in 4- and 16-byte pieces.
+  call.q = aligned_for_vector_loads(q.contiguous());
+  call.k = aligned_for_vector_loads(k.contiguous());
+  call.v = latent ? call.k : aligned_for_vector_loads(v->contiguous());
+  call.dout = aligned_for_vector_loads(dout.contiguous());
   call.lse = lse.contiguous();
   call.indices = indices.contiguous();
   call.delta = (call.dout.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();

@@ -28,7 +28,7 @@ IndexerCall prepare_indexer(const at::Tensor& q, const at::Tensor& k, const at::
 struct IndexerBwdCall {
   IndexerBwdParams params;
   DType type = DType::kBFloat16;
-  at::Tensor q, k, weights, dlogits, dq, dk, dweights;  // contiguous inputs, outputs
+  at::Tensor q, k, weights, dlogits, dq, dk, dweights;  // the kernels' operands, outputs
   bool needs_launch = false;
 };
 

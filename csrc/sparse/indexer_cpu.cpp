@@ -283,7 +283,8 @@ at::Tensor indexer_topk_cpu(const at::Tensor& q, const at::Tensor& k, const at::
 }
 
 // The tile's products become dz = ∂L/∂(q·k) in place, and `dweights` (tokens x H, or null)
-// gains Σ_s g·ReLU(q·k), with g = scale·k_scale[s]·dI[t, s] on visible entries and 0 elsewhere.
+// gains Σ_s g·ReLU(q·k), with g = scale·dI[t, s] on visible entries and 0 elsewhere (no k_scale:
+// FP8 logits are not differentiable).
 template <typename T>
 void products_to_dz(const IndexerOperands<T>& in, int64_t b, int64_t t0, int64_t tokens,
                     int64_t s0, int64_t n, const T* dlogits, T* products, T* dweights) {
@@ -292,10 +293,7 @@ void products_to_dz(const IndexerOperands<T>& in, int64_t b, int64_t t0, int64_t
   for (int64_t i = 0; i < tokens; ++i) {
     const int64_t end = std::min(in.visible_end(b, t0 + i) - s0, n);
     const T* d_row = dlogits + (b * s.seqlen_q + t0 + i) * s.seqlen_k + s0;
-    for (int64_t j = 0; j < n; ++j) {
-      const T k_scale = in.k_scale != nullptr ? in.k_scale[b * s.seqlen_k + s0 + j] : T(1);
-      g[j] = j < end ? in.scale * k_scale * d_row[j] : T(0);
-    }
+    for (int64_t j = 0; j < n; ++j) g[j] = j < end ? in.scale * d_row[j] : T(0);
     const T* w = in.weights + (b * s.seqlen_q + t0 + i) * s.heads;
     for (int64_t h = 0; h < s.heads; ++h) {
       T* z = products + (i * s.heads + h) * n;

@@ -15,7 +15,7 @@ indexer_loss="dense" | "sparse")`), on inputs detached from the main model.
 import torch
 from torch import nn
 
-from deepseek_attn.mla import MLAKVCache, mla_decode, mla_norm_rope
+from deepseek_attn.mla import MLAKVCache, mla_norm_rope
 from deepseek_attn.nn.mla import MultiHeadLatentAttention
 from deepseek_attn.sparse import (hadamard_rotate, indexer_kl_loss, indexer_topk,
                                   quantize_indexer_fp8, sparse_attn)
@@ -140,11 +140,6 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
             return folded.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
         return self.absorbed_weights()
 
-    def _latent_query(self, q, w_uk):
-        """[W_UK[h]ᵀ·q_nope[h] | q_pe[h]] (B, S, H, kv_lora_rank + rope): the absorbed query."""
-        q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
-        return torch.cat([torch.einsum("bshd,hdc->bshc", q_nope, w_uk.to(q.dtype)), q_pe], dim=-1)
-
     def forward(self, x, cache=None, indexer_loss=None):
         """x (B, S, dim) -> (B, S, dim), as MultiHeadLatentAttention.forward with a DSAKVCache.
         indexer_loss "dense" (warm-up) or "sparse" (no cache): returns (out, the indexer's KL
@@ -170,33 +165,35 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
         if cache is not None:
             out = self._sparse_decode(x, c_q, q, cos, sin, positions, cache)
             return self.wo(out.flatten(2))
-        indices = None
-        if seqlen > self.index_topk or indexer_loss is not None:
+        sparse = seqlen > self.index_topk  # else every visible key is selected: dense MLA
+        if sparse or indexer_loss is not None:
             index_q, index_k, index_weights = self.indexer(x.detach(), c_q.detach(), cos, sin)
-        if seqlen > self.index_topk or indexer_loss == "sparse":
+        indices = None
+        if sparse or indexer_loss == "sparse":
             indices = indexer_topk(index_q, index_k, index_weights, self.index_topk)
-        if seqlen <= self.index_topk:  # every visible key is selected: dense MLA
-            out = self._naive_attention(q, latent)
+        q_latent = None
+        if sparse:
+            # Attention over the selected tokens in the latent form: MQA over the 576-wide rows,
+            # all heads sharing one list.
+            w_uk, w_uv = self._absorption()
+            q_latent = self._latent_query(q, w_uk)
+            out_latent = sparse_attn(q_latent, latent[:, :, None], None, indices[:, :, None],
+                                     softmax_scale=self.softmax_scale,
+                                     head_dim_v=self.kv_lora_rank)
+            out = torch.einsum("bshc,hvc->bshv", out_latent, w_uv.to(q.dtype))
         else:
-            out = self._sparse_prefill(q, latent, indices)
+            out = self._naive_attention(q, latent)
         out = self.wo(out.flatten(2))
         if indexer_loss is None:
             return out
-        with torch.no_grad():
-            q_latent = self._latent_query(q, self.absorbed_weights()[0])
-        loss = indexer_kl_loss(q_latent, latent.detach()[:, :, None], index_q, index_k,
-                               index_weights, softmax_scale=self.softmax_scale,
+        if q_latent is None:
+            with torch.no_grad():
+                q_latent = self._latent_query(q, self.absorbed_weights()[0])
+        # The loss detaches the main attention's queries and keys itself.
+        loss = indexer_kl_loss(q_latent, latent[:, :, None], index_q, index_k, index_weights,
+                               softmax_scale=self.softmax_scale,
                                indices=indices if indexer_loss == "sparse" else None)
         return out, loss
-
-    def _sparse_prefill(self, q, latent, indices):
-        """Attention of each query over its selected tokens, in the latent form (MQA over the
-        576-wide rows, all heads sharing one list)."""
-        w_uk, w_uv = self._absorption()
-        out_latent = sparse_attn(self._latent_query(q, w_uk), latent[:, :, None], None,
-                                 indices[:, :, None], softmax_scale=self.softmax_scale,
-                                 head_dim_v=self.kv_lora_rank)
-        return torch.einsum("bshc,hvc->bshv", out_latent, w_uv.to(q.dtype))
 
     def _sparse_decode(self, x, c_q, q, cos, sin, positions, cache):
         """Caches the new tokens' indexer keys, selects each new query's top-k among everything
@@ -212,12 +209,7 @@ class DeepSeekSparseAttention(MultiHeadLatentAttention):
         else:
             indices = indexer_topk(index_q, cache.index_keys, index_weights, self.index_topk,
                                    seqlens_k=cache.cache_seqlens)
-        w_uk, w_uv = self.absorbed_weights()
-        out_latent, _ = mla_decode(self._latent_query(q, w_uk), cache.kv_cache, cache.block_table,
-                                   cache.cache_seqlens, head_dim_v=self.kv_lora_rank,
-                                   softmax_scale=self.softmax_scale, is_fp8_kvcache=cache.fp8,
-                                   indices=indices)
-        return torch.einsum("bshc,hvc->bshv", out_latent, w_uv.to(q.dtype))
+        return self._absorbed_attention(q, cache, indices)
 
     def extra_repr(self):
         return (f"{super().extra_repr()}, index_n_heads={self.indexer.n_heads}, "

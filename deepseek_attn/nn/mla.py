@@ -259,14 +259,19 @@ class MultiHeadLatentAttention(nn.Module):
         k, v = self.expand_latent(latent)
         return flash_attn_func(q, k, v, softmax_scale=self.softmax_scale, causal=True)
 
-    def _absorbed_attention(self, q, cache):
-        w_uk, w_uv = self.absorbed_weights()
+    def _latent_query(self, q, w_uk):
+        """[W_UK[h]ᵀ·q_nope[h] | q_pe[h]] (B, S, H, kv_lora_rank + rope): the absorbed query."""
         q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
-        q_latent = torch.einsum("bshd,hdc->bshc", q_nope, w_uk.to(q.dtype))
-        out_latent, _ = mla_decode(torch.cat([q_latent, q_pe], dim=-1), cache.kv_cache,
-                                   cache.block_table, cache.cache_seqlens,
-                                   head_dim_v=self.kv_lora_rank, softmax_scale=self.softmax_scale,
-                                   causal=True, is_fp8_kvcache=cache.fp8)
+        return torch.cat([torch.einsum("bshd,hdc->bshc", q_nope, w_uk.to(q.dtype)), q_pe], dim=-1)
+
+    def _absorbed_attention(self, q, cache, indices=None):
+        """Causal attention of q over the cached latent rows (only the listed cached tokens with
+        `indices` (B, S, K): DSA's sparse decode), W_UV applied per head."""
+        w_uk, w_uv = self.absorbed_weights()
+        out_latent, _ = mla_decode(self._latent_query(q, w_uk), cache.kv_cache, cache.block_table,
+                                   cache.cache_seqlens, head_dim_v=self.kv_lora_rank,
+                                   softmax_scale=self.softmax_scale, causal=True,
+                                   is_fp8_kvcache=cache.fp8, indices=indices)
         return torch.einsum("bshc,hvc->bshv", out_latent, w_uv.to(q.dtype))
 
     def extra_repr(self):
