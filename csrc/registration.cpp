@@ -49,6 +49,12 @@ TORCH_LIBRARY(deepseek_attn, m) {
   m.def(
       "sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor? v, Tensor out, Tensor lse, "
       "Tensor indices, int head_dim_v, float softmax_scale) -> (Tensor, Tensor, Tensor)");
+  // SPEC §5 block-sparse attention backward over block lists (B, Sq, Hkv, n) of block_size keys
+  // (causal inside the blocks), from the core forward's (out, lse): (dq, dk, dv).
+  m.def(
+      "block_sparse_attn_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+      "Tensor block_indices, int block_size, bool causal, float softmax_scale) "
+      "-> (Tensor, Tensor, Tensor)");
   // SPEC §4 lightning indexer logits (B, Sq, Sk) fp32, -inf where masked, from q (B, Sq, H, d),
   // k (B, Sk, d), weights (B, Sq, H) fp32 (FP8 q's scales folded in), k_scale (B, Sk).
   m.def(

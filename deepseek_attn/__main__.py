@@ -201,26 +201,36 @@ def check_mla_norm_rope(device, backward):
                for a, b, c in zip(ours, pytorch, exact_grads))
 
 
-def check_sparse_attn_bwd(device):
-    """Gradients of sparse_attn (GQA lists with -1 slots and a duplicated key) against the
+def check_sparse_attn_bwd(device, block_size=None):
+    """Gradients of sparse_attn (GQA token lists with -1 slots and a duplicated key) or, with a
+    block_size, of block_sparse_attn (causal, lists of blocks, one duplicated) against the
     masked dense formula of reference/core.py: SPEC §6 error ratio, factor 3."""
     from deepseek_attn.reference import attention_core_ref
 
     generator = torch.Generator().manual_seed(6)
-    q, k, v = (torch.randn(2, 9, h, 64, generator=generator).to(torch.bfloat16)
-               for h in (4, 2, 2))
-    indices = torch.randint(-1, 9, (2, 9, 2, 12), generator=generator, dtype=torch.int32)
-    indices[1, 3, 0, :4] = 2
+    seqlen_k = 9 if block_size is None else 40
+    q = torch.randn(2, 9, 4, 64, generator=generator).to(torch.bfloat16)
+    k, v = (torch.randn(2, seqlen_k, 2, 64, generator=generator).to(torch.bfloat16)
+            for _ in range(2))
+    buckets = seqlen_k if block_size is None else math.ceil(seqlen_k / block_size)
+    indices = torch.randint(-1, buckets, (2, 9, 2, 12 if block_size is None else 3),
+                            generator=generator, dtype=torch.int32)
+    indices[1, 3, 0, :2] = 2
     inputs = [t.to(device).requires_grad_() for t in (q, k, v)]
     same_inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     exact_inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
     dout = torch.randn(2, 9, 4, 64, generator=generator).to(torch.bfloat16)
-    ours = torch.autograd.grad(deepseek_attn.sparse_attn(*inputs, indices.to(device)), inputs,
-                               dout.to(device))
-    same = torch.autograd.grad(attention_core_ref(*same_inputs, indices=indices,
-                                                  dtype=torch.bfloat16)[0], same_inputs, dout)
-    exact = torch.autograd.grad(attention_core_ref(*exact_inputs, indices=indices)[0],
-                                exact_inputs, dout.double())
+    if block_size is None:
+        out = deepseek_attn.sparse_attn(*inputs, indices.to(device))
+        lists = dict(indices=indices)
+    else:
+        out = deepseek_attn.block_sparse_attn(*inputs, indices.to(device), block_size)
+        lists = dict(indices=indices, index_block_size=block_size, causal=True)
+    ours = torch.autograd.grad(out, inputs, dout.to(device))
+    same = torch.autograd.grad(attention_core_ref(*same_inputs, **lists, dtype=torch.bfloat16)[0],
+                               same_inputs, dout)
+    exact = torch.autograd.grad(attention_core_ref(*exact_inputs, **lists)[0], exact_inputs,
+                                dout.double())
     return max(spec6_error_ratio(a.cpu(), b, c, factor=3) for a, b, c in zip(ours, same, exact))
 
 
@@ -259,6 +269,7 @@ SELF_CHECKS = {
     f"{NAMESPACE}::indexer_logits_bwd": lambda device: check_indexer(device, "backward"),
     f"{NAMESPACE}::indexer_topk": lambda device: check_indexer(device, "topk"),
     f"{NAMESPACE}::sparse_attn_bwd": check_sparse_attn_bwd,
+    f"{NAMESPACE}::block_sparse_attn_bwd": lambda device: check_sparse_attn_bwd(device, 16),
     f"{NAMESPACE}::mla_norm_rope": lambda device: check_mla_norm_rope(device, backward=False),
     f"{NAMESPACE}::mla_norm_rope_bwd": lambda device: check_mla_norm_rope(device, backward=True),
     f"{NAMESPACE}::attention_core_fwd": check_attention_core,

@@ -37,6 +37,12 @@ def _sparse_attn_bwd_fake(dout, q, k, v, out, lse, indices, head_dim_v, softmax_
             torch.empty_like(v) if v is not None else q.new_empty((0,)))
 
 
+@torch.library.register_fake("deepseek_attn::block_sparse_attn_bwd")
+def _block_sparse_attn_bwd_fake(dout, q, k, v, out, lse, block_indices, block_size, causal,
+                                softmax_scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 class SparseAttnFunction(torch.autograd.Function):
     """(out (B, Sq, Hq, Dv), lse (B, Hq, Sq) fp32) of attention over index lists (module
     docstring). Inputs: (q, k, v or None, indices, head_dim_v, softmax_scale)."""
@@ -270,25 +276,11 @@ def indexer_kl_loss(q, k, index_q, index_k, index_weights, softmax_scale=None, i
 BLOCK_SIZES = (16, 32, 64, 128)
 
 
-def block_token_indices(block_indices, block_size, seqlen_k, causal):
-    """The token lists (B, Sq, Hkv, n·block_size) int32 of block lists (B, Sq, Hkv, n): each
-    block's keys in order, -1 for empty slots, keys past Sk and (causal) keys a row cannot see."""
-    seqlen_q = block_indices.shape[1]
-    offsets = torch.arange(block_size, device=block_indices.device)
-    blocks = block_indices.long()[..., None]
-    keys = blocks * block_size + offsets
-    hidden = (blocks < 0) | (keys >= seqlen_k)
-    if causal:  # bottom-right: row t sees key s iff s <= t + Sk - Sq (SPEC §0)
-        limit = torch.arange(seqlen_q, device=keys.device) + seqlen_k - seqlen_q
-        hidden = hidden | (keys > limit.view(1, -1, 1, 1, 1))
-    return keys.masked_fill(hidden, -1).flatten(-2).to(torch.int32)
-
-
 class BlockSparseAttnFunction(torch.autograd.Function):
     """(out, lse) of attention over block lists (SPEC §5). Inputs: (q, k, v, block_indices,
     block_size, causal, softmax_scale). The forward is the core over block lists; the backward
-    expands the lists to their keys and runs sparse_attn's (dQ per row, dK/dV per key through an
-    inverse index: deterministic)."""
+    walks the same lists (dQ per query row, dK/dV per key through an inverse block -> queries
+    index: deterministic, work proportional to the selected (query, block) pairs)."""
 
     @staticmethod
     def forward(q, k, v, block_indices, block_size, causal, softmax_scale):
@@ -305,9 +297,9 @@ class BlockSparseAttnFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, block_indices, out, lse = ctx.saved_tensors
-        indices = block_token_indices(block_indices, ctx.block_size, k.shape[1], ctx.causal)
-        dq, dk, dv = _ops.sparse_attn_bwd(dout.contiguous(), q, k, v, out, lse, indices,
-                                          v.shape[-1], ctx.softmax_scale)
+        dq, dk, dv = _ops.block_sparse_attn_bwd(dout.contiguous(), q, k, v, out, lse,
+                                                block_indices, ctx.block_size, ctx.causal,
+                                                ctx.softmax_scale)
         return dq, dk, dv, None, None, None, None
 
 

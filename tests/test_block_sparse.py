@@ -5,6 +5,10 @@ multiple of the block, -1 slots, duplicated blocks and rows that see nothing; ag
 flash_attn_func when the lists name every block and against fla-core's plain-PyTorch NSA selection
 (a test extra); `block_select`'s forced blocks and tie rule; gradcheck, compile and bad inputs."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -15,7 +19,8 @@ from deepseek_attn.testing import assert_spec6_close
 
 from conftest import device_params
 
-BLOCK_DEVICES = device_params("deepseek_attn::sparse_attn_bwd")
+BLOCK_DEVICES = device_params("deepseek_attn::block_sparse_attn_bwd")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def block_inputs(batch, seqlen_q, seqlen_k, heads_q, heads_kv, dim, dim_v, num, block_size,
@@ -88,6 +93,39 @@ def test_block_sparse_attn_gradcheck():
         lambda q, k, v: block_sparse_attn(q, k, v, indices, block_size=16), inputs, atol=1e-5)
 
 
+def test_block_sparse_attn_bwd_opcheck():
+    q, k, v, indices = block_inputs(1, 9, 40, 4, 2, 16, 16, 3, 16, torch.float32)
+    out, lse = block_sparse_attn(q, k, v, indices, block_size=16, return_lse=True)
+    torch.library.opcheck(torch.ops.deepseek_attn.block_sparse_attn_bwd,
+                          (torch.randn_like(out), q, k, v, out, lse, indices, 16, True, 0.25))
+
+
+MEMORY_PROBE = """
+import resource, sys, torch
+from deepseek_attn import block_sparse_attn
+seqlen, n, block = int(sys.argv[1]), 16, 128
+torch.set_num_threads(1)
+q, k, v = (torch.randn(1, seqlen, 1, 16, requires_grad=True) for _ in range(3))
+own = torch.arange(seqlen, dtype=torch.int32) // block
+indices = (own.view(1, -1, 1, 1) - torch.arange(n, dtype=torch.int32)).clamp(min=-1)
+out = block_sparse_attn(q, k, v, indices.contiguous(), block_size=block)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out.backward(torch.ones_like(out))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_block_sparse_attn_backward_does_not_expand_blocks_to_keys():
+    """Peak RSS growth (KiB) of the backward over 16 blocks of 128 keys per query at 16k
+    queries, in a fresh process: lists expanded to their keys would take 128 MiB (int32) and
+    the inverse index over keys as much again; the block lists are 1 MiB."""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, "16384"], capture_output=True,
+                            text=True, env=env, check=True)
+    growth = int(result.stdout.split()[-1])
+    assert growth < 48 * 1024, growth  # q, k, v, out, their gradients in fp32: 6 MiB
+
+
 def test_block_sparse_attn_compiles():
     q, k, v, indices = block_inputs(1, 20, 40, 4, 2, 64, 64, 2, 16, torch.float32)
     inputs = [t.requires_grad_() for t in (q, k, v)]
@@ -126,6 +164,12 @@ BAD_INPUTS = [
      "is out of range"),
     (lambda q, k, v, i: block_sparse_attn(q, k, v, i.long(), block_size=16), TypeError,
      "indices must"),
+    (lambda q, k, v, i: torch.ops.deepseek_attn.block_sparse_attn_bwd(
+        q, q, k, v, q, torch.zeros(1, 2, 9), i, 0, True, 1.0), ValueError,
+     "block_size must be >= 1 \\(got 0\\)"),
+    (lambda q, k, v, i: torch.ops.deepseek_attn.block_sparse_attn_bwd(
+        q, q, k, v, q, torch.zeros(1, 2, 9), i + 2, 16, True, 1.0), ValueError,
+     "is out of range: sequence 0 has 40 keys in blocks of 16; -1 marks an empty slot"),
     (lambda q, k, v, i: block_select(torch.zeros(1, 2, 1, 4), 2), ValueError,
      "n must be positive and hold the 1 initial and 2 local blocks \\(got 2\\)"),
     (lambda q, k, v, i: block_select(torch.zeros(2, 4), 3), ValueError,

@@ -35,6 +35,7 @@ def on_emulated_cuda(sm80):
         "indexer_topk": sm80.indexer_topk,
         "indexer_logits": sm80.indexer_logits,
         "sparse_attn_bwd": sm80.sparse_attn_bwd,
+        "block_sparse_attn_bwd": sm80.block_sparse_attn_bwd,
     }
     for name, kernel in kernels.items():
         library.impl(name, kernel, "CPU")

@@ -152,6 +152,13 @@ INDEXER_SOURCE = "sparse/kernels/indexer.cuh"
 SPARSE_BWD_SOURCE = "sparse/kernels/sparse_bwd.cuh"
 
 
+def run_block_sparse_backward(module):
+    from test_emulated_sparse import test_emulated_block_sparse_attn_forward_and_backward
+
+    test_emulated_block_sparse_attn_forward_and_backward(
+        module, (2, 37, 150, 4, 2, 64, 64, 3, 16), torch.bfloat16)
+
+
 def run_indexer_backward(module):
     from test_emulated_sparse import test_emulated_indexer_backward_matches_cpu
 
@@ -203,6 +210,9 @@ MUTATIONS = [
     Mutation("sparse_bwd_dk_without_softmax_scale", SPARSE_BWD_SOURCE,
              "    sum *= p.scale;\n", "",
              "sparse_bwd_d64x64_bf16.cu", run_sparse_attn_backward, WRONG_ANSWER),
+    Mutation("sparse_bwd_dkv_ignores_causality_inside_blocks", SPARSE_BWD_SOURCE,
+             "    if (!p.sees(t, key)) continue;", "",
+             "sparse_bwd_d64x64_bf16.cu", run_block_sparse_backward, WRONG_ANSWER),
     Mutation("norm_rope_fp8_scale_of_one_lane", NORM_ROPE_SOURCE,
              "fp8_scale_from_amax(warp_amax(amax), true)", "fp8_scale_from_amax(amax, true)",
              "norm_rope_bf16.cu", run_norm_rope_fp8_cache_write, WRONG_ANSWER),

@@ -133,7 +133,7 @@ def test_emulated_indexer_backward_matches_cpu(sm80, case):
 ], ids=["gqa2-d64-block16", "gqa16-d128-block64", "d192x128-block128"])
 def test_emulated_block_sparse_attn_forward_and_backward(sm80, shape, dtype):
     """block_sparse_attn on the emulated core (block lists, causal inside the blocks) and the
-    emulated sparse backward (the lists expanded to their keys), against the fp64 formula."""
+    emulated sparse backward walking the same block lists, against the fp64 formula."""
     *sizes, block = shape
     with on_emulated_cuda(sm80):
         launches = sm80.counters()["launches"]

@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
 #include "common/checks.h"
 #include "core/checks.h"
 
@@ -68,15 +70,23 @@ SparseAttnShape check_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::T
   return s;
 }
 
-void check_sparse_index_values(const at::Tensor& indices, int64_t seqlen_k) {
-  const at::Tensor bad = (indices < -1) | (indices >= seqlen_k);
+void check_block_size(int64_t block_size) {
+  DEEPSEEK_ATTN_CHECK_VALUE(block_size >= 1, "block_size must be >= 1 (got ", block_size, ")");
+}
+
+void check_sparse_index_values(const at::Tensor& indices, int64_t seqlen_k,
+                               int64_t index_block_size) {
+  const int64_t limit = (seqlen_k + index_block_size - 1) / index_block_size;
+  const at::Tensor bad = (indices < -1) | (indices >= limit);
   if (!bad.any().item<bool>()) return;
   const at::Tensor where = bad.nonzero()[0].cpu();
   const auto at = [&](int64_t d) { return where[d].item<int64_t>(); };
   DEEPSEEK_ATTN_CHECK_VALUE(false, "indices[", at(0), ", ", at(1), ", ", at(2), ", ", at(3),
                             "] = ", indices.index({at(0), at(1), at(2), at(3)}).item<int>(),
                             " is out of range: sequence ", at(0), " has ", seqlen_k,
-                            " keys; -1 marks an empty slot");
+                            " keys", index_block_size > 1 ? " in blocks of " : "",
+                            index_block_size > 1 ? std::to_string(index_block_size) : "",
+                            "; -1 marks an empty slot");
 }
 
 IndexerShape check_indexer_inputs(const at::Tensor& q, const at::Tensor& k,

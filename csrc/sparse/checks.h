@@ -22,8 +22,13 @@ SparseAttnShape check_sparse_attn_bwd_inputs(const at::Tensor& dout, const at::T
                                              const at::Tensor& out, const at::Tensor& lse,
                                              const at::Tensor& indices, int64_t head_dim_v);
 
-// indices' values in [-1, seqlen_k) (reads them: synchronises on a GPU); the core's words.
-void check_sparse_index_values(const at::Tensor& indices, int64_t seqlen_k);
+// indices' values in [-1, seqlen_k) (reads them: synchronises on a GPU); the core's words. Block
+// lists: in [-1, ceil(seqlen_k / index_block_size)).
+void check_sparse_index_values(const at::Tensor& indices, int64_t seqlen_k,
+                               int64_t index_block_size = 1);
+
+// block_sparse_attn's block_size: at least 1 key per listed block.
+void check_block_size(int64_t block_size);
 
 struct IndexerShape {
   int64_t batch = 0, seqlen_q = 0, seqlen_k = 0, heads = 0, head_dim = 0;

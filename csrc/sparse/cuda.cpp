@@ -54,13 +54,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> indexer_logits_bwd_cuda(
   return {call.dq, call.dk, call.dweights};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
-    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-    const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& indices, int64_t head_dim_v, double softmax_scale) {
-  const c10::cuda::CUDAGuard device_guard(q.device());
-  const SparseBwdCall call =
-      prepare_sparse_attn_bwd(dout, q, k, v, out, lse, indices, head_dim_v, softmax_scale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sparse_attn_bwd(const SparseBwdCall& call) {
   if (call.needs_launch) {
     C10_CUDA_CHECK(cuda::launch_sparse_attn_bwd_for(call.type, call.params,
                                                     c10::cuda::getCurrentCUDAStream()));
@@ -68,10 +62,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
   return {call.dq, call.dk, call.dv};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+    const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& indices, int64_t head_dim_v, double softmax_scale) {
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  return run_sparse_attn_bwd(
+      prepare_sparse_attn_bwd(dout, q, k, v, out, lse, indices, head_dim_v, softmax_scale));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd_cuda(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& block_indices,
+    int64_t block_size, bool causal, double softmax_scale) {
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  return run_sparse_attn_bwd(prepare_block_sparse_attn_bwd(
+      dout, q, k, v, out, lse, block_indices, block_size, causal, softmax_scale));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(deepseek_attn, CUDA, m) {
   m.impl("sparse_attn_bwd", &sparse_attn_bwd_cuda);
+  m.impl("block_sparse_attn_bwd", &block_sparse_attn_bwd_cuda);
   m.impl("indexer_logits", &indexer_logits_cuda);
   m.impl("indexer_topk", &indexer_topk_cuda);
   m.impl("indexer_logits_bwd", &indexer_logits_bwd_cuda);

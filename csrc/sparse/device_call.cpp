@@ -135,22 +135,23 @@ IndexerBwdCall prepare_indexer_bwd(const at::Tensor& dlogits, const at::Tensor& 
 
 namespace {
 
-// For every (sequence, kv head, key), the tokens whose lists name it, in token order, repeats
-// kept: (offsets (B·Hkv·Sk + 1), tokens) int32, computed on the indices' device.
-std::pair<at::Tensor, at::Tensor> inverse_index(const at::Tensor& indices, int64_t seqlen_k) {
+// For every (sequence, kv head, bucket: a key or a block), the tokens whose lists name it, in
+// token order, repeats kept: (offsets (B·Hkv·buckets + 1), tokens) int32, computed on the
+// indices' device.
+std::pair<at::Tensor, at::Tensor> inverse_index(const at::Tensor& indices, int64_t buckets) {
   const int64_t batch = indices.size(0), seqlen_q = indices.size(1), heads_kv = indices.size(2);
   const auto long_options = indices.options().dtype(at::kLong);
   const at::Tensor keys = indices.to(at::kLong);
-  const at::Tensor valid = (keys >= 0) & (keys < seqlen_k);  // out-of-range keys are skipped
+  const at::Tensor valid = (keys >= 0) & (keys < buckets);  // out-of-range entries are skipped
   const at::Tensor list = (at::arange(batch, long_options).view({batch, 1, 1, 1}) * heads_kv +
                            at::arange(heads_kv, long_options).view({1, 1, heads_kv, 1})) *
-                              seqlen_k + keys;
+                              buckets + keys;
   const at::Tensor tokens = at::arange(seqlen_q, long_options).view({1, seqlen_q, 1, 1})
                                 .expand_as(keys);
   const at::Tensor valid_lists = list.masked_select(valid);
   // Entries come in token order, so a stable sort by list keeps it within each list.
   const at::Tensor order = std::get<1>(valid_lists.sort(/*stable=*/true, 0, false));
-  const at::Tensor counts = at::bincount(valid_lists, {}, batch * heads_kv * seqlen_k);
+  const at::Tensor counts = at::bincount(valid_lists, {}, batch * heads_kv * buckets);
   const at::Tensor offsets = at::cat({at::zeros({1}, long_options), counts.cumsum(0)});
   return {offsets.to(at::kInt), tokens.masked_select(valid).index_select(0, order).to(at::kInt)};
 }
@@ -161,7 +162,8 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
                                       const at::Tensor& k, const std::optional<at::Tensor>& v,
                                       const at::Tensor& out, const at::Tensor& lse,
                                       const at::Tensor& indices, int64_t head_dim_v,
-                                      double softmax_scale) {
+                                      double softmax_scale, int64_t index_block_size,
+                                      bool causal) {
   const SparseAttnShape s =
       check_sparse_attn_bwd_inputs(dout, q, k, v, out, lse, indices, head_dim_v);
   const auto dtype = q.scalar_type();
@@ -184,7 +186,10 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   DEEPSEEK_ATTN_CHECK_VALUE(s.batch <= 65535 && s.heads_kv <= 65535,
                             "the CUDA sparse_attn backward takes at most 65535 sequences and kv "
                             "heads (got ", s.batch, " and ", s.heads_kv, ")");
-  if (index_value_checks_requested()) check_sparse_index_values(indices, s.seqlen_k);
+  const int64_t buckets = (s.seqlen_k + index_block_size - 1) / index_block_size;
+  if (index_value_checks_requested()) {
+    check_sparse_index_values(indices, s.seqlen_k, index_block_size);
+  }
   SparseBwdCall call;
   call.type = dtype_of(dtype);
   // The kernels index dense rows and load them in 4- and 16-byte pieces.
@@ -199,7 +204,7 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   call.dk = at::empty_like(call.k);
   call.dv = latent ? at::empty({0}, q.options()) : at::empty_like(call.v);
   if (q.numel() == 0 && k.numel() == 0) return call;
-  std::tie(call.key_offsets, call.key_tokens) = inverse_index(call.indices, s.seqlen_k);
+  std::tie(call.key_offsets, call.key_tokens) = inverse_index(call.indices, buckets);
   SparseBwdParams& p = call.params;
   p.q = call.q.data_ptr();
   p.k = call.k.data_ptr();
@@ -217,9 +222,20 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   p.heads_q = s.heads_q, p.heads_kv = s.heads_kv;
   p.head_dim_qk = s.head_dim_qk, p.head_dim_v = s.head_dim_v, p.num_indices = s.num_indices;
   p.v_row = latent ? s.head_dim_qk : s.head_dim_v;
+  p.index_block_size = index_block_size, p.causal = causal;
   p.scale = float(softmax_scale);
   call.needs_launch = true;
   return call;
+}
+
+SparseBwdCall prepare_block_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
+                                            const at::Tensor& k, const at::Tensor& v,
+                                            const at::Tensor& out, const at::Tensor& lse,
+                                            const at::Tensor& block_indices, int64_t block_size,
+                                            bool causal, double softmax_scale) {
+  check_block_size(block_size);
+  return prepare_sparse_attn_bwd(dout, q, k, v, out, lse, block_indices, v.size(-1),
+                                 softmax_scale, block_size, causal);
 }
 
 }  // namespace deepseek_attn

@@ -37,6 +37,8 @@ IndexerBwdCall prepare_indexer_bwd(const at::Tensor& dlogits, const at::Tensor& 
                                    const std::optional<at::Tensor>& seqlens_k,
                                    double softmax_scale, bool causal);
 
+// sparse_attn's backward over token lists, or block_sparse_attn's over lists of blocks of
+// index_block_size keys (causal inside them).
 struct SparseBwdCall {
   SparseBwdParams params;
   DType type = DType::kBFloat16;
@@ -49,6 +51,12 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
                                       const at::Tensor& k, const std::optional<at::Tensor>& v,
                                       const at::Tensor& out, const at::Tensor& lse,
                                       const at::Tensor& indices, int64_t head_dim_v,
-                                      double softmax_scale);
+                                      double softmax_scale, int64_t index_block_size = 1,
+                                      bool causal = false);
+SparseBwdCall prepare_block_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& q,
+                                            const at::Tensor& k, const at::Tensor& v,
+                                            const at::Tensor& out, const at::Tensor& lse,
+                                            const at::Tensor& block_indices, int64_t block_size,
+                                            bool causal, double softmax_scale);
 
 }  // namespace deepseek_attn

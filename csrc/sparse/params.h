@@ -52,9 +52,11 @@ DEEPSEEK_ATTN_HOST_DEVICE int64_t indexer_visible_end(int64_t token, int64_t seq
 
 namespace deepseek_attn {
 
-// Params of the sparse attention backward's CUDA kernels (SPEC §4); every tensor contiguous.
-// dQ per query row over its entries; dK/dV per key over the (token) references an inverse index
-// lists, so every gradient row has one writer (deterministic, no atomics).
+// Params of the sparse attention backward's CUDA kernels (SPEC §4, §5); every tensor contiguous.
+// A list names tokens (index_block_size 1) or blocks of index_block_size keys (block_sparse_attn,
+// causal inside the blocks). dQ per query row over its entries; dK/dV per key over the tokens
+// whose lists name the key's bucket (the key, or its block), from an inverse index, so every
+// gradient row has one writer (deterministic, no atomics).
 struct SparseBwdParams {
   const void* q = nullptr;     // (B, Sq, Hq, Dqk)
   const void* k = nullptr;     // (B, Sk, Hkv, Dqk)
@@ -63,15 +65,33 @@ struct SparseBwdParams {
   const float* lse = nullptr;    // (B, Hq, Sq)
   const float* delta = nullptr;  // (B, Sq, Hq): rowsum(dout · out)
   const int32_t* indices = nullptr;      // (B, Sq, Hkv, K)
-  const int32_t* key_offsets = nullptr;  // (B·Hkv·Sk + 1): key (b, hk, s)'s references start
-  const int32_t* key_tokens = nullptr;   // the referencing tokens, key by key, in token order
+  const int32_t* key_offsets = nullptr;  // (B·Hkv·buckets() + 1): bucket (b, hk, j)'s tokens start
+  const int32_t* key_tokens = nullptr;   // the referencing tokens, bucket by bucket, in token order
   void* dq = nullptr;  // (B, Sq, Hq, Dqk)
   void* dk = nullptr;  // (B, Sk, Hkv, Dqk); latent rows: the value gradient added in
   void* dv = nullptr;  // (B, Sk, Hkv, Dv); null for latent rows
   int64_t batch = 0, seqlen_q = 0, seqlen_k = 0, heads_q = 0, heads_kv = 0;
   int64_t head_dim_qk = 0, head_dim_v = 0, num_indices = 0;
   int64_t v_row = 0;  // elements between value rows: Dv, or Dqk for latent rows
+  int64_t index_block_size = 1;  // keys per listed index
+  bool causal = false;           // bottom-right (SPEC §0), applied inside listed blocks
   float scale = 1.f;
+
+  DEEPSEEK_ATTN_HOST_DEVICE int64_t buckets() const {
+    return (seqlen_k + index_block_size - 1) / index_block_size;
+  }
+  DEEPSEEK_ATTN_HOST_DEVICE int64_t num_entries() const { return num_indices * index_block_size; }
+  // Whether query row `token` sees key `key` at all (in range and, causal, not in its future).
+  DEEPSEEK_ATTN_HOST_DEVICE bool sees(int64_t token, int64_t key) const {
+    return key >= 0 && key < seqlen_k && (!causal || key <= token + seqlen_k - seqlen_q);
+  }
+  // The key entry `entry` of `list` names for query row `token`: -1 when empty or unseen.
+  DEEPSEEK_ATTN_HOST_DEVICE int64_t key_of_entry(const int32_t* list, int64_t entry,
+                                                 int64_t token) const {
+    const int64_t index = list[entry / index_block_size];
+    const int64_t key = index < 0 ? -1 : index * index_block_size + entry % index_block_size;
+    return sees(token, key) ? key : -1;
+  }
 };
 
 }  // namespace deepseek_attn

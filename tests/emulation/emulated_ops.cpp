@@ -330,12 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> indexer_logits_bwd(
   return {call.dq, call.dk, call.dweights};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd(
-    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
-    const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& indices, int64_t head_dim_v, double softmax_scale) {
-  const SparseBwdCall call =
-      prepare_sparse_attn_bwd(dout, q, k, v, out, lse, indices, head_dim_v, softmax_scale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_sparse_attn_bwd(const SparseBwdCall& call) {
   if (call.needs_launch) {
     DeviceMemory memory;
     for (const auto& [tensor, name] :
@@ -351,6 +346,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd(
     check_launch(cuda::launch_sparse_attn_bwd_for(call.type, call.params, emulated_stream()));
   }
   return {call.dq, call.dk, call.dv};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attn_bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+    const std::optional<at::Tensor>& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& indices, int64_t head_dim_v, double softmax_scale) {
+  return run_sparse_attn_bwd(
+      prepare_sparse_attn_bwd(dout, q, k, v, out, lse, indices, head_dim_v, softmax_scale));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_attn_bwd(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& out, const at::Tensor& lse, const at::Tensor& block_indices,
+    int64_t block_size, bool causal, double softmax_scale) {
+  return run_sparse_attn_bwd(prepare_block_sparse_attn_bwd(
+      dout, q, k, v, out, lse, block_indices, block_size, causal, softmax_scale));
 }
 
 }  // namespace
@@ -399,6 +410,7 @@ void define_emulated_ops(pybind11::module_& m, int arch) {
   m.def("indexer_logits", &indexer_logits);
   m.def("indexer_topk", &indexer_topk);
   m.def("sparse_attn_bwd", &sparse_attn_bwd);
+  m.def("block_sparse_attn_bwd", &block_sparse_attn_bwd);
   m.def("indexer_logits_bwd", &indexer_logits_bwd);
   m.def("set_schedule_seed", &dsa_emu::set_schedule_seed);
   m.def("run_probe", &run_probe);

@@ -1,13 +1,16 @@
 #pragma once
-// The sparse attention backward's CUDA kernels (SPEC §4), plain SIMT fp32 (no tensor cores yet):
+// The sparse attention backward's CUDA kernels (SPEC §4; block lists SPEC §5), plain SIMT fp32
+// (no tensor cores yet):
 // a warp owns a query head (dq kernel) or a slice of (token, head) references (dk/dv kernel) and
 // a lane owns column pairs 2·lane + 64·j of every row, so dot products are lane-local sums and a
 // five-step butterfly. P is recomputed from the forward's LSE entry by entry, so a key listed
 // twice counts twice as in the forward; rows that saw no key (LSE -inf) contribute nothing.
+// Block lists are walked key by key (SparseBwdParams::key_of_entry), never expanded in memory.
 //   sparse_bwd_dq_kernel: a CTA per (token, kv head, 8 query heads); the entries' K (and V) rows
 //     are gathered into shared memory 16 at a time and shared by the CTA's heads.
-//   sparse_bwd_dkv_kernel: a CTA per (key, kv head) over the tokens that list it (the inverse
-//     index); its four warps' partial rows are summed in shared memory and written once.
+//   sparse_bwd_dkv_kernel: a CTA per (key, kv head) over the tokens that list it or its block
+//     (the inverse index); its four warps' partial rows are summed in shared memory and written
+//     once.
 
 #include <cmath>
 #include <cstdint>
@@ -108,12 +111,11 @@ __global__ void __launch_bounds__(kSparseBwdThreads) sparse_bwd_dq_kernel(const 
     delta[i] = p.delta[row];
   }
   const int32_t* list = p.indices + ((b * p.seqlen_q + t) * p.heads_kv + hk) * p.num_indices;
-  for (int64_t n0 = 0; n0 < p.num_indices; n0 += kSparseBwdEntries) {
+  for (int64_t n0 = 0; n0 < p.num_entries(); n0 += kSparseBwdEntries) {
     __syncthreads();  // the previous rows are consumed
-    if (thread < kSparseBwdEntries) {
+    if (thread < kSparseBwdEntries) {  // out-of-range and unseen keys are skipped
       const int64_t n = n0 + thread;
-      const int key = n < p.num_indices ? list[n] : -1;
-      keys[thread] = key >= 0 && key < p.seqlen_k ? key : -1;  // out-of-range keys are skipped
+      keys[thread] = n < p.num_entries() ? int(p.key_of_entry(list, n, t)) : -1;
     }
     __syncthreads();
     constexpr int kChunksQK = kDimQK / 8, kChunksV = kDimV / 8;  // 16-byte chunks per row
@@ -169,7 +171,7 @@ __global__ void __launch_bounds__(kSparseBwdThreads) sparse_bwd_dkv_kernel(const
   const T* dout = static_cast<const T*>(p.dout);
   const T* k_row = static_cast<const T*>(p.k) + kv_row * kDimQK;
   const T* v_row = static_cast<const T*>(p.v) + kv_row * p.v_row;
-  const int64_t list = (b * p.heads_kv + hk) * p.seqlen_k + key;
+  const int64_t list = (b * p.heads_kv + hk) * p.buckets() + key / p.index_block_size;
   const int64_t begin = p.key_offsets[list], references = p.key_offsets[list + 1] - begin;
 
   LaneRow<kDType, kDimQK> dk;
@@ -178,6 +180,7 @@ __global__ void __launch_bounds__(kSparseBwdThreads) sparse_bwd_dkv_kernel(const
   dv.zero();
   for (int64_t pair = warp; pair < references * group; pair += kSparseBwdWarps) {
     const int64_t t = p.key_tokens[begin + pair / group], h = hk * group + pair % group;
+    if (!p.sees(t, key)) continue;  // the key is in the future of this token (its block is not)
     const int64_t row = (b * p.seqlen_q + t) * p.heads_q + h;
     LaneRow<kDType, kDimQK> q_row;
     LaneRow<kDType, kDimV> dout_row;
