@@ -57,10 +57,11 @@ def check_block_sparse(q, k, v, indices, block_size, causal, device="cpu"):
 
 
 # (B, Sq, Sk, Hq, Hkv, D, Dv, n, block): GQA 1/2/4/16; Sk not a multiple of the block; Sq > Sk
-# (causal rows that see nothing); 192/128 head dims.
+# (causal rows that see nothing); 192/128 head dims; lists naming fewer keys than K holds (the
+# CPU forward gathers them instead of reading blocks in place).
 SHAPES = [(2, 37, 150, 2, 2, 64, 64, 3, 16), (1, 70, 70, 8, 4, 64, 64, 4, 32),
           (2, 90, 33, 4, 1, 32, 32, 2, 16), (1, 20, 200, 16, 1, 64, 64, 2, 64),
-          (1, 33, 129, 4, 2, 192, 128, 2, 128)]
+          (1, 33, 129, 4, 2, 192, 128, 2, 128), (2, 2, 300, 4, 2, 64, 64, 2, 16)]
 
 
 @pytest.mark.parametrize("device", BLOCK_DEVICES)

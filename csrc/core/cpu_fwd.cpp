@@ -5,9 +5,10 @@
 // head) pair of the kv head's GQA group, tokens outer, so the heads of a group share every key
 // tile. Keys come in tiles of kKeysPerTile: consecutive keys of the window band, or consecutive
 // entries of an index list. Dense band tiles are read in place (K transposed once per call);
-// every other tile is gathered through the KV source into scratch, so paged, latent and listed
-// keys reuse the same tile GEMMs and row kernels. Inputs are promoted to fp32 once (fp64 stays
-// fp64, for gradcheck); the FP8 latent cache is dequantised as its rows are gathered.
+// so are the blocks of dense block lists; every other tile is gathered through the KV source
+// into scratch, so paged, latent and listed keys reuse the same tile GEMMs and row kernels.
+// Inputs are promoted to fp32 once (fp64 stays fp64, for gradcheck); the FP8 latent cache is
+// dequantised as its rows are gathered.
 
 #include "core/cpu_fwd.h"
 
@@ -190,17 +191,33 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out, T so
       cpu::gemm_nn(rows, dv, cols, s.scores.data(), cols, v_tile, ld_v, true, s.out.data(), dv);
     };
 
-    if (!selection.listed()) {
+    // Dense keys j0.. of this kv head read in place (K transposed once per call).
+    auto consume_in_place = [&](int64_t j0, int64_t cols, bool full) {
+      const T* k_tile = kv.k_transposed + ((b * p.heads_kv + hk) * dqk) * kv.seqlen_k + j0;
+      const BshdStrides& vs =
+          kv.layout.values_in_keys() ? kv.layout.k_strides : kv.layout.v_strides;
+      const T* v_tile = kv.values() + kv.layout.row_offset(vs, b, j0, hk);
+      consume_tile(k_tile, kv.seqlen_k, v_tile, vs.row, cols, j0, full);
+    };
+
+    if (selection.listed() && kv.k_transposed != nullptr) {
+      // Dense block lists: each listed block is a key range, consumed in place for the tile's
+      // one token (a block listed twice counts twice), masked by the band.
+      const int64_t block = selection.index_block_size;
+      const int64_t first = band.first_key(t0), end = band.end_key(t0);
+      for (int64_t e = 0; e < selection.num_indices; ++e) {
+        const int64_t j0 = selection.key_of_entry(b, t0, hk, e * block);
+        const int64_t cols = std::min(block, end - j0);
+        if (j0 < 0 || cols <= 0 || j0 + cols <= first) continue;
+        consume_in_place(j0, cols, false);
+      }
+    } else if (!selection.listed()) {
       const int64_t key_begin = band.first_key(t0), key_end = band.end_key(t1 - 1);
       for (int64_t j0 = key_begin; j0 < key_end; j0 += kKeysPerTile) {
         const int64_t cols = std::min(kKeysPerTile, key_end - j0);
         const bool full = band.tile_fully_visible(t0, t1, j0, j0 + cols);
         if (kv.k_transposed != nullptr) {  // dense: tiles in place
-          const T* k_tile = kv.k_transposed + ((b * p.heads_kv + hk) * dqk) * kv.seqlen_k + j0;
-          const BshdStrides& vs =
-              kv.layout.values_in_keys() ? kv.layout.k_strides : kv.layout.v_strides;
-          const T* v_tile = kv.values() + kv.layout.row_offset(vs, b, j0, hk);
-          consume_tile(k_tile, kv.seqlen_k, v_tile, vs.row, cols, j0, full);
+          consume_in_place(j0, cols, full);
           continue;
         }
         s.k_rows.resize(cols * dqk);
@@ -268,8 +285,12 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
   const bool fp8 = p.kv.storage == KvStorage::kLatentFp8;
   const at::Tensor q_acc = in.q.to(acc_dtype);
   // Dense band tiles are read in place from K transposed once, so every tile product is A·B;
+  // so are dense block lists that name at least as many keys as K holds (prefill, training);
   // every other source is gathered (and converted) key by key from the caller's tensors.
-  const bool in_place = !fp8 && !in.block_table.has_value() && !in.indices.has_value();
+  const bool dense_blocks = in.indices.has_value() && in.index_block_size > 1 &&
+                            p.seqlen_q * in.indices->size(3) * in.index_block_size >= p.seqlen_k;
+  const bool in_place =
+      !fp8 && !in.block_table.has_value() && (!in.indices.has_value() || dense_blocks);
   const at::Tensor k_acc = in_place ? in.k.to(acc_dtype) : in.k;
   const std::optional<at::Tensor> v_acc =
       in.v.has_value() && in_place ? std::optional<at::Tensor>(in.v->to(acc_dtype)) : in.v;
