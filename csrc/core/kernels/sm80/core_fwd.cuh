@@ -243,31 +243,35 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
       load_kv(0, n_begin);
       cp_async_commit();
 
+      // A warp whose 16 rows are all past the tile's rows (a GQA group or list tile smaller
+      // than kBlockM) only helps load and synchronise, leaving its issue slots to other CTAs.
+      const bool warp_has_rows = warp * 16 < work.rows;
       for (int64_t n_block = n_begin; n_block < n_end; ++n_block) {
         const int stage = cp_async_double_buffer_step(n_block, n_begin, n_end, load_kv);
         const T* k_tile = k_tiles + stage * Tile::kKElements;
+        if (warp_has_rows) {
+          float scores[kAccN][4] = {};
+          mma_a_bt<kDType, kDimQK, kBlockN>(scores, q_tile, warp * 16, k_tile, lane);
 
-        float scores[kAccN][4] = {};
-        mma_a_bt<kDType, kDimQK, kBlockN>(scores, q_tile, warp * 16, k_tile, lane);
+          const int64_t slot0 = n_block * kBlockN;
+          // Dense band tiles inside the band (which ends at the sequence end) need no mask;
+          // listed and paged tiles (a page may be missing) always do.
+          const bool needs_mask =
+              kListed || p.kv.block_table != nullptr ||
+              !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
+          scores_to_logits(
+              scores, p.softmax_scale, p.softcap, needs_mask, lane, [&](int half, int column) {
+                const int64_t key = work.key_of_slot(slot0 + column);
+                return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);
+              });
+          online_softmax_step(scores, rows, partial_sum, out_acc);
 
-        const int64_t slot0 = n_block * kBlockN;
-        // Dense band tiles inside the band (which ends at the sequence end) need no mask;
-        // listed and paged tiles (a page may be missing) always do.
-        const bool needs_mask =
-            kListed || p.kv.block_table != nullptr ||
-            !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
-        scores_to_logits(
-            scores, p.softmax_scale, p.softcap, needs_mask, lane, [&](int half, int column) {
-              const int64_t key = work.key_of_slot(slot0 + column);
-              return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);
-            });
-        online_softmax_step(scores, rows, partial_sum, out_acc);
-
-        uint32_t probs[kBlockN / 16][4];
-        accumulators_to_a_fragments<kDType, kBlockN>(scores, probs);
-        const T* v_tile = Tile::kLatent ? k_tile : v_tiles + stage * Tile::kVElements;
-        mma_a_regs_b<kDType, kBlockN, kVColumns, Tile::kPitchV>(out_acc, probs, v_tile, column0,
-                                                                lane);
+          uint32_t probs[kBlockN / 16][4];
+          accumulators_to_a_fragments<kDType, kBlockN>(scores, probs);
+          const T* v_tile = Tile::kLatent ? k_tile : v_tiles + stage * Tile::kVElements;
+          mma_a_regs_b<kDType, kBlockN, kVColumns, Tile::kPitchV>(out_acc, probs, v_tile, column0,
+                                                                  lane);
+        }
         __syncthreads();  // this stage is refilled by the prefetch two iterations on
       }
     }
