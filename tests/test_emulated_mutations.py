@@ -150,6 +150,13 @@ def run_indexer_topk_ties(module):
 
 INDEXER_SOURCE = "sparse/kernels/indexer.cuh"
 SPARSE_BWD_SOURCE = "sparse/kernels/sparse_bwd.cuh"
+BLOCK_BWD_SOURCE = "sparse/kernels/block_bwd.cuh"
+
+
+def run_simt_block_backward(module):
+    from test_emulated_sparse import test_emulated_block_sparse_bwd_of_other_block_sizes_matches_cpu
+
+    test_emulated_block_sparse_bwd_of_other_block_sizes_matches_cpu(module, 8)
 
 
 def run_block_sparse_backward(module):
@@ -212,6 +219,14 @@ MUTATIONS = [
              "sparse_bwd_d64x64_bf16.cu", run_sparse_attn_backward, WRONG_ANSWER),
     Mutation("sparse_bwd_dkv_ignores_causality_inside_blocks", SPARSE_BWD_SOURCE,
              "    if (!p.sees(t, key)) continue;", "",
+             "sparse_bwd_d64x64_bf16.cu", run_simt_block_backward, WRONG_ANSWER),
+    Mutation("block_bwd_ignores_causality_inside_blocks", BLOCK_BWD_SOURCE,
+             "key < bucket_first_key + block && key <= last_key[column];",
+             "key < bucket_first_key + block;",
+             "sparse_bwd_d64x64_bf16.cu", run_block_sparse_backward, WRONG_ANSWER),
+    Mutation("block_bwd_streams_one_block_of_a_cta", BLOCK_BWD_SOURCE,
+             "const int buckets = int((key_end - 1) / block - first_bucket + 1);",
+             "const int buckets = 1;",
              "sparse_bwd_d64x64_bf16.cu", run_block_sparse_backward, WRONG_ANSWER),
     Mutation("norm_rope_fp8_scale_of_one_lane", NORM_ROPE_SOURCE,
              "fp8_scale_from_amax(warp_amax(amax), true)", "fp8_scale_from_amax(amax, true)",

@@ -1,0 +1,224 @@
+#pragma once
+// block_sparse_attn's dK/dV on tensor cores (SPEC §5), FlashAttention-2's dK/dV loop over query
+// rows gathered from the inverse block -> queries index instead of a contiguous query range:
+// a CTA owns 64 keys of one kv head (16 per warp) and streams the (token, query head) rows of
+// the tokens whose lists name their block(s), 32 rows per step (the heads of a GQA group are
+// adjacent), double-buffered with cp.async:
+//   Sᵀ = K Qᵀ, Pᵀ = exp(scale·Sᵀ - lse) (0 outside the step's block, past a row's causal limit),
+//   dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - Δ), dK += dSᵀ Q,
+// accumulated in registers and written once per key: deterministic, no atomics. A row listed
+// twice is streamed twice, so a duplicated block counts twice. Wide heads (Dqk + Dv > 256) run
+// a dV pass and a dK pass to bound registers. dQ stays sparse_bwd_dq_kernel's.
+
+#include <cmath>
+#include <cstdint>
+
+#include "common/online_softmax.h"
+#include "core/kernels/sm80/tile_copy.cuh"
+#include "core/kernels/sm80/tile_mma.cuh"
+#include "sparse/params.h"
+
+namespace deepseek_attn {
+namespace cuda {
+
+// A CTA's keys, and the most blocks they may span (each streamed with the others' keys masked).
+constexpr int kBlockBwdKeys = 64;
+constexpr int kBlockBwdMaxBuckets = 4;
+
+// Whether lists of `block_size`-key blocks take the tensor-core dK/dV kernel: blocks that
+// divide the CTA's 64 keys from 16 up, or span them (64 and more); others stay SIMT.
+DEEPSEEK_ATTN_HOST_DEVICE constexpr bool block_bwd_on_tensor_cores(int64_t block_size) {
+  return block_size >= kBlockBwdKeys || (block_size >= 16 && kBlockBwdKeys % block_size == 0);
+}
+
+template <int kDimQK, int kDimV>
+struct BlockDkDvTile {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kBlockN = kBlockBwdKeys;  // 16 keys per warp
+  static constexpr int kBlockM = 32;             // gathered rows per step
+  static constexpr int kPitchQK = TilePitch<kDimQK>::value;
+  static constexpr int kPitchV = TilePitch<kDimV>::value;
+  static constexpr int kKElements = kBlockN * kPitchQK;
+  static constexpr int kVElements = kBlockN * kPitchV;
+  static constexpr int kQElements = kBlockM * kPitchQK;
+  static constexpr int kStageElements = kQElements + kBlockM * kPitchV;
+  static constexpr int kStatsPerStage = 3 * kBlockM;  // lse (log2), Δ, last visible key
+  static constexpr int kSmemBytes =
+      (kKElements + kVElements + 2 * kStageElements) * 2 + 2 * kStatsPerStage * 4;
+  static constexpr bool kTwoPasses = kDimQK + kDimV > 256;
+};
+
+template <int kDimQK, int kDimV, DType kDType, bool kDk, bool kDv>
+__global__ void __launch_bounds__(BlockDkDvTile<kDimQK, kDimV>::kThreads)
+    block_bwd_dkdv_kernel(const SparseBwdParams p) {
+  using Tile = BlockDkDvTile<kDimQK, kDimV>;
+  using T = Element<kDType>;
+  constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
+  constexpr int kAccM = kBlockM / 8;
+
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
+  T* k_tile = reinterpret_cast<T*>(shared_bytes);
+  T* v_tile = k_tile + Tile::kKElements;
+  T* stages = v_tile + Tile::kVElements;  // 2 x (Q rows, dO rows)
+  float* row_stats = reinterpret_cast<float*>(stages + 2 * Tile::kStageElements);
+
+  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int64_t kv_head = blockIdx.y, batch = blockIdx.z;
+  const int64_t group = p.heads_q / p.heads_kv, block = p.index_block_size;
+  const int64_t key_begin = int64_t(blockIdx.x) * kBlockN;
+  const int64_t key_end = key_begin + kBlockN < p.seqlen_k ? key_begin + kBlockN : p.seqlen_k;
+  const T* q = static_cast<const T*>(p.q);
+  const T* dout = static_cast<const T*>(p.dout);
+  const T* k = static_cast<const T*>(p.k) + kv_head * kDimQK;
+  const T* v = static_cast<const T*>(p.v) + kv_head * kDimV;
+  const int64_t keys_before = batch * p.seqlen_k * p.heads_kv;  // rows of earlier sequences
+  load_tile_async<kBlockN, kDimQK, Tile::kThreads>(k_tile, k + keys_before * kDimQK,
+                                                   p.heads_kv * kDimQK, key_begin, p.seqlen_k,
+                                                   thread);
+  load_tile_async<kBlockN, kDimV, Tile::kThreads>(v_tile, v + keys_before * kDimV,
+                                                  p.heads_kv * kDimV, key_begin, p.seqlen_k,
+                                                  thread);
+
+  // The blocks (buckets) this CTA's keys fall in, and the first step of each: bucket i's rows
+  // are its referencing tokens times the group's heads, kBlockM per step.
+  const int64_t first_bucket = key_begin / block;
+  const int buckets = int((key_end - 1) / block - first_bucket + 1);
+  const int32_t* offsets = p.key_offsets + (batch * p.heads_kv + kv_head) * p.buckets();
+  int64_t step_begin[kBlockBwdMaxBuckets + 1];
+  step_begin[0] = 0;
+#pragma unroll
+  for (int i = 0; i < kBlockBwdMaxBuckets; ++i) {
+    const int64_t rows = i < buckets ? int64_t(offsets[first_bucket + i + 1] -
+                                               offsets[first_bucket + i]) * group
+                                     : 0;
+    step_begin[i + 1] = step_begin[i] + (rows + kBlockM - 1) / kBlockM;
+  }
+  const int64_t total_steps = step_begin[kBlockBwdMaxBuckets];
+  const auto bucket_of = [&](int64_t step) {
+    int i = 0;
+#pragma unroll
+    for (int j = 1; j < kBlockBwdMaxBuckets; ++j) i += step >= step_begin[j] ? 1 : 0;
+    return i;
+  };
+  // The (token, query head) of row `row` of step `step`, or token -1 past the bucket's rows.
+  const auto row_source = [&](int64_t step, int row, int64_t& token, int64_t& head) {
+    const int i = bucket_of(step);
+    int64_t first_step = 0;  // step_begin[i], selected without indexing (no local memory)
+#pragma unroll
+    for (int j = 0; j < kBlockBwdMaxBuckets; ++j) first_step = j == i ? step_begin[j] : first_step;
+    const int64_t pair = (step - first_step) * kBlockM + row;
+    const int64_t begin = offsets[first_bucket + i], end = offsets[first_bucket + i + 1];
+    token = pair < (end - begin) * group ? p.key_tokens[begin + pair / group] : -1;
+    head = kv_head * group + pair % group;
+  };
+
+  auto load_step = [&](int stage, int64_t step) {
+    T* q_rows = stages + stage * Tile::kStageElements;
+    T* do_rows = q_rows + Tile::kQElements;
+    constexpr int kChunksQK = kDimQK / 8, kChunksV = kDimV / 8;
+    for (int chunk = thread; chunk < kBlockM * (kChunksQK + kChunksV); chunk += Tile::kThreads) {
+      const bool is_q = chunk < kBlockM * kChunksQK;
+      const int local = is_q ? chunk : chunk - kBlockM * kChunksQK;
+      const int per_row = is_q ? kChunksQK : kChunksV;
+      const int row = local / per_row, column = (local % per_row) * 8;
+      int64_t token, head;
+      row_source(step, row, token, head);
+      const int64_t flat = (batch * p.seqlen_q + (token < 0 ? 0 : token)) * p.heads_q + head;
+      const T* source = is_q ? q + flat * kDimQK + column : dout + flat * kDimV + column;
+      T* target = is_q ? q_rows + row * Tile::kPitchQK + column
+                       : do_rows + row * Tile::kPitchV + column;
+      cp_async_16(target, token < 0 ? q : source, token >= 0);
+    }
+  };
+  auto load_row_stats = [&](int stage, int64_t step) {  // plain loads, visible after a barrier
+    if (thread < kBlockM) {
+      int64_t token, head;
+      row_source(step, thread, token, head);
+      float* stats = row_stats + stage * Tile::kStatsPerStage;
+      float lse2 = INFINITY, delta = 0.f;
+      int64_t last_key = -1;  // a row past the bucket's references sees nothing
+      if (token >= 0) {
+        const float lse = p.lse[(batch * p.heads_q + head) * p.seqlen_q + token];
+        lse2 = lse == -INFINITY ? INFINITY : lse * float(kLog2e);
+        delta = p.delta[(batch * p.seqlen_q + token) * p.heads_q + head];
+        last_key = p.causal ? token + p.seqlen_k - p.seqlen_q : p.seqlen_k - 1;
+      }
+      stats[thread] = lse2;
+      stats[kBlockM + thread] = delta;
+      reinterpret_cast<int32_t*>(stats)[2 * kBlockM + thread] = int32_t(last_key);
+    }
+  };
+
+  float dk_acc[kDk ? kDimQK / 8 : 1][4] = {};
+  float dv_acc[kDv ? kDimV / 8 : 1][4] = {};
+  if (total_steps > 0) load_step(0, 0);
+  cp_async_commit();
+  const int warp_key = warp * 16 + lane / 4;  // this lane's key rows: warp_key and warp_key + 8
+  const float scale_log2 = p.scale * float(kLog2e);
+
+  for (int64_t step = 0; step < total_steps; ++step) {
+    load_row_stats(int(step % 2), step);  // the stage the pipeline step below hands back
+    const int stage = cp_async_double_buffer_step(step, 0, total_steps, load_step);
+    const T* q_rows = stages + stage * Tile::kStageElements;
+    const T* do_rows = q_rows + Tile::kQElements;
+    const float* lse2 = row_stats + stage * Tile::kStatsPerStage;
+    const float* delta = lse2 + kBlockM;
+    const int32_t* last_key = reinterpret_cast<const int32_t*>(lse2) + 2 * kBlockM;
+    const int64_t bucket_first_key = (first_bucket + bucket_of(step)) * block;
+
+    float probs[kAccM][4] = {};  // Sᵀ: this warp's 16 keys x kBlockM rows
+    mma_a_bt<kDType, kDimQK, kBlockM>(probs, k_tile, warp * 16, q_rows, lane);
+#pragma unroll
+    for (int n = 0; n < kAccM; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int column = n * 8 + (lane % 4) * 2 + (e & 1);
+        const int64_t key = key_begin + warp_key + (e >= 2 ? 8 : 0);
+        const bool visible = key < p.seqlen_k && key >= bucket_first_key &&
+                             key < bucket_first_key + block && key <= last_key[column];
+        probs[n][e] = visible ? exp2f(probs[n][e] * scale_log2 - lse2[column]) : 0.f;
+      }
+    }
+    if constexpr (kDv) {  // dV += Pᵀ dO
+      uint32_t p_frags[kBlockM / 16][4];
+      accumulators_to_a_fragments<kDType, kBlockM>(probs, p_frags);
+      mma_a_regs_b<kDType, kBlockM, kDimV, Tile::kPitchV>(dv_acc, p_frags, do_rows, 0, lane);
+    }
+    if constexpr (kDk) {  // dPᵀ = V dOᵀ; dSᵀ = Pᵀ ∘ (dPᵀ − Δ); dK += dSᵀ Q
+      float dp[kAccM][4] = {};
+      mma_a_bt<kDType, kDimV, kBlockM>(dp, v_tile, warp * 16, do_rows, lane);
+#pragma unroll
+      for (int n = 0; n < kAccM; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int column = n * 8 + (lane % 4) * 2 + (e & 1);
+          dp[n][e] = probs[n][e] * (dp[n][e] - delta[column]);
+        }
+      }
+      uint32_t ds_frags[kBlockM / 16][4];
+      accumulators_to_a_fragments<kDType, kBlockM>(dp, ds_frags);
+      mma_a_regs_b<kDType, kBlockM, kDimQK, Tile::kPitchQK>(dk_acc, ds_frags, q_rows, 0, lane);
+    }
+    __syncthreads();  // the stage is refilled by a later step
+  }
+  cp_async_wait<0>();  // nothing may stay in flight when there was no step at all
+
+  // dK = scale · Σ dSᵀ Q, dV = Σ Pᵀ dO; rows past seqlen_k are not written.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t key = key_begin + warp_key + 8 * r;
+    if (key >= p.seqlen_k) continue;
+    const int64_t kv_row = (batch * p.seqlen_k + key) * p.heads_kv + kv_head;
+    if constexpr (kDk) {
+      store_fragment_row<kDType>(static_cast<T*>(p.dk) + kv_row * kDimQK, dk_acc, r, p.scale,
+                                 lane);
+    }
+    if constexpr (kDv) {
+      store_fragment_row<kDType>(static_cast<T*>(p.dv) + kv_row * kDimV, dv_acc, r, 1.f, lane);
+    }
+  }
+}
+
+}  // namespace cuda
+}  // namespace deepseek_attn
