@@ -153,6 +153,13 @@ SPARSE_BWD_SOURCE = "sparse/kernels/sparse_bwd.cuh"
 BLOCK_BWD_SOURCE = "sparse/kernels/block_bwd.cuh"
 
 
+def run_latent_sparse_attn_backward(module):
+    from test_emulated_sparse import test_emulated_sparse_attn_forward_and_backward
+
+    test_emulated_sparse_attn_forward_and_backward(module, (1, 4, 90, 16, 1, 576, -1, 40),
+                                                   torch.bfloat16)
+
+
 def run_simt_block_backward(module):
     from test_emulated_sparse import test_emulated_block_sparse_bwd_of_other_block_sizes_matches_cpu
 
@@ -212,8 +219,12 @@ MUTATIONS = [
              "    }\n    __syncthreads();\n",
              "      *reinterpret_cast<uint4*>(target) = *reinterpret_cast<const uint4*>(source);\n"
              "    }\n",
-             "sparse_bwd_d64x64_bf16.cu", run_sparse_attn_backward,
+             "sparse_bwd_latent_bf16.cu", run_latent_sparse_attn_backward,
              "which no thread has written|shared-memory race"),
+    Mutation("block_bwd_dq_drops_delta", BLOCK_BWD_SOURCE,
+             "for (int e = 0; e < 4; ++e) dp[n][e] = probs[n][e] * (dp[n][e] - delta[e / 2]);",
+             "for (int e = 0; e < 4; ++e) dp[n][e] = probs[n][e] * dp[n][e];",
+             "sparse_bwd_d64x64_bf16.cu", run_sparse_attn_backward, WRONG_ANSWER),
     Mutation("sparse_bwd_dk_without_softmax_scale", SPARSE_BWD_SOURCE,
              "    sum *= p.scale;\n", "",
              "sparse_bwd_d64x64_bf16.cu", run_sparse_attn_backward, WRONG_ANSWER),

@@ -96,8 +96,9 @@ def test_emulated_indexer_topk_2048(sm80):
 ], ids=["gqa2-d64", "mqa6-d128", "gqa5-d192x128", "latent"])
 def test_emulated_sparse_attn_forward_and_backward(sm80, shape, dtype):
     """sparse_attn through the emulated core forward and backward kernels against the fp64
-    formula (SPEC §6): -1 slots, a key listed three times, a row listing nothing; 10 heads per
-    group leave a partial 8-head tile in the dq kernel."""
+    formula (SPEC §6): -1 slots, a key listed three times, a row listing nothing. dQ of K/V rows
+    runs on tensor cores (5 heads of a 64-row tile, the other warps idle), of latent rows SIMT
+    (16 heads: two 8-head tiles); dK/dV of token lists SIMT."""
     with on_emulated_cuda(sm80):
         launches = sm80.counters()["launches"]
         check_against_reference(*sparse_inputs(*shape, dtype),

@@ -27,17 +27,30 @@ cudaError_t launch_block_bwd_dkdv(const SparseBwdParams& p, cudaStream_t stream)
   }
 }
 
+// dQ on tensor cores for separate K/V rows (any list), SIMT for latent rows; dK/dV on tensor
+// cores for block lists the kernel takes, SIMT for token lists, other blocks and latent rows.
 template <int kDimQK, int kDimV, DType kDType>
 cudaError_t launch_sparse_attn_bwd(const SparseBwdParams& p, cudaStream_t stream) {
   const int64_t group = p.heads_q / p.heads_kv;
-  const unsigned head_chunks = ceil_div(group, kSparseBwdHeadsPerCta);
-  const cudaError_t status = launch_kernel(
-      sparse_bwd_dq_kernel<kDType, kDimQK, kDimV>,
-      dim3(unsigned(p.seqlen_q), unsigned(p.heads_kv) * head_chunks, unsigned(p.batch)),
-      kSparseBwdThreads, 0, stream, p);
+  constexpr bool kRows = kDimQK + kDimV <= 320;  // not the 576/512 latent instantiation
+  cudaError_t status;
+  if constexpr (kRows) {
+    using Dq = BlockDqTile<kDimQK, kDimV>;
+    status = launch_kernel(
+        block_bwd_dq_kernel<kDimQK, kDimV, kDType>,
+        dim3(unsigned(p.seqlen_q), unsigned(p.heads_kv * ceil_div(group, Dq::kBlockM)),
+             unsigned(p.batch)),
+        Dq::kThreads, Dq::kSmemBytes, stream, p);
+  } else {
+    status = launch_kernel(
+        sparse_bwd_dq_kernel<kDType, kDimQK, kDimV>,
+        dim3(unsigned(p.seqlen_q), unsigned(p.heads_kv) * ceil_div(group, kSparseBwdHeadsPerCta),
+             unsigned(p.batch)),
+        kSparseBwdThreads, 0, stream, p);
+  }
   if (status != cudaSuccess) return status;
-  if constexpr (kDimQK + kDimV <= 320) {  // rows (latent rows keep the SIMT kernel)
-    if (p.dv != nullptr && block_bwd_on_tensor_cores(p.index_block_size)) {
+  if constexpr (kRows) {
+    if (block_bwd_on_tensor_cores(p.index_block_size)) {
       return launch_block_bwd_dkdv<kDimQK, kDimV, kDType>(p, stream);
     }
   }

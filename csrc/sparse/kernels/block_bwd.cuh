@@ -1,6 +1,7 @@
 #pragma once
-// block_sparse_attn's dK/dV on tensor cores (SPEC §5), FlashAttention-2's dK/dV loop over query
-// rows gathered from the inverse block -> queries index instead of a contiguous query range:
+// block_sparse_attn's backward on tensor cores (SPEC §5).
+// dK/dV: FlashAttention-2's dK/dV loop over query rows gathered from the inverse
+// block -> queries index instead of a contiguous query range:
 // a CTA owns 64 keys of one kv head (16 per warp) and streams the (token, query head) rows of
 // the tokens whose lists name their block(s), 32 rows per step (the heads of a GQA group are
 // adjacent), double-buffered with cp.async:
@@ -8,12 +9,16 @@
 //   dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ = Pᵀ ∘ (dPᵀ - Δ), dK += dSᵀ Q,
 // accumulated in registers and written once per key: deterministic, no atomics. A row listed
 // twice is streamed twice, so a duplicated block counts twice. Wide heads (Dqk + Dv > 256) run
-// a dV pass and a dK pass to bound registers. dQ stays sparse_bwd_dq_kernel's.
+// a dV pass and a dK pass to bound registers.
+// dQ: FlashAttention-2's dQ loop for one token's query heads (the forward's group-centric rows:
+// up to 64 heads of a kv head, warps past the group idle) over the keys of its listed blocks,
+// gathered kBlockN at a time (double-buffered); a block listed twice is walked twice.
 
 #include <cmath>
 #include <cstdint>
 
 #include "common/online_softmax.h"
+#include "core/heuristics.h"
 #include "core/kernels/sm80/tile_copy.cuh"
 #include "core/kernels/sm80/tile_mma.cuh"
 #include "sparse/params.h"
@@ -217,6 +222,139 @@ __global__ void __launch_bounds__(BlockDkDvTile<kDimQK, kDimV>::kThreads)
     if constexpr (kDv) {
       store_fragment_row<kDType>(static_cast<T*>(p.dv) + kv_row * kDimV, dv_acc, r, 1.f, lane);
     }
+  }
+}
+
+template <int kDimQK, int kDimV>
+struct BlockDqTile {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kBlockM = 16 * kWarps;                 // query heads of one token
+  static constexpr int kBlockN = fwd_block_n(kDimQK, kDimV);  // keys per step
+  static constexpr int kPitchQK = TilePitch<kDimQK>::value;
+  static constexpr int kPitchV = TilePitch<kDimV>::value;
+  static constexpr int kQElements = kBlockM * kPitchQK;
+  static constexpr int kDoElements = kBlockM * kPitchV;
+  static constexpr int kKElements = kBlockN * kPitchQK;
+  static constexpr int kVElements = kBlockN * kPitchV;
+  static constexpr int kSmemBytes =
+      (kQElements + kDoElements + 2 * (kKElements + kVElements)) * 2 + 2 * kBlockN * 4;
+};
+
+template <int kDimQK, int kDimV, DType kDType>
+__global__ void __launch_bounds__(BlockDqTile<kDimQK, kDimV>::kThreads)
+    block_bwd_dq_kernel(const SparseBwdParams p) {
+  using Tile = BlockDqTile<kDimQK, kDimV>;
+  using T = Element<kDType>;
+  constexpr int kBlockM = Tile::kBlockM, kBlockN = Tile::kBlockN;
+  constexpr int kAccN = kBlockN / 8;
+
+  DEEPSEEK_ATTN_DYNAMIC_SHARED_MEMORY(unsigned char, shared_bytes);
+  T* q_tile = reinterpret_cast<T*>(shared_bytes);
+  T* do_tile = q_tile + Tile::kQElements;
+  T* k_tiles = do_tile + Tile::kDoElements;     // two stages
+  T* v_tiles = k_tiles + 2 * Tile::kKElements;  // two stages
+  int32_t* tile_keys = reinterpret_cast<int32_t*>(v_tiles + 2 * Tile::kVElements);  // 2 stages
+
+  const int thread = threadIdx.x, warp = thread / 32, lane = thread % 32;
+  const int64_t group = p.heads_q / p.heads_kv;
+  const int64_t chunks = (group + kBlockM - 1) / kBlockM;
+  const int64_t token = blockIdx.x, kv_head = blockIdx.y / chunks, batch = blockIdx.z;
+  const int64_t head_begin = kv_head * group + (blockIdx.y % chunks) * kBlockM;
+  const int64_t heads = head_begin + kBlockM < (kv_head + 1) * group
+                            ? kBlockM
+                            : (kv_head + 1) * group - head_begin;
+  const int64_t row_base = (batch * p.seqlen_q + token) * p.heads_q + head_begin;
+  const T* q = static_cast<const T*>(p.q);
+  const T* dout = static_cast<const T*>(p.dout);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const int32_t* list =
+      p.indices + ((batch * p.seqlen_q + token) * p.heads_kv + kv_head) * p.num_indices;
+
+  load_tile_async<kBlockM, kDimQK, Tile::kThreads>(q_tile, q + row_base * kDimQK, kDimQK, 0,
+                                                   heads, thread);
+  load_tile_async<kBlockM, kDimV, Tile::kThreads>(do_tile, dout + row_base * kDimV, kDimV, 0,
+                                                  heads, thread);
+  const int warp_row = warp * 16 + lane / 4;  // this lane's rows: warp_row and warp_row + 8
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = warp_row + 8 * r;
+    const float lse = row < heads ? p.lse[(batch * p.heads_q + head_begin + row) * p.seqlen_q +
+                                          token]
+                                  : -INFINITY;
+    lse2[r] = lse == -INFINITY ? INFINITY : lse * float(kLog2e);  // P = 0 for such rows
+    delta[r] = row < heads ? p.delta[row_base + row] : 0.f;
+  }
+
+  // Step n holds list slots n·kBlockN.. (blocks walked key by key; unseen slots load zeros).
+  auto load_kv = [&](int stage, int64_t step) {
+    T* k_rows = k_tiles + stage * Tile::kKElements;
+    T* v_rows = v_tiles + stage * Tile::kVElements;
+    if (thread < kBlockN) {  // plain stores, read after the step's barrier
+      const int64_t entry = step * kBlockN + thread;
+      tile_keys[stage * kBlockN + thread] =
+          entry < p.num_entries() ? int32_t(p.key_of_entry(list, entry, token)) : -1;
+    }
+    constexpr int kChunksQK = kDimQK / 8, kChunksV = kDimV / 8;
+    for (int chunk = thread; chunk < kBlockN * (kChunksQK + kChunksV); chunk += Tile::kThreads) {
+      const bool is_k = chunk < kBlockN * kChunksQK;
+      const int local = is_k ? chunk : chunk - kBlockN * kChunksQK;
+      const int per_row = is_k ? kChunksQK : kChunksV;
+      const int slot = local / per_row, column = (local % per_row) * 8;
+      const int64_t entry = step * kBlockN + slot;
+      const int64_t key = entry < p.num_entries() ? p.key_of_entry(list, entry, token) : -1;
+      const int64_t kv_row = (batch * p.seqlen_k + (key < 0 ? 0 : key)) * p.heads_kv + kv_head;
+      const T* source = is_k ? k + kv_row * kDimQK + column : v + kv_row * kDimV + column;
+      T* target = is_k ? k_rows + slot * Tile::kPitchQK + column
+                       : v_rows + slot * Tile::kPitchV + column;
+      cp_async_16(target, key < 0 ? k : source, key >= 0);
+    }
+  };
+
+  float dq_acc[kDimQK / 8][4] = {};
+  const int64_t steps = (p.num_entries() + kBlockN - 1) / kBlockN;
+  const bool warp_has_rows = warp * 16 < heads;
+  const float scale_log2 = p.scale * float(kLog2e);
+  load_kv(0, 0);
+  cp_async_commit();
+  for (int64_t step = 0; step < steps; ++step) {
+    const int stage = cp_async_double_buffer_step(step, 0, steps, load_kv);
+    if (warp_has_rows) {
+      const T* k_tile = k_tiles + stage * Tile::kKElements;
+      const T* v_tile = v_tiles + stage * Tile::kVElements;
+      const int32_t* keys = tile_keys + stage * kBlockN;
+      float probs[kAccN][4] = {};
+      mma_a_bt<kDType, kDimQK, kBlockN>(probs, q_tile, warp * 16, k_tile, lane);
+#pragma unroll
+      for (int n = 0; n < kAccN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool seen = keys[n * 8 + (lane % 4) * 2 + (e & 1)] >= 0;
+          probs[n][e] = seen ? exp2f(probs[n][e] * scale_log2 - lse2[e / 2]) : 0.f;
+        }
+      }
+      float dp[kAccN][4] = {};  // dP = dO Vᵀ, then dS = P ∘ (dP − Δ)
+      mma_a_bt<kDType, kDimV, kBlockN>(dp, do_tile, warp * 16, v_tile, lane);
+#pragma unroll
+      for (int n = 0; n < kAccN; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[n][e] = probs[n][e] * (dp[n][e] - delta[e / 2]);
+      }
+      uint32_t ds_frags[kBlockN / 16][4];
+      accumulators_to_a_fragments<kDType, kBlockN>(dp, ds_frags);
+      mma_a_regs_b<kDType, kBlockN, kDimQK, Tile::kPitchQK>(dq_acc, ds_frags, k_tile, 0, lane);
+    }
+    __syncthreads();  // the stage is refilled by a later step
+  }
+  cp_async_wait<0>();  // the Q/dO loads when the list is empty
+
+  T* dq = static_cast<T*>(p.dq) + row_base * kDimQK;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = warp_row + 8 * r;
+    if (row < heads) store_fragment_row<kDType>(dq + row * kDimQK, dq_acc, r, p.scale, lane);
   }
 }
 
