@@ -160,6 +160,12 @@ def run_latent_sparse_attn_backward(module):
                                                    torch.bfloat16)
 
 
+def run_block_lists_of_several_tokens(module):
+    from test_emulated_sparse import test_emulated_block_lists_of_several_tokens_share_a_tile
+
+    test_emulated_block_lists_of_several_tokens_share_a_tile(module, 3)
+
+
 def run_simt_block_backward(module):
     from test_emulated_sparse import test_emulated_block_sparse_bwd_of_other_block_sizes_matches_cpu
 
@@ -246,13 +252,20 @@ MUTATIONS = [
              "4 * (column / LatentFp8Layout::kGroup)", "4 * (column / 256)",
              "core_fwd_latent_fp8_bf16.cu", run_core_forward(core_cases()["fp8_band"]), WRONG_ANSWER),
     Mutation("core_list_ignores_the_band", CORE_SOURCE,
-             "return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);",
-             "return key >= 0;", "core_fwd_rows_d64x64_bf16.cu",
+             "if (key < 0 || !band.visible(token_of_row(row), key)) return false;",
+             "if (key < 0) return false;", "core_fwd_rows_d64x64_bf16.cu",
              run_core_forward(core_cases()["causal_tokens"]), WRONG_ANSWER),
     Mutation("core_blocks_lose_causality_inside", CORE_SOURCE,
              "kListed || p.kv.block_table != nullptr ||", "p.kv.block_table != nullptr ||",
              "core_fwd_rows_d64x64_bf16.cu", run_core_forward(core_cases()["dense_blocks"]),
              WRONG_ANSWER),
+    Mutation("core_list_union_ignores_copies", CORE_SOURCE,
+             "if (count >= copy) {", "if (count > 0) {",
+             "core_fwd_rows_d64x64_bf16.cu", run_block_lists_of_several_tokens, WRONG_ANSWER),
+    Mutation("core_list_union_rows_use_the_first_tokens_list", CORE_SOURCE,
+             "(lists.tokens[slot / p.selection.index_block_size] >> (row / heads)) & 1u;",
+             "(lists.tokens[slot / p.selection.index_block_size] >> 0) & 1u;",
+             "core_fwd_rows_d64x64_bf16.cu", run_block_lists_of_several_tokens, WRONG_ANSWER),
     Mutation("core_skips_a_partly_filled_warp", CORE_SOURCE,
              "const bool warp_has_rows = warp * 16 < work.rows;",
              "const bool warp_has_rows = warp * 16 + 16 <= work.rows;",

@@ -196,3 +196,22 @@ def test_emulated_block_sparse_bwd_of_other_block_sizes_matches_cpu(sm80, block)
                                torch.ops.deepseek_attn.block_sparse_attn_bwd(*args)):
         error = (ours.float() - cpu.float()).abs().max() / cpu.float().abs().max()
         assert error <= 1e-2, (name, error.item())
+
+
+@pytest.mark.parametrize("num", [3, 100, 300], ids=["many-tokens", "two-tokens", "one-token"])
+def test_emulated_block_lists_of_several_tokens_share_a_tile(sm80, num):
+    """Block lists of several tokens share one query tile (the union of their lists, each row
+    masked to its own token's): neighbours listing the same blocks, a block one token lists twice
+    and its neighbour once, a token listing nothing; 256 entries a tile at most (n = 300 falls
+    back to one token a tile). Values and gradients against the fp64 formula."""
+    batch, seqlen, heads, heads_kv, block = 1, 40, 4, 2, 16
+    q, k, v, _ = block_inputs(batch, seqlen, seqlen, heads, heads_kv, 64, 64, 1, block,
+                              torch.bfloat16)
+    generator = torch.Generator().manual_seed(5)
+    indices = torch.randint(-1, 3, (batch, seqlen, heads_kv, num), generator=generator,
+                            dtype=torch.int32)
+    indices[0, 10, 0, :2] = 1  # token 10 lists block 1 twice, token 11 once
+    indices[0, 11, 0, :2] = torch.tensor([1, -1])
+    indices[0, 12] = -1
+    with on_emulated_cuda(sm80):
+        check_block_sparse(q, k, v, indices, block, causal=True)

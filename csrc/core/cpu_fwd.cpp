@@ -123,7 +123,7 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out, T so
                   T softcap) {
   const T* q = static_cast<const T*>(p.q);
   const KeySelectionParams& selection = p.selection;
-  const QueryTiles grid(p.heads_per_kv(), selection.listed(), p.seqlen_q, kRowsPerTask);
+  const QueryTiles grid(p.heads_per_kv(), selection.listed() ? 1 : 0, p.seqlen_q, kRowsPerTask);
   const int64_t group = p.heads_per_kv(), dqk = p.head_dim_qk, dv = p.head_dim_v;
   const int64_t n_tasks = p.batch * p.heads_kv * grid.head_chunks * grid.token_tiles;
 

@@ -77,7 +77,7 @@ CoreFwdCall prepare_attention_core_fwd(const CoreFwdInputs& in, double softmax_s
 
   if (!p.selection.listed()) {
     const bool latent = p.kv.policy() != CoreKv::kRows;
-    const QueryTiles tiles(p.heads_per_kv(), false, p.seqlen_q, cuda::core_block_m(latent));
+    const QueryTiles tiles(p.heads_per_kv(), 0, p.seqlen_q, cuda::core_block_m(latent));
     const int block_n = cuda::core_block_n(latent, p.head_dim_qk, p.head_dim_v);
     const int64_t ctas = p.heads_kv * tiles.token_tiles * tiles.head_chunks;
     const int64_t key_blocks = (p.seqlen_k + block_n - 1) / block_n;

@@ -14,14 +14,16 @@ template <int kDimQK, int kDimV, DType kDType, CoreKv kKv>
 cudaError_t launch_core_fwd(const CoreFwdParams& p, const SplitKvParams& split,
                             cudaStream_t stream) {
   using Tile = CoreFwdTile<kDimQK, kDimV, kKv>;
-  const QueryTiles tiles(p.heads_per_kv(), p.selection.listed(), p.seqlen_q, Tile::kBlockM);
+  const QueryTiles tiles(p.heads_per_kv(),
+                         list_tile_tokens(p.selection, p.heads_per_kv(), Tile::kBlockM),
+                         p.seqlen_q, Tile::kBlockM);
   const dim3 grid(static_cast<unsigned>(tiles.token_tiles * tiles.head_chunks),
                   static_cast<unsigned>(p.heads_kv),
                   static_cast<unsigned>(p.batch * split.num_splits));
   if (p.selection.listed()) {
     if constexpr (kKv != CoreKv::kRows || core_lists_compiled(kDimQK, kDimV)) {
       return launch_kernel(core_fwd_kernel<kDimQK, kDimV, kDType, kKv, true, false>, grid,
-                           Tile::kThreads, Tile::kSmemBytes, stream, p, split);
+                           Tile::kThreads, Tile::kSmemBytes + kListUnionBytes, stream, p, split);
     }
     return cudaErrorInvalidValue;  // unreachable: device_call.cpp rejects these head dims
   }

@@ -117,16 +117,35 @@ struct KeySelectionParams {
   }
 };
 
+// The most list entries a GPU tile of several tokens' block lists takes (their union is built
+// in shared memory).
+constexpr int64_t kListUnionCapacity = 256;
+
+// Tokens per query tile of `rows` rows for a listed call on the GPU: a token list belongs to one
+// token; block lists of several tokens share one tile (the union of their lists, each row
+// masked to its own) when whole GQA groups fit and the lists fit the union buffer; 0 when not
+// listed. The CPU tiles every list by its token.
+DEEPSEEK_ATTN_HOST_DEVICE int64_t list_tile_tokens(const KeySelectionParams& selection,
+                                                          int64_t group, int64_t rows) {
+  if (!selection.listed()) return 0;
+  if (selection.index_block_size == 1 || selection.num_indices == 0) return 1;
+  int64_t tokens = rows / group;
+  const int64_t fit = kListUnionCapacity / selection.num_indices;
+  tokens = tokens < fit ? tokens : fit;
+  return tokens < 1 ? 1 : tokens;
+}
+
 // How the (query token, query head) rows of one kv head are cut into query tiles of at most
-// `rows` rows, tokens outer, so the heads of a GQA group share every key tile. An index list
-// belongs to one query token, so listed tiles hold one token.
+// `rows` rows, tokens outer, so the heads of a GQA group share every key tile. Listed tiles
+// hold `list_tokens` tokens (list_tile_tokens; 0: not listed).
 struct QueryTiles {
   int64_t heads_per_tile, head_chunks, tokens_per_tile, token_tiles;
 
-  DEEPSEEK_ATTN_HOST_DEVICE QueryTiles(int64_t group, bool listed, int64_t seqlen_q, int64_t rows) {
+  DEEPSEEK_ATTN_HOST_DEVICE QueryTiles(int64_t group, int64_t list_tokens, int64_t seqlen_q,
+                                       int64_t rows) {
     heads_per_tile = group < rows ? group : rows;
     head_chunks = (group + heads_per_tile - 1) / heads_per_tile;
-    tokens_per_tile = listed || rows / group < 1 ? 1 : rows / group;
+    tokens_per_tile = list_tokens > 0 ? list_tokens : (rows / group < 1 ? 1 : rows / group);
     token_tiles = (seqlen_q + tokens_per_tile - 1) / tokens_per_tile;
   }
 };

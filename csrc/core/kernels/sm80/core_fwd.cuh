@@ -54,17 +54,40 @@ struct CoreFwdTile {
                 "FP8 latent rows are 576 wide with 512 values");
 };
 
+// Shared-memory bytes of a listed tile's union of block lists (ListUnion).
+constexpr int kListUnionBytes = int(kListUnionCapacity) * (8 + 4) + 16;
+
+// The block lists of a tile's tokens merged (shared memory): each listed block once per copy
+// (a block some token lists twice appears twice), with the tokens that list that copy.
+struct ListUnion {
+  int32_t* blocks;   // (kListUnionCapacity): block index per entry
+  uint64_t* tokens;  // (kListUnionCapacity): bit i set when the tile's token i lists the entry
+  int* size;         // entries in use
+
+  __device__ static ListUnion in(unsigned char* shared) {
+    uint64_t* tokens = reinterpret_cast<uint64_t*>(shared);
+    int32_t* blocks = reinterpret_cast<int32_t*>(tokens + kListUnionCapacity);
+    return {blocks, tokens, reinterpret_cast<int*>(blocks + kListUnionCapacity)};
+  }
+};
+
 // Which rows and keys one CTA handles, and the key of every tile slot.
 struct CoreFwdWork {
   const CoreFwdParams& p;
   int64_t batch, kv_head, token_begin, head_begin, heads, rows, seqlen;
   KeyWindow band;
+  ListUnion lists;
+  bool merged_lists;  // several tokens' block lists (lists); false: token_begin's own list
 
   // The key in slot `slot` (= n·kBlockN + column) of the key tiles; -1 when the slot holds none
   // (past the band's sequence end, an empty or out-of-range list entry, a missing page).
   __device__ __forceinline__ int64_t key_of_slot(int64_t slot) const {
     int64_t key = slot;
-    if (p.selection.listed()) {
+    if (merged_lists) {
+      const int64_t block = p.selection.index_block_size;
+      if (slot / block >= *lists.size) return -1;
+      key = int64_t(lists.blocks[slot / block]) * block + slot % block;
+    } else if (p.selection.listed()) {
       if (slot >= p.selection.num_entries()) return -1;
       key = p.selection.key_of_entry(batch, token_begin, kv_head, slot);
     }
@@ -82,6 +105,14 @@ struct CoreFwdWork {
 
   __device__ __forceinline__ int64_t token_of_row(int row) const {
     return token_begin + row / heads;
+  }
+  // Whether tile row `row` sees the key in slot `slot`: a key, in the row's band, and (several
+  // tokens' lists) listed by the row's token.
+  __device__ __forceinline__ bool row_sees_slot(int row, int64_t slot) const {
+    const int64_t key = key_of_slot(slot);
+    if (key < 0 || !band.visible(token_of_row(row), key)) return false;
+    return !merged_lists ||
+           (lists.tokens[slot / p.selection.index_block_size] >> (row / heads)) & 1u;
   }
   __device__ __forceinline__ int64_t head_of_row(int row) const { return head_begin + row % heads; }
 };
@@ -171,6 +202,60 @@ __device__ __forceinline__ int64_t balanced_blocks_per_part(const CoreFwdParams&
   return per_part > 0 ? per_part : 1;
 }
 
+// Merges the block lists of tokens [token_begin, token_end) of (batch, kv_head) into `lists`
+// (every thread of the CTA calls it) and returns its size. Blocks a token cannot see (empty,
+// out of range, wholly outside its band) are dropped; the c-th copy of a block in a token's
+// list is entry "block, copy c", shared by every token listing that block at least c times.
+template <int kThreads>
+__device__ int64_t build_list_union(const CoreFwdParams& p, int64_t batch, int64_t kv_head,
+                                    int64_t token_begin, int64_t token_end, const KeyWindow& band,
+                                    const ListUnion& lists, int thread) {
+  const int64_t n = p.selection.num_indices, block = p.selection.index_block_size;
+  const int64_t total = (token_end - token_begin) * n;  // <= kListUnionCapacity
+  for (int64_t i = thread; i < total; i += kThreads) {
+    const int64_t token = token_begin + i / n;
+    const int64_t index = p.selection.indices[batch * p.selection.index_strides.batch +
+                                              token * p.selection.index_strides.row +
+                                              kv_head * p.selection.index_strides.head + i % n];
+    const bool seen = index >= 0 && index * block < band.end_key(token) &&
+                      (index + 1) * block > band.first_key(token);
+    lists.blocks[i] = seen ? int32_t(index) : -1;
+  }
+  __syncthreads();
+  for (int64_t i = thread; i < total; i += kThreads) {  // reads blocks, writes tokens only
+    const int32_t index = lists.blocks[i];
+    lists.tokens[i] = 0;
+    if (index < 0) continue;
+    const int64_t own = i / n;
+    int64_t copy = 1;  // this entry is copy `copy` of `index` in its token's list
+    for (int64_t e = own * n; e < i; ++e) copy += lists.blocks[e] == index ? 1 : 0;
+    bool first = true;  // no earlier token lists `index` `copy` times
+    uint64_t listing = 0;
+    for (int64_t t = 0; t < token_end - token_begin; ++t) {
+      int64_t count = 0;
+      for (int64_t e = t * n; e < (t + 1) * n; ++e) count += lists.blocks[e] == index ? 1 : 0;
+      if (count >= copy) {
+        listing |= uint64_t(1) << t;
+        first = first && t >= own;
+      }
+    }
+    lists.tokens[i] = first ? listing : 0;
+  }
+  __syncthreads();
+  if (thread == 0) {  // compact in order (entry c <= i is written after i is read)
+    int size = 0;
+    for (int64_t i = 0; i < total; ++i) {
+      if (lists.tokens[i] == 0) continue;
+      lists.blocks[size] = lists.blocks[i];
+      lists.tokens[size] = lists.tokens[i];
+      ++size;
+    }
+    *lists.size = size;
+  }
+  __syncthreads();
+  return *lists.size;
+}
+
 template <int kDimQK, int kDimV, DType kDType, CoreKv kKv, bool kListed, bool kSplit>
 __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
     core_fwd_kernel(const CoreFwdParams p, const SplitKvParams split) {
@@ -190,7 +275,8 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
   const int warp = (thread / 32) % Tile::kRowWarps;  // this warp's 16 rows
   const int column0 = (thread / 32 / Tile::kRowWarps) * kVColumns;  // and its output columns
   const int64_t group = p.heads_per_kv();
-  const QueryTiles tiles(group, kListed, p.seqlen_q, kBlockM);
+  const QueryTiles tiles(group, kListed ? list_tile_tokens(p.selection, group, kBlockM) : 0,
+                         p.seqlen_q, kBlockM);
   const int64_t token_tile = blockIdx.x % tiles.token_tiles;
   const int64_t head_chunk = blockIdx.x / tiles.token_tiles;
   const int64_t kv_head = blockIdx.y;
@@ -204,6 +290,8 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
   const int64_t heads =
       head_begin + tiles.heads_per_tile < group_end ? tiles.heads_per_tile : group_end - head_begin;
   const int warp_row = warp * 16 + lane / 4;
+  const ListUnion list_union = ListUnion::in(shared_bytes + Tile::kSmemBytes);  // listed only
+  int64_t union_size = -1;  // several tokens' block lists: the entries of their union
 
   // This CTA's rows over key blocks [n_begin, n_end) of `batch`; with kSplit, the fp32 partials
   // go to slot `slot` (split-major (slot, Hq, Sq) rows).
@@ -218,7 +306,9 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
                            heads,
                            (token_end - token_begin) * heads,
                            seqlen,
-                           p.selection.band(p.seqlen_q, seqlen)};
+                           p.selection.band(p.seqlen_q, seqlen),
+                           list_union,
+                           union_size >= 0};
 
     float out_acc[kAccV][4] = {};
     OnlineSoftmaxRow<float> rows[2];  // rows `group` and `group + 8` of this warp's 16
@@ -261,8 +351,7 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
               !work.band.tile_fully_visible(token_begin, token_end, slot0, slot0 + kBlockN);
           scores_to_logits(
               scores, p.softmax_scale, p.softcap, needs_mask, lane, [&](int half, int column) {
-                const int64_t key = work.key_of_slot(slot0 + column);
-                return key >= 0 && work.band.visible(work.token_of_row(warp_row + 8 * half), key);
+                return work.row_sees_slot(warp_row + 8 * half, slot0 + column);
               });
           online_softmax_step(scores, rows, partial_sum, out_acc);
 
@@ -350,6 +439,11 @@ __global__ void __launch_bounds__(CoreFwdTile<kDimQK, kDimV, kKv>::kThreads)
   int64_t n_begin = 0, n_end = 0;
   if constexpr (kListed) {
     n_end = (p.selection.num_entries() + kBlockN - 1) / kBlockN;
+    if (tiles.tokens_per_tile > 1) {  // block lists of several tokens: walk their union
+      union_size = build_list_union<Tile::kThreads>(p, batch, kv_head, token_begin, token_end,
+                                                    band, list_union, thread);
+      n_end = (union_size * p.selection.index_block_size + kBlockN - 1) / kBlockN;
+    }
   } else {
     const int64_t key_begin = band.first_key(token_begin);
     const int64_t key_end = band.end_key(token_end - 1);
