@@ -249,18 +249,11 @@ __global__ void __launch_bounds__(DkDvTile<kDimQK, kDimV>::kThreads)
       mma_a_regs_b<kDType, kBlockM, kDimV, Tile::kPitchV>(dv_acc, p_frags, do_tile, 0, lane);
     }
     if constexpr (kDk) {  // dPᵀ = V dOᵀ; dSᵀ = Pᵀ ∘ (dPᵀ − Δ) ∘ dcap; dK += dSᵀ Q
-      float dp[kAccM][4] = {};
-      mma_a_bt<kDType, kDimV, kBlockM>(dp, v_tile, warp * 16, do_tile, lane);
-#pragma unroll
-      for (int n = 0; n < kAccM; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int column = n * 8 + (lane % 4) * 2 + (e & 1);
-          dp[n][e] = probs[n][e] * (dp[n][e] - delta[column]) * dcap[n][e];
-        }
-      }
       uint32_t ds_frags[kBlockM / 16][4];
-      accumulators_to_a_fragments<kDType, kBlockM>(dp, ds_frags);
+      softmax_grad_fragments<kDType, kDimV, kBlockM>(
+          ds_frags, probs, v_tile, warp * 16, do_tile, lane, [&](int n, int e, float p, float dp) {
+            return p * (dp - delta[n * 8 + (lane % 4) * 2 + (e & 1)]) * dcap[n][e];
+          });
       mma_a_regs_b<kDType, kBlockM, kDimQK, Tile::kPitchQK>(dk_acc, ds_frags, q_tile, 0, lane);
       if constexpr (kDq) {
         const int64_t head = kv_head * group + step / steps_per_head;
@@ -407,17 +400,10 @@ __global__ void __launch_bounds__(DqTile<kDimQK, kDimV>::kThreads)
           probs[n][e] = p_value;
         }
       }
-      float dp[kAccN][4] = {};  // dP = dO Vᵀ, then dS = P ∘ (dP − Δ) ∘ dcap
-      mma_a_bt<kDType, kDimV, kBlockN>(dp, do_tile, warp * 16, v_tile, lane);
-#pragma unroll
-      for (int n = 0; n < kAccN; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          dp[n][e] = probs[n][e] * (dp[n][e] - delta[e / 2]) * dcap[n][e];
-        }
-      }
-      uint32_t ds_frags[kBlockN / 16][4];
-      accumulators_to_a_fragments<kDType, kBlockN>(dp, ds_frags);
+      uint32_t ds_frags[kBlockN / 16][4];  // dP = dO Vᵀ, then dS = P ∘ (dP − Δ) ∘ dcap
+      softmax_grad_fragments<kDType, kDimV, kBlockN>(
+          ds_frags, probs, do_tile, warp * 16, v_tile, lane,
+          [&](int n, int e, float p, float dp) { return p * (dp - delta[e / 2]) * dcap[n][e]; });
       mma_a_regs_b<kDType, kBlockN, kDimQK, Tile::kPitchQK>(dq_acc, ds_frags, k_tile, 0, lane);
       __syncthreads();
     }

@@ -66,5 +66,24 @@ __device__ __forceinline__ void mma_a_regs_b(float (&acc)[kCols / 8][4],
   }
 }
 
+// The softmax-gradient step of every sm80 attention backward: dP = A Bᵀ for a warp's 16 rows
+// of `a_tile` (dO rows against V rows, or V rows against dO rows for the transposed product),
+// dS = ds_of(n, e, P, dP) elementwise (P ∘ (dP − Δ), times the soft-cap derivative where
+// there is one), rounded into the A fragments of the next product (dQ += dS K, dK += dSᵀ Q).
+template <DType kDType, int kDepth, int kCols, typename T, typename DsOf>
+__device__ __forceinline__ void softmax_grad_fragments(uint32_t (&ds)[kCols / 16][4],
+                                                       const float (&probs)[kCols / 8][4],
+                                                       const T* a_tile, int a_row,
+                                                       const T* b_tile, int lane, DsOf ds_of) {
+  float dp[kCols / 8][4] = {};
+  mma_a_bt<kDType, kDepth, kCols>(dp, a_tile, a_row, b_tile, lane);
+#pragma unroll
+  for (int n = 0; n < kCols / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dp[n][e] = ds_of(n, e, probs[n][e], dp[n][e]);
+  }
+  accumulators_to_a_fragments<kDType, kCols>(dp, ds);
+}
+
 }  // namespace cuda
 }  // namespace deepseek_attn
