@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from harness import measured  # noqa: E402
 import bench_attention  # noqa: E402
 from bench_mla import NOPE, ROPE, V_DIM  # noqa: E402
 
@@ -48,40 +49,6 @@ DTYPE = torch.bfloat16
 SCALE = (NOPE + ROPE) ** -0.5  # MLA's scale, for the latent and the per-head shapes alike
 PREFILL, DECODE = "fwd", "decode"
 CASE_FIELDS = ["B", "Sq", "S", "Hq", "topk"]
-
-
-class CaseRunner:
-    """Times one impl on one case: the harness timer, an optional peak-memory run, a tick of the
-    progress bar. A failure (an op this device lacks, no memory) becomes a row with the reason."""
-
-    def __init__(self, timer, with_memory, progress):
-        self.timer, self.with_memory, self.progress = timer, with_memory, progress
-
-    def __call__(self, case, impl, make_step, flops):
-        op, mode, shape = case
-        self.progress.set_postfix_str(f"{mode} S={shape['S']} {impl}")
-        try:
-            step = make_step()  # inside the try: allocating the operands may fail too
-            ms = self.timer(step)
-            peak = harness.peak_memory_mib(step, self.timer.device) if self.with_memory else None
-        except (RuntimeError, NotImplementedError) as failure:
-            return skipped(case, impl, str(failure).splitlines()[0][:200])
-        finally:
-            self.progress.update()
-        return harness.Result(op=op, impl=impl, mode=mode, dtype=str(DTYPE).split(".")[-1],
-                              shape=shape, ms=ms, tflops=flops / ms / 1e9, peak_mib=peak,
-                              tokens_per_s=shape["B"] * shape["Sq"] / ms * 1e3)
-
-    def skip(self, case, impl, reason):
-        """The row of an impl that cannot run on this case (its tick still counts)."""
-        self.progress.update()
-        return skipped(case, impl, reason)
-
-
-def skipped(case, impl, reason):
-    op, mode, shape = case
-    return harness.Result(op=op, impl=impl, mode=mode, dtype=str(DTYPE).split(".")[-1],
-                          shape=shape, ms=float("nan"), error=reason)
 
 
 def causal_pairs(shape):
@@ -128,7 +95,7 @@ def pipeline_result(case, indexer, attention):
     """The DSA row: the two parts' times added, and their FLOP counts."""
     failed = [part for part in (indexer, attention) if part.error]
     if failed:
-        return skipped(case, OURS, f"{failed[0].impl} did not run")
+        return harness.failed_result(case, OURS, f"{failed[0].impl} did not run", DTYPE)
     ms = indexer.ms + attention.ms
     peaks = [part.peak_mib for part in (indexer, attention) if part.peak_mib is not None]
     shape = case[2]
@@ -178,10 +145,6 @@ def decode_case(run, device, batch, seqlen, heads, topk):
     return dsa_results(run, case, inputs) + [
         run(case, DENSE_DECODE, lambda: dense,
             2 * heads * (LATENT_DIM + LATENT_VALUES) * causal_pairs(shape))]
-
-
-def measured(result, field):
-    return getattr(result, field) if result is not None and result.error is None else None
 
 
 def prefill_table(rows):
@@ -299,7 +262,7 @@ def main(argv=None):
     results = []
     # A tick per timed impl: prefill runs four (indexer, sparse_attn, two dense), decode three.
     with tqdm(total=7 * len(seqlens), desc="sparse", unit="run", dynamic_ncols=True) as progress:
-        run = CaseRunner(timer, not args.no_memory, progress)
+        run = harness.CaseRunner(timer, not args.no_memory, progress, DTYPE)
         for seqlen in seqlens:
             results += prefill_case(run, device, seqlen, heads, topk)
             results += decode_case(run, device, batch, seqlen, heads, topk)
@@ -312,15 +275,8 @@ def main(argv=None):
     print(prefill_table(prefill_rows))
     print(decode_table(decode_rows))
     print("x vs <peer> = peer time / DSA time (> 1 means DSA is faster); dsa = indexer + sparse")
-    for result in results:
-        if result.error:
-            print(f"could not run {result.impl} {result.mode} {result.shape}: {result.error}")
-    goal_records = []
-    for goal, value, target in goals(prefill_rows, decode_rows, device):
-        met = None if value is None else value >= target
-        status = {None: "not measured in this run", True: "met", False: "not met"}[met]
-        print(f"goal: {goal}: {'-' if value is None else f'{value:.2f}'} -> {status}")
-        goal_records.append(dict(goal=goal, value=value, target=target, met=met))
+    harness.report_failures(results)
+    goal_records = harness.report_goals(goals(prefill_rows, decode_rows, device))
 
     path = args.out or os.path.join(harness.RESULTS_DIR,
                                     f"{harness.device_slug(device)}-sparse.json")

@@ -1,4 +1,5 @@
-"""Shared benchmark harness (SPEC §7): timing, peak memory, result records, table, JSON, plot.
+"""Shared benchmark harness (SPEC §7): timing, peak memory, result records, a case runner that
+turns failures into rows, tables, goal lines, JSON.
 
 Every script measures our op and its peer in the same run on the same device, then reports
 ratios. GPU timing: CUDA events, warm-up, L2 flushed before every run, median of >= 10 runs.
@@ -140,6 +141,75 @@ def ratio_rows(results, ours, peers, key_fields):
             row[f"speedup_vs_{peer}"] = other.ms / mine.ms if usable else None
         rows.append(row)
     return rows
+
+
+class CaseRunner:
+    """Times one impl on one case (op, mode, shape): the timer, an optional peak-memory run, a
+    tick of the progress bar. A failure (an op this device lacks, no memory) becomes a row with
+    the reason. `make_step` builds the timed callable (inside the try: allocating the operands
+    may fail too); `flops` None leaves TFLOP/s empty; tokens/s counts B·Sq (Sq default S);
+    `catch` adds exception types that also become rows (say, an API still changing)."""
+
+    def __init__(self, timer, with_memory, progress, dtype):
+        self.timer, self.with_memory, self.progress = timer, with_memory, progress
+        self.dtype = str(dtype).split(".")[-1]
+
+    def __call__(self, case, impl, make_step, flops, catch=()):
+        op, mode, shape = case
+        self.progress.set_postfix_str(f"{mode} S={shape['S']} {impl}")
+        try:
+            step = make_step()
+            ms = self.timer(step)
+            peak = peak_memory_mib(step, self.timer.device) if self.with_memory else None
+        except (RuntimeError, NotImplementedError, *catch) as failure:
+            return failed_result(case, impl, first_line(failure), self.dtype)
+        finally:
+            self.progress.update()
+        return Result(op=op, impl=impl, mode=mode, dtype=self.dtype, shape=shape, ms=ms,
+                      tflops=None if flops is None else flops / ms / 1e9, peak_mib=peak,
+                      tokens_per_s=shape["B"] * shape.get("Sq", shape["S"]) / ms * 1e3)
+
+    def skip(self, case, impl, reason):
+        """The row of an impl that cannot run on this case (its tick still counts)."""
+        self.progress.update()
+        return failed_result(case, impl, reason, self.dtype)
+
+
+def first_line(failure, limit=200):
+    """An exception's message cut to its first line (its type's name when it has none)."""
+    lines = str(failure).strip().splitlines()
+    return (lines[0] if lines else type(failure).__name__)[:limit]
+
+
+def failed_result(case, impl, reason, dtype):
+    """The row of an impl that did not run on case (op, mode, shape): ms NaN, error = reason."""
+    op, mode, shape = case
+    return Result(op=op, impl=impl, mode=mode, dtype=str(dtype).split(".")[-1], shape=shape,
+                  ms=float("nan"), error=reason)
+
+
+def measured(result, field):
+    """A field of a result that ran; None for a missing or failed one."""
+    return getattr(result, field) if result is not None and result.error is None else None
+
+
+def report_failures(results):
+    """One line per result that did not run, with its reason."""
+    for result in results:
+        if result.error:
+            print(f"could not run {result.impl} {result.mode} {result.shape}: {result.error}")
+
+
+def report_goals(goals):
+    """Prints one line per (goal, value, target) -- value None: not measured in this run -- and
+    returns the records for the JSON."""
+    records = []
+    for goal, value, target in goals:
+        met = None if value is None else value >= target
+        status = {None: "not measured in this run", True: "met", False: "not met"}[met]
+        print(f"goal: {goal}: {'-' if value is None else f'{value:.2f}'} -> {status}")
+        records.append(dict(goal=goal, value=value, target=target, met=met))
+    return records
 
 
 def format_table(headers, rows):

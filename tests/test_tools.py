@@ -64,6 +64,23 @@ def test_fp8_benchmark_writes_json_and_plot(tmp_path):
     assert (tmp_path / "fp8.png").stat().st_size > 0
 
 
+
+def test_nsa_benchmark_writes_json_and_plot(tmp_path):
+    path = tmp_path / "nsa.json"
+    output = run([os.path.join("benchmarks", "bench_nsa.py"), "--quick", "--device", "cpu",
+                  "--out", str(path)])
+    assert "x vs flash" in output and "goal: CPU" in output
+    payload = json.loads(path.read_text())
+    ran = {(r["impl"], r["mode"]) for r in payload["results"] if r["error"] is None}
+    kernels = {(impl, mode) for impl in ("deepseek_attn", "flash_attn_func-dense", "sdpa-dense")
+               for mode in ("fwd", "fwd+bwd")}
+    modules = {(impl, "fwd+bwd") for impl in ("NativeSparseAttention",
+                                              "DenseAttention-flash_attn_func",
+                                              "DenseAttention-sdpa")}
+    assert kernels | modules | {("flex_attention", "fwd")} <= ran
+    assert payload["per_seqlen"]["256"]["flex_max_abs_diff"] < 3e-2
+    assert (tmp_path / "nsa.png").stat().st_size > 0
+
 def test_hopper_gate_reads_the_setup_py_arch_list():
     """setup.py defines the arch list as TORCH_CUDA_ARCH_LIST spells it ("8.0;9.0a"); the gate
     must read sm_90a in it (CMake's "80;90a" spelling is checked by ctest's device_arch)."""
