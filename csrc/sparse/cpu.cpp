@@ -174,10 +174,6 @@ void block_sparse_attn_bwd_tiles(const SparseAttnShape& s, const SparseBwdParams
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const auto kt_of = [&](int64_t b, int64_t hk) { return kt + (b * s.heads_kv + hk) * dqk * sk; };
   const auto vt_of = [&](int64_t b, int64_t hk) { return vt + (b * s.heads_kv + hk) * dvd * sk; };
-  // The last key query row t sees (causal: bottom-right), or the last key.
-  const auto last_key = [&](int64_t t) {
-    return lists.causal ? std::min(sk - 1, t + sk - s.seqlen_q) : sk - 1;
-  };
   // P and dS of `rows` rows from their scores and dO·Vᵀ, in place; columns past a row's last
   // key (first key of the tile `first`) are 0.
   const auto softmax_grad = [&](int64_t rows, int64_t cols, int64_t first, const float* lse,
@@ -210,15 +206,16 @@ void block_sparse_attn_bwd_tiles(const SparseAttnShape& s, const SparseBwdParams
     const int64_t b = task / (s.heads_kv * s.seqlen_q);
     const int64_t row0 = (b * s.seqlen_q + t) * s.heads_q + hk * group;
     const int32_t* list = in.indices + task * n;
+    const int64_t last = lists.last_key_seen(t);
     for (int64_t h = 0; h < group; ++h) {
       area.lse[h] = in.lse[(b * s.heads_q + hk * group + h) * s.seqlen_q + t];
       area.delta[h] = in.delta[row0 + h];
-      area.last_key[h] = last_key(t);
+      area.last_key[h] = last;
     }
     for (int64_t e = 0; e < n; ++e) {
       const int64_t first = int64_t(list[e]) * block;
-      if (list[e] < 0 || first > last_key(t)) continue;
-      const int64_t cols = std::min(block, last_key(t) - first + 1);
+      if (list[e] < 0 || first > last) continue;
+      const int64_t cols = std::min(block, last - first + 1);
       cpu::gemm_nn(group, cols, dqk, in.q + row0 * dqk, dqk, kt_of(b, hk) + first, sk, false,
                    area.scores.data(), cols);
       cpu::gemm_nn(group, cols, dvd, in.dout + row0 * dvd, dvd, vt_of(b, hk) + first, sk, false,
@@ -254,14 +251,14 @@ void block_sparse_attn_bwd_tiles(const SparseAttnShape& s, const SparseBwdParams
       int64_t rows = 0;  // gather the group's rows of up to tokens_per_step seeing the block
       for (int64_t taken = 0; taken < tokens_per_step && r < inverse.end(list_id, j); ++r) {
         const int64_t t = tokens[r];
-        if (last_key(t) < first) continue;  // the whole block is in this token's future
+        if (lists.last_key_seen(t) < first) continue;  // the block is in this token's future
         const int64_t row0 = (b * s.seqlen_q + t) * s.heads_q + hk * group;
         std::copy_n(in.q + row0 * dqk, group * dqk, area.q.data() + rows * dqk);
         std::copy_n(in.dout + row0 * dvd, group * dvd, area.dout.data() + rows * dvd);
         for (int64_t h = 0; h < group; ++h, ++rows) {
           area.lse[rows] = in.lse[(b * s.heads_q + hk * group + h) * s.seqlen_q + t];
           area.delta[rows] = in.delta[row0 + h];
-          area.last_key[rows] = last_key(t);
+          area.last_key[rows] = lists.last_key_seen(t);
         }
         ++taken;
       }

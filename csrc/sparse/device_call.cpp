@@ -186,7 +186,6 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   DEEPSEEK_ATTN_CHECK_VALUE(s.batch <= 65535 && s.heads_kv <= 65535,
                             "the CUDA sparse_attn backward takes at most 65535 sequences and kv "
                             "heads (got ", s.batch, " and ", s.heads_kv, ")");
-  const int64_t buckets = (s.seqlen_k + index_block_size - 1) / index_block_size;
   if (index_value_checks_requested()) {
     check_sparse_index_values(indices, s.seqlen_k, index_block_size);
   }
@@ -204,7 +203,6 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   call.dk = at::empty_like(call.k);
   call.dv = latent ? at::empty({0}, q.options()) : at::empty_like(call.v);
   if (q.numel() == 0 && k.numel() == 0) return call;
-  std::tie(call.key_offsets, call.key_tokens) = inverse_index(call.indices, buckets);
   SparseBwdParams& p = call.params;
   p.q = call.q.data_ptr();
   p.k = call.k.data_ptr();
@@ -213,8 +211,6 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   p.lse = call.lse.data_ptr<float>();
   p.delta = call.delta.data_ptr<float>();
   p.indices = call.indices.data_ptr<int32_t>();
-  p.key_offsets = call.key_offsets.data_ptr<int32_t>();
-  p.key_tokens = call.key_tokens.data_ptr<int32_t>();
   p.dq = call.dq.data_ptr();
   p.dk = call.dk.data_ptr();
   p.dv = latent ? nullptr : call.dv.data_ptr();
@@ -224,6 +220,9 @@ SparseBwdCall prepare_sparse_attn_bwd(const at::Tensor& dout, const at::Tensor& 
   p.v_row = latent ? s.head_dim_qk : s.head_dim_v;
   p.index_block_size = index_block_size, p.causal = causal;
   p.scale = float(softmax_scale);
+  std::tie(call.key_offsets, call.key_tokens) = inverse_index(call.indices, p.buckets());
+  p.key_offsets = call.key_offsets.data_ptr<int32_t>();
+  p.key_tokens = call.key_tokens.data_ptr<int32_t>();
   call.needs_launch = true;
   return call;
 }

@@ -81,9 +81,15 @@ struct SparseBwdParams {
     return (seqlen_k + index_block_size - 1) / index_block_size;
   }
   DEEPSEEK_ATTN_HOST_DEVICE int64_t num_entries() const { return num_indices * index_block_size; }
+  // The last key query row `token` sees: the last key, or (causal, bottom-right) its own
+  // position's; below 0 when it sees none.
+  DEEPSEEK_ATTN_HOST_DEVICE int64_t last_key_seen(int64_t token) const {
+    const int64_t own = token + seqlen_k - seqlen_q;
+    return causal && own < seqlen_k - 1 ? own : seqlen_k - 1;
+  }
   // Whether query row `token` sees key `key` at all (in range and, causal, not in its future).
   DEEPSEEK_ATTN_HOST_DEVICE bool sees(int64_t token, int64_t key) const {
-    return key >= 0 && key < seqlen_k && (!causal || key <= token + seqlen_k - seqlen_q);
+    return key >= 0 && key <= last_key_seen(token);
   }
   // The key entry `entry` of `list` names for query row `token`: -1 when empty or unseen.
   DEEPSEEK_ATTN_HOST_DEVICE int64_t key_of_entry(const int32_t* list, int64_t entry,

@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(BlockDkDvTile<kDimQK, kDimV>::kThreads)
         const float lse = p.lse[(batch * p.heads_q + head) * p.seqlen_q + token];
         lse2 = lse == -INFINITY ? INFINITY : lse * float(kLog2e);
         delta = p.delta[(batch * p.seqlen_q + token) * p.heads_q + head];
-        last_key = p.causal ? token + p.seqlen_k - p.seqlen_q : p.seqlen_k - 1;
+        last_key = p.last_key_seen(token);
       }
       stats[thread] = lse2;
       stats[kBlockM + thread] = delta;
@@ -180,8 +180,8 @@ __global__ void __launch_bounds__(BlockDkDvTile<kDimQK, kDimV>::kThreads)
       for (int e = 0; e < 4; ++e) {
         const int column = n * 8 + (lane % 4) * 2 + (e & 1);
         const int64_t key = key_begin + warp_key + (e >= 2 ? 8 : 0);
-        const bool visible = key < p.seqlen_k && key >= bucket_first_key &&
-                             key < bucket_first_key + block && key <= last_key[column];
+        const bool visible = key >= bucket_first_key && key < bucket_first_key + block &&
+                             key <= last_key[column];  // last_key < seqlen_k
         probs[n][e] = visible ? exp2f(probs[n][e] * scale_log2 - lse2[column]) : 0.f;
       }
     }
