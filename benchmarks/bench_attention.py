@@ -11,7 +11,6 @@ peers = SDPA with the flash and the cuDNN backends.
 Prints a table, writes benchmarks/results/<device>-attention.json and a PNG beside it.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -182,22 +181,13 @@ def plot(rows, peers, path, device_label):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
-    parser.add_argument("--seqlens", type=int, nargs="+", help="override the sequence lengths")
+    parser = harness.sweep_parser(__doc__, "attention")
     parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--modes", nargs="+", choices=["fwd", "bwd", "fwd+bwd"])
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--check-up-to", type=int, default=4096,
                         help="compare our output with SDPA's for S up to this length")
-    parser.add_argument("--out", default=None, help="JSON path (default: results/<device>-attention.json)")
-    args = parser.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = harness.sweep_args(parser, argv)
     shapes, dtypes, modes, peers = default_plan(device, args.quick)
     if args.seqlens:
         base = {tuple((k, v) for k, v in s.items() if k not in ("S", "B")) for s in shapes}
@@ -261,8 +251,7 @@ def main(argv=None):
     for shape, dtype, error in disagreements:
         print(f"WARNING: ours and SDPA differ by {error:.3g} on {shape} {dtype}")
 
-    path = args.out or os.path.join(harness.RESULTS_DIR,
-                                    f"{harness.device_slug(device)}-attention.json")
+    path = harness.results_path(args.out, device, "attention")
     harness.write_json(results, device, path, extra={"benchmark": "bench_attention.py",
                                                      "threads": torch.get_num_threads()})
     plot(rows, peers, path.replace(".json", ".png"), harness.device_name(device))

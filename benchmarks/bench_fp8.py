@@ -176,7 +176,7 @@ def main(argv=None):
                                quant_rows))
     print("x vs <peer> = peer time / our time (> 1 means we are faster)")
 
-    path = args.out or os.path.join(harness.RESULTS_DIR, f"{harness.device_slug(device)}-fp8.json")
+    path = harness.results_path(args.out, device, "fp8")
     harness.write_json(results, device, path, extra={"benchmark": "bench_fp8.py",
                                                      "checks": notes})
     plot(results, peers, path.replace(".json", ".png"), harness.device_name(device))

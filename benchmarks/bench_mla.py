@@ -199,7 +199,7 @@ def main(argv=None):
     print(harness.format_table(["KV cache", "bytes/token/layer", "bytes/token (61 layers)"],
                                table))
 
-    path = args.out or os.path.join(harness.RESULTS_DIR, f"{harness.device_slug(device)}-mla.json")
+    path = harness.results_path(args.out, device, "mla")
     harness.write_json(results, device, path, extra={"benchmark": "bench_mla.py",
                                                      "heads": args.heads,
                                                      "prefill_config": prefill_config,

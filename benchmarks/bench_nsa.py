@@ -535,10 +535,7 @@ def plan(device, quick):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
-    parser.add_argument("--seqlens", type=int, nargs="+", help="kernel sequence lengths")
+    parser = harness.sweep_parser(__doc__, "nsa")
     parser.add_argument("--module-seqlens", type=int, nargs="*",
                         help="module sequence lengths (none: skip the modules)")
     parser.add_argument("--modes", nargs="+", choices=list(FACTOR), help="kernel modes")
@@ -553,14 +550,7 @@ def main(argv=None):
                         help="timed calls (default: the harness's on CUDA, 3 on CPU)")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                         help="peak-memory runs (default: on CUDA only)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=None,
-                        help="JSON path (default: results/<device>-nsa.json)")
-    args = parser.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = harness.sweep_args(parser, argv)
     cuda = device.type == "cuda"
     kernel, seqlens, modes, module, module_seqlens, module_modes, flex_max = plan(device,
                                                                                   args.quick)
@@ -610,7 +600,7 @@ def main(argv=None):
               f"S = {seqlen} (> {FLEX_TOLERANCE}): the FlexAttention rows time something else")
     goal_records = harness.report_goals(goals(rows, device))
 
-    path = args.out or os.path.join(harness.RESULTS_DIR, f"{harness.device_slug(device)}-nsa.json")
+    path = harness.results_path(args.out, device, "nsa")
     harness.write_json(results + module_results, device, path, extra={
         "benchmark": "bench_nsa.py", "threads": torch.get_num_threads(), "kernel": kernel,
         "block_size": BLOCK, "module": module, "warmup": timer.warmup, "repeats": timer.repeats,

@@ -19,7 +19,6 @@ were no faster there (measured on 2 threads at S = 2k and 4k).
 Writes benchmarks/results/<device>-sparse.json and a PNG beside it.
 """
 
-import argparse
 import functools
 import os
 import sys
@@ -230,23 +229,13 @@ def plot(results, path, title):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats")
-    parser.add_argument("--seqlens", type=int, nargs="+", help="override the sequence lengths")
+    parser = harness.sweep_parser(__doc__, "sparse")
     parser.add_argument("--heads", type=int,
                         help="query heads (default: 128 on CUDA as DeepSeek-V3, 16 on CPU)")
     parser.add_argument("--topk", type=int, help="keys selected per query (default: 2048)")
     parser.add_argument("--batch", type=int, help="decode batch (default: 4 on CUDA, 1 on CPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    parser.add_argument("--out", default=None,
-                        help="JSON path (default: results/<device>-sparse.json)")
-    args = parser.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = harness.sweep_args(parser, argv)
     cuda = device.type == "cuda"
     if args.quick:
         seqlens, heads, topk = [256, 512], 4, 64
@@ -278,8 +267,7 @@ def main(argv=None):
     harness.report_failures(results)
     goal_records = harness.report_goals(goals(prefill_rows, decode_rows, device))
 
-    path = args.out or os.path.join(harness.RESULTS_DIR,
-                                    f"{harness.device_slug(device)}-sparse.json")
+    path = harness.results_path(args.out, device, "sparse")
     harness.write_json(results, device, path, extra={
         "benchmark": "bench_sparse.py", "threads": torch.get_num_threads(), "heads": heads,
         "topk": topk, "decode_batch": batch, "index_heads": INDEX_HEADS, "index_dim": INDEX_DIM,

@@ -6,6 +6,7 @@ ratios. GPU timing: CUDA events, warm-up, L2 flushed before every run, median of
 CPU timing: median of >= 5 runs after a warm-up.
 """
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -35,6 +36,32 @@ class Result:
     peak_mib: float = None
     tokens_per_s: float = None
     error: str = None  # set when the impl could not run this case (and why)
+
+
+def sweep_parser(doc, result_name):
+    """The options of every sequence-length sweep: --device, --quick, --seqlens, --threads,
+    --out (default results/<device>-<result_name>.json); the script adds its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--seqlens", type=int, nargs="+", help="override the sequence lengths")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None,
+                        help=f"JSON path (default: results/<device>-{result_name}.json)")
+    return parser
+
+
+def sweep_args(parser, argv):
+    """(args, device) of a sweep_parser's command line, with the CPU threads set as asked."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, torch.device(args.device)
+
+
+def results_path(out, device, result_name):
+    """`out`, or results/<device>-<result_name>.json."""
+    return out or os.path.join(RESULTS_DIR, f"{device_slug(device)}-{result_name}.json")
 
 
 def cpu_name():
