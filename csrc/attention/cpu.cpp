@@ -1,10 +1,11 @@
 // CPU implementation of tiled causal softmax attention (SPEC §1).
 //
 // The forward is the shared core's main loop (core/cpu_fwd.cpp) over a dense source and the
-// window band. The backward promotes inputs to fp32 once (fp64 stays fp64, for gradcheck) and
-// works on tiles: scores of one (query tile x key tile) block at a time through BLAS, never an
-// (Sq x Sk) matrix. Its tasks are (batch, kv head, group of key tiles) so dK/dV need no
-// reduction across threads.
+// window band. The backward packs its operands once per call in the tile element type (the
+// input's bf16/fp16 where the host multiplies those natively, else fp32; fp64 for gradcheck)
+// and works on tiles: scores of one (query tile x key tile) block at a time, never an (Sq x Sk)
+// matrix, accumulating in fp32 (fp64). Its tasks are (batch, kv head, group of key tiles) so
+// dK/dV need no reduction across threads, and dQ partials per group add up in a fixed order.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,41 +23,6 @@
 namespace deepseek_attn {
 namespace {
 
-constexpr int64_t kBwdBlockQ = 64;
-constexpr int64_t kBwdBlockK = 128;
-
-// Pointers and strides of a promoted BSHD tensor; T is the accumulation type.
-template <typename T>
-struct Bshd {
-  const T* data;
-  BshdStrides strides;
-  const T* row(int64_t b, int64_t s, int64_t h) const {
-    return data + b * strides.batch + s * strides.row + h * strides.head;
-  }
-};
-
-template <typename T>
-Bshd<T> bshd_view(const at::Tensor& t) {
-  return {t.data_ptr<T>(), bshd_strides(t)};
-}
-
-// Keys (or values) transposed once per call, (B, Hkv, D, Sk), so every tile product is A·B.
-template <typename T>
-struct TransposedKeys {
-  at::Tensor storage;
-  const T* data;
-  int64_t heads_kv, dim, seqlen;
-  const T* at(int64_t b, int64_t h, int64_t key) const {
-    return data + ((b * heads_kv + h) * dim) * seqlen + key;
-  }
-};
-
-template <typename T>
-TransposedKeys<T> transposed_keys(const at::Tensor& bshd) {
-  const at::Tensor t = bshd.permute({0, 2, 3, 1}).contiguous();
-  return {t, t.data_ptr<T>(), t.size(1), t.size(2), t.size(3)};
-}
-
 std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cpu(const at::Tensor& q, const at::Tensor& k,
                                                       const at::Tensor& v, double softmax_scale,
                                                       bool causal, int64_t window_left,
@@ -71,9 +37,114 @@ std::tuple<at::Tensor, at::Tensor> flash_attn_fwd_cpu(const at::Tensor& q, const
 // ---------------------------------------------------------------------------------------------
 // Backward
 
-template <typename T>
+constexpr int64_t kBwdBlockQ = 64;
+constexpr int64_t kBwdBlockK = 128;
+
+// The backward's operands in the tile element type E, packed once per call (cpu::VnniTile
+// layouts; the padding of the reduction dims stays zero):
+//   per (batch, kv head, key tile): Kᵀ (for S = Q Kᵀ), K by key pairs (dQ += dS K) and Vᵀ
+//   (dP = dO Vᵀ); per (batch, query head): Q and dO by query-row pairs (dK += dSᵀ Q,
+//   dV += Pᵀ dO); and Q, dO as plain rows with the head dims padded (the A operands).
+template <typename E>
+struct BwdOperands {
+  int64_t dqk, dqk_pad, dv, dv_pad, seqlen_q_pad, n_key_tiles, heads_q, heads_kv;
+  at::Tensor storage_keys, storage_rows, q_plain, dout_plain;
+
+  int64_t kt_elements() const { return dqk_pad * kBwdBlockK; }
+  int64_t kr_elements() const { return kBwdBlockK * dqk; }
+  int64_t vt_elements() const { return dv_pad * kBwdBlockK; }
+  int64_t key_tile_elements() const { return kt_elements() + kr_elements() + vt_elements(); }
+  const E* key_tile(int64_t b, int64_t hk, int64_t tile) const {
+    return static_cast<const E*>(storage_keys.data_ptr()) +
+           ((b * heads_kv + hk) * n_key_tiles + tile) * key_tile_elements();
+  }
+  const E* q_pairs(int64_t b, int64_t h) const {
+    return static_cast<const E*>(storage_rows.data_ptr()) +
+           (b * heads_q + h) * seqlen_q_pad * (dqk + dv);
+  }
+  const E* dout_pairs(int64_t b, int64_t h) const { return q_pairs(b, h) + seqlen_q_pad * dqk; }
+};
+
+template <typename E, typename S>
+BwdOperands<E> pack_bwd_operands(const AttentionFwdParams& p, const at::Tensor& q,
+                                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& dout,
+                                 at::ScalarType dtype) {
+  using Vnni = cpu::VnniTile<E>;
+  BwdOperands<E> ops;
+  ops.dqk = p.head_dim_qk;
+  ops.dqk_pad = Vnni::padded(p.head_dim_qk);
+  ops.dv = p.head_dim_v;
+  ops.dv_pad = Vnni::padded(p.head_dim_v);
+  ops.seqlen_q_pad = Vnni::padded(p.seqlen_q);
+  ops.n_key_tiles = (p.seqlen_k + kBwdBlockK - 1) / kBwdBlockK;
+  ops.heads_q = p.heads_q;
+  ops.heads_kv = p.heads_kv;
+  const auto options = at::TensorOptions().dtype(dtype);
+  ops.storage_keys =
+      at::zeros({p.batch * p.heads_kv * ops.n_key_tiles, ops.key_tile_elements()}, options);
+  ops.storage_rows = at::zeros({p.batch * p.heads_q, ops.seqlen_q_pad * (ops.dqk + ops.dv)}, options);
+  auto padded_rows = [&](const at::Tensor& t, int64_t dim_pad) {
+    at::Tensor plain = at::zeros({t.size(0), t.size(1), t.size(2), dim_pad}, options);
+    plain.narrow(3, 0, t.size(3)).copy_(t);
+    return plain;
+  };
+  ops.q_plain = padded_rows(q, ops.dqk_pad);
+  ops.dout_plain = padded_rows(dout, ops.dv_pad);
+  const BshdStrides ks = bshd_strides(k), vs = bshd_strides(v);
+  const S* k_data = k.data_ptr<S>();
+  const S* v_data = v.data_ptr<S>();
+  E* keys = static_cast<E*>(ops.storage_keys.data_ptr());
+  at::parallel_for(0, p.batch * p.heads_kv * ops.n_key_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t tile = index % ops.n_key_tiles, hk = (index / ops.n_key_tiles) % p.heads_kv;
+      const int64_t b = index / (ops.n_key_tiles * p.heads_kv);
+      E* kt = keys + index * ops.key_tile_elements();
+      E* kr = kt + ops.kt_elements();
+      E* vt = kr + ops.kr_elements();
+      const int64_t key_end = std::min((tile + 1) * kBwdBlockK, p.seqlen_k);
+      for (int64_t key = tile * kBwdBlockK; key < key_end; ++key) {
+        const int64_t c = key - tile * kBwdBlockK;
+        const S* k_row = k_data + b * ks.batch + key * ks.row + hk * ks.head;
+        const S* v_row = v_data + b * vs.batch + key * vs.row + hk * vs.head;
+        for (int64_t d = 0; d < ops.dqk; ++d) {
+          const E x = cpu::convert_element<E>(k_row[d]);
+          kt[Vnni::at(d, c, kBwdBlockK)] = x;
+          kr[Vnni::at(c, d, ops.dqk)] = x;
+        }
+        for (int64_t d = 0; d < ops.dv; ++d) {
+          vt[Vnni::at(d, c, kBwdBlockK)] = cpu::convert_element<E>(v_row[d]);
+        }
+      }
+    }
+  });
+  const BshdStrides qs = bshd_strides(q), ds = bshd_strides(dout);
+  const S* q_data = q.data_ptr<S>();
+  const S* dout_data = dout.data_ptr<S>();
+  E* rows = static_cast<E*>(ops.storage_rows.data_ptr());
+  at::parallel_for(0, p.batch * p.heads_q, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t h = index % p.heads_q, b = index / p.heads_q;
+      E* q_pairs = rows + index * ops.seqlen_q_pad * (ops.dqk + ops.dv);
+      E* dout_pairs = q_pairs + ops.seqlen_q_pad * ops.dqk;
+      for (int64_t i = 0; i < p.seqlen_q; ++i) {
+        const S* q_row = q_data + b * qs.batch + i * qs.row + h * qs.head;
+        const S* dout_row = dout_data + b * ds.batch + i * ds.row + h * ds.head;
+        for (int64_t d = 0; d < ops.dqk; ++d) {
+          q_pairs[Vnni::at(i, d, ops.dqk)] = cpu::convert_element<E>(q_row[d]);
+        }
+        for (int64_t d = 0; d < ops.dv; ++d) {
+          dout_pairs[Vnni::at(i, d, ops.dv)] = cpu::convert_element<E>(dout_row[d]);
+        }
+      }
+    }
+  });
+  return ops;
+}
+
+template <typename T, typename E>
 struct BwdScratch {
-  std::vector<T> probs, dprobs, tanh_vals, transposed, dk_acc, dv_acc;
+  std::vector<T> probs, dprobs, tanh_vals, dk_acc, dv_acc;
+  std::vector<E> probs_t, dprobs_t, dprobs_e;
 };
 
 template <typename T>
@@ -86,14 +157,29 @@ struct BwdOutputs {
   BshdStrides dv_strides;
 };
 
-template <typename T>
-void attention_bwd_cpu(const AttentionFwdParams& p, const Bshd<T>& q, const Bshd<T>& k,
-                       const TransposedKeys<T>& k_t, const TransposedKeys<T>& v_t,
-                       const Bshd<T>& dout, const float* lse, const float* delta,
-                       const BwdOutputs<T>& grads) {
+// dst (cols x ld_dst, E) = src (rows x cols, T) transposed; columns rows..ld_dst stay zero.
+template <typename T, typename E>
+void transpose_to(const T* src, int64_t rows, int64_t cols, E* dst, int64_t ld_dst) {
+  constexpr int64_t kBlock = 16;  // cache-friendly blocks
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r) {
+        for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c) {
+          dst[c * ld_dst + r] = E(src[r * cols + c]);
+        }
+      }
+    }
+  }
+  for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld_dst + rows, dst + (c + 1) * ld_dst, E(0.f));
+}
+
+template <typename T, typename E>
+void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, const float* lse,
+                       const float* delta, const BwdOutputs<T>& grads) {
+  using Vnni = cpu::VnniTile<E>;
   const KeyWindow window = p.key_window();
   const int64_t n_groups = static_cast<int64_t>(grads.dq_groups.size());
-  const int64_t n_key_tiles = (p.seqlen_k + kBwdBlockK - 1) / kBwdBlockK;
+  const int64_t n_key_tiles = ops.n_key_tiles;
   const int64_t n_tasks = p.batch * p.heads_kv * n_groups;
   std::vector<int64_t> costs(n_tasks, 0);
   for (int64_t t = 0; t < n_tasks; ++t) {
@@ -102,38 +188,50 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const Bshd<T>& q, const Bshd
       costs[t] += std::max<int64_t>(window.end_row_seeing(j1) - window.first_row_seeing(j0), 0);
     }
   }
-  const int64_t dqk = p.head_dim_qk, dvd = p.head_dim_v, group = p.heads_per_kv();
+  const int64_t dqk = ops.dqk, dqk_pad = ops.dqk_pad, dvd = ops.dv, dv_pad = ops.dv_pad;
+  const int64_t group = p.heads_per_kv();
+  const int64_t ld_q = p.heads_q * dqk_pad, ld_dout = p.heads_q * dv_pad;
+  const E* q_plain = static_cast<const E*>(ops.q_plain.data_ptr());
+  const E* dout_plain = static_cast<const E*>(ops.dout_plain.data_ptr());
   const T scale = p.softmax_scale, softcap = p.softcap;
-  std::vector<BwdScratch<T>> scratch(at::get_num_threads());
+  std::vector<BwdScratch<T, E>> scratch(at::get_num_threads());
 
   cpu::run_tasks_costliest_first(costs, [&](int64_t task, int64_t slot) {
     const int64_t g = task % n_groups;
     const int64_t hk = (task / n_groups) % p.heads_kv;
     const int64_t b = task / (n_groups * p.heads_kv);
-    BwdScratch<T>& s = scratch[slot];
-    s.probs.resize(kBwdBlockQ * kBwdBlockK);
-    s.dprobs.resize(kBwdBlockQ * kBwdBlockK);
-    s.transposed.resize(kBwdBlockQ * kBwdBlockK);
-    if (softcap > 0) s.tanh_vals.resize(kBwdBlockQ * kBwdBlockK);
+    BwdScratch<T, E>& s = scratch[slot];
+    constexpr int64_t kTile = kBwdBlockQ * kBwdBlockK;
+    s.probs.resize(kTile);
+    s.dprobs.resize(kTile);
+    s.probs_t.resize(Vnni::padded(kBwdBlockQ) * kBwdBlockK);
+    s.dprobs_t.resize(Vnni::padded(kBwdBlockQ) * kBwdBlockK);
+    s.dprobs_e.resize(kBwdBlockQ * Vnni::padded(kBwdBlockK));
+    if (softcap > 0) s.tanh_vals.resize(kTile);
     T* tanh_tile = softcap > 0 ? s.tanh_vals.data() : nullptr;
     T* dq_acc = grads.dq_groups[g];
 
     for (int64_t kt = g; kt < n_key_tiles; kt += n_groups) {
       const int64_t j0 = kt * kBwdBlockK;
       const int64_t cols = std::min(kBwdBlockK, p.seqlen_k - j0);
+      const int64_t cols_pad = Vnni::padded(cols);
+      const E* k_t = ops.key_tile(b, hk, kt);
+      const E* k_rows = k_t + ops.kt_elements();
+      const E* v_t = k_rows + ops.kr_elements();
       s.dk_acc.assign(cols * dqk, T(0));
       s.dv_acc.assign(cols * dvd, T(0));
-      const int64_t rows_begin = window.first_row_seeing(j0);
+      const int64_t rows_begin = window.first_row_seeing(j0) / Vnni::kPairs * Vnni::kPairs;
       const int64_t rows_end = window.end_row_seeing(j0 + cols);
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const float* lse_h = lse + (b * p.heads_q + h) * p.seqlen_q;
         const float* delta_h = delta + (b * p.heads_q + h) * p.seqlen_q;
         for (int64_t i0 = rows_begin; i0 < rows_end; i0 += kBwdBlockQ) {
           const int64_t rows = std::min(kBwdBlockQ, rows_end - i0);
+          const int64_t rows_pad = Vnni::padded(rows);
           const bool full = window.tile_fully_visible(i0, i0 + rows, j0, j0 + cols);
           // P = exp(S - lse), recomputed.
-          cpu::gemm_nn(rows, cols, dqk, q.row(b, i0, h), q.strides.row, k_t.at(b, hk, j0),
-                       k_t.seqlen, false, s.probs.data(), cols);
+          cpu::gemm_nn(rows, cols, dqk_pad, q_plain + (b * p.seqlen_q + i0) * ld_q + h * dqk_pad,
+                       ld_q, k_t, kBwdBlockK, false, s.probs.data(), cols);
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = i0 + r;
             T* pr = s.probs.data() + r * cols;
@@ -143,25 +241,37 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const Bshd<T>& q, const Bshd
             cpu::exp2_shifted_inplace(pr, cols, T(lse_h[i]) * T(kLog2e));
           }
           // dV += P^T dO
-          cpu::transpose_tile(s.probs.data(), rows, cols, cols, s.transposed.data());
-          cpu::gemm_nn(cols, dvd, rows, s.transposed.data(), rows, dout.row(b, i0, h),
-                       dout.strides.row, true, s.dv_acc.data(), dvd);
+          transpose_to(s.probs.data(), rows, cols, s.probs_t.data(), rows_pad);
+          cpu::gemm_nn(cols, dvd, rows_pad, s.probs_t.data(), rows_pad,
+                       ops.dout_pairs(b, h) + i0 * dvd, dvd, true, s.dv_acc.data(), dvd);
           // dP = dO V^T, then dS in place.
-          cpu::gemm_nn(rows, cols, dvd, dout.row(b, i0, h), dout.strides.row, v_t.at(b, hk, j0),
-                       v_t.seqlen, false, s.dprobs.data(), cols);
+          cpu::gemm_nn(rows, cols, dv_pad,
+                       dout_plain + (b * p.seqlen_q + i0) * ld_dout + h * dv_pad, ld_dout, v_t,
+                       kBwdBlockK, false, s.dprobs.data(), cols);
           for (int64_t r = 0; r < rows; ++r) {
             cpu::softmax_grad_row(s.dprobs.data() + r * cols, s.probs.data() + r * cols,
                                   tanh_tile ? tanh_tile + r * cols : nullptr, cols,
                                   T(delta_h[i0 + r]));
           }
           // dK += dS^T Q ; dQ += dS K (scaled once at the end).
-          cpu::transpose_tile(s.dprobs.data(), rows, cols, cols, s.transposed.data());
-          cpu::gemm_nn(cols, dqk, rows, s.transposed.data(), rows, q.row(b, i0, h), q.strides.row,
-                       true, s.dk_acc.data(), dqk);
+          transpose_to(s.dprobs.data(), rows, cols, s.dprobs_t.data(), rows_pad);
+          cpu::gemm_nn(cols, dqk, rows_pad, s.dprobs_t.data(), rows_pad,
+                       ops.q_pairs(b, h) + i0 * dqk, dqk, true, s.dk_acc.data(), dqk);
           T* dq_tile = dq_acc + b * grads.dq_strides.batch + i0 * grads.dq_strides.row +
                        h * grads.dq_strides.head;
-          cpu::gemm_nn(rows, dqk, cols, s.dprobs.data(), cols, k.row(b, j0, hk), k.strides.row,
-                       true, dq_tile, grads.dq_strides.row);
+          const E* ds = nullptr;
+          if constexpr (std::is_same_v<E, T>) {
+            ds = s.dprobs.data();
+          } else {
+            for (int64_t r = 0; r < rows; ++r) {
+              E* row = s.dprobs_e.data() + r * cols_pad;
+              for (int64_t c = 0; c < cols; ++c) row[c] = E(s.dprobs[r * cols + c]);
+              if (cols_pad > cols) row[cols] = E(0.f);
+            }
+            ds = s.dprobs_e.data();
+          }
+          cpu::gemm_nn(rows, dqk, cols_pad, ds, cols_pad, k_rows, dqk, true, dq_tile,
+                       grads.dq_strides.row);
         }
       }
       for (int64_t c = 0; c < cols; ++c) {
@@ -198,11 +308,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cpu(
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto acc_dtype = cpu::accumulation_dtype(q);
   const auto acc_options = q.options().dtype(acc_dtype);
-  const at::Tensor q_acc = q.to(acc_dtype), k_acc = k.to(acc_dtype), v_acc = v.to(acc_dtype);
-  const at::Tensor dout_acc = dout.to(acc_dtype);
+  // Tiles multiply in the input's bf16/fp16 where the host does so natively (P and dS rounded
+  // to it, as on GPUs), else in the accumulation type.
+  const auto tile_dtype = cpu::reduced_precision_tiles(q.scalar_type()) ? q.scalar_type() : acc_dtype;
   // delta_i = sum_d dO_id * O_id (fp32), laid out (B, Hq, Sq) like the LSE.
   const at::Tensor delta =
-      (dout_acc * out.to(acc_dtype)).sum(-1).transpose(1, 2).to(at::kFloat).contiguous();
+      (dout.to(acc_dtype) * out.to(acc_dtype)).sum(-1).transpose(1, 2).to(at::kFloat).contiguous();
   const at::Tensor lse_contig = lse.contiguous();
 
   const int64_t n_groups = choose_key_tile_groups(p);
@@ -213,18 +324,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cpu(
   }
   at::Tensor dk_acc = at::empty({p.batch, p.seqlen_k, p.heads_kv, p.head_dim_qk}, acc_options);
   at::Tensor dv_acc = at::empty({p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v}, acc_options);
-  AT_DISPATCH_FLOATING_TYPES(acc_dtype, "flash_attn_bwd_cpu", [&] {
-    BwdOutputs<scalar_t> grads{{}, bshd_strides(dq_partials[0]), dk_acc.data_ptr<scalar_t>(),
-                               bshd_strides(dk_acc), dv_acc.data_ptr<scalar_t>(),
-                               bshd_strides(dv_acc)};
-    for (const at::Tensor& partial : dq_partials) {
-      grads.dq_groups.push_back(partial.data_ptr<scalar_t>());
-    }
-    attention_bwd_cpu<scalar_t>(p, bshd_view<scalar_t>(q_acc), bshd_view<scalar_t>(k_acc),
-                                transposed_keys<scalar_t>(k_acc), transposed_keys<scalar_t>(v_acc),
-                                bshd_view<scalar_t>(dout_acc), lse_contig.data_ptr<float>(),
-                                delta.data_ptr<float>(), grads);
-  });
+  auto run = [&](auto accumulate_as, auto tile_element) {
+    using T = decltype(accumulate_as);
+    using E = decltype(tile_element);
+    BwdOutputs<T> grads{{}, bshd_strides(dq_partials[0]), dk_acc.data_ptr<T>(),
+                        bshd_strides(dk_acc), dv_acc.data_ptr<T>(), bshd_strides(dv_acc)};
+    for (const at::Tensor& partial : dq_partials) grads.dq_groups.push_back(partial.data_ptr<T>());
+    BwdOperands<E> operands;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "flash_attn_bwd_cpu",
+                                    [&] {
+      operands = pack_bwd_operands<E, scalar_t>(p, q, k, v, dout, tile_dtype);
+    });
+    attention_bwd_cpu<T, E>(p, operands, lse_contig.data_ptr<float>(), delta.data_ptr<float>(),
+                            grads);
+  };
+  switch (tile_dtype) {
+    case at::kDouble:
+      run(double(), double());
+      break;
+    case at::kBFloat16:
+      run(float(), c10::BFloat16());
+      break;
+    case at::kHalf:
+      run(float(), c10::Half());
+      break;
+    default:
+      run(float(), float());
+  }
   at::Tensor dq_acc = dq_partials[0];
   for (int64_t g = 1; g < n_groups; ++g) dq_acc.add_(dq_partials[g]);  // fixed order
   dq_acc.mul_(softmax_scale);

@@ -1,6 +1,7 @@
 #pragma once
-// CPU building blocks for the tiled kernels: row-major fp32 GEMM on tiles (oneDNN brgemm or BLAS),
-// a vectorisable exp2, and a dynamic task queue over ATen's thread pool.
+// CPU building blocks for the tiled kernels: GEMM on tiles (oneDNN brgemm in fp32, bf16 or fp16,
+// or BLAS) chosen by a one-time host probe, the VNNI tile layout, a vectorisable exp2, and a
+// dynamic task queue over ATen's thread pool.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -12,6 +13,8 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 // Hot elementwise loops get AVX2 / AVX-512 clones picked at load time (x86-64 GCC and clang).
@@ -23,8 +26,10 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define DEEPSEEK_ATTN_ALWAYS_INLINE inline __attribute__((always_inline))
+#define DEEPSEEK_ATTN_LAMBDA_INLINE __attribute__((always_inline))
 #else
 #define DEEPSEEK_ATTN_ALWAYS_INLINE inline
+#define DEEPSEEK_ATTN_LAMBDA_INLINE
 #endif
 
 namespace deepseek_attn::cpu {
@@ -53,15 +58,38 @@ void gemm_nn_blas(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, cons
   }
 }
 
-// Whether ATen's oneDNN micro-kernel GEMM (brgemm) runs on this build and CPU; it is about
-// twice as fast as a BLAS call on attention-sized tiles. Probed once.
-bool brgemm_fp32_available();
+// How this host runs tile products, probed once per process (cpu_tiles.cpp) and printed by
+// `python -m deepseek_attn`. DEEPSEEK_ATTN_CPU_GEMM overrides the GEMM choice:
+//   auto (default)  the probe decides;
+//   blas            fp32 tiles through BLAS, no bf16/fp16 tiles;
+//   fp32            fp32 tiles through brgemm, no bf16/fp16 tiles;
+//   brgemm          brgemm for every dtype the host supports, whatever the timing says.
+// DEEPSEEK_ATTN_CPU_TILES=ROWSxKEYS overrides the attention tile sizes (e.g. 64x256).
+struct CpuTilePlan {
+  bool brgemm_fp32 = false;  // fp32 tiles through oneDNN brgemm (else BLAS)
+  bool brgemm_bf16 = false;  // bf16 inputs multiply as bf16 tiles (VNNI), fp32 accumulation
+  bool brgemm_fp16 = false;  // fp16 likewise (hosts with native fp16 dot products)
+  int64_t rows_per_task = 64;    // query rows of one attention task
+  int64_t keys_per_tile = 256;   // keys of one packed K/V tile
+  double fp32_brgemm_gflops = 0, fp32_blas_gflops = 0, bf16_brgemm_gflops = 0;
+  std::string source;  // "probe" or the environment variables that overrode it
+
+  std::string describe() const;
+};
+
+const CpuTilePlan& cpu_tile_plan();
+
+// Whether tiles of `dtype` inputs multiply in that dtype (VNNI-packed B) on this host.
+inline bool reduced_precision_tiles(at::ScalarType dtype) {
+  const CpuTilePlan& plan = cpu_tile_plan();
+  return (dtype == at::kBFloat16 && plan.brgemm_bf16) || (dtype == at::kHalf && plan.brgemm_fp16);
+}
 
 // fp32 C (m x n) = A (m x k) * B (k x n), or C += A * B when accumulate; all row-major with
-// leading dimensions. Uses brgemm where available, else BLAS through ATen.
+// leading dimensions. Uses brgemm where the plan says so, else BLAS through ATen.
 inline void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                     int64_t ldb, bool accumulate, float* c, int64_t ldc) {
-  if (brgemm_fp32_available()) {
+  if (cpu_tile_plan().brgemm_fp32) {
     at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
   } else {
     gemm_nn_blas(m, n, k, a, lda, b, ldb, accumulate, c, ldc);
@@ -74,9 +102,47 @@ inline void gemm_nn(int64_t m, int64_t n, int64_t k, const double* a, int64_t ld
   gemm_nn_blas(m, n, k, a, lda, b, ldb, accumulate, c, ldc);
 }
 
+// bf16 / fp16 tiles: A row-major, B in the VNNI layout of VnniTile (pairs along k, k even),
+// fp32 C. Only where reduced_precision_tiles() says the host runs them.
+inline void gemm_nn(int64_t m, int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda,
+                    const c10::BFloat16* b, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, true);
+}
+inline void gemm_nn(int64_t m, int64_t n, int64_t k, const c10::Half* a, int64_t lda,
+                    const c10::Half* b, int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, true);
+}
+
 // Releases per-thread micro-kernel state once a thread's tiles are done.
 inline void gemm_thread_done() {
-  if (brgemm_fp32_available()) at::native::cpublas::brgemm_release(false);
+  const CpuTilePlan& plan = cpu_tile_plan();
+  if (plan.brgemm_fp32) at::native::cpublas::brgemm_release(false);
+  if (plan.brgemm_bf16 || plan.brgemm_fp16) at::native::cpublas::brgemm_release(true);
+}
+
+// The B-operand layout of a tile product in element type E: 16-bit types pair consecutive k
+// (VNNI: element (k, n) at (k / 2) * 2 * ld + 2 * n + k % 2), wider types are plain row-major.
+// So a column offset n0 is the pointer + n0 * kPairs, a row offset k0 (even) + k0 * ld.
+template <typename E>
+struct VnniTile {
+  static constexpr int64_t kPairs = sizeof(E) == 2 ? 2 : 1;
+  static int64_t at(int64_t k, int64_t n, int64_t ld) {
+    return (k / kPairs) * kPairs * ld + n * kPairs + k % kPairs;
+  }
+  // The reduction length a product over k values needs: k rounded up to whole pairs.
+  static int64_t padded(int64_t k) { return (k + kPairs - 1) / kPairs * kPairs; }
+};
+
+// E from a source element (bf16/fp16/fp32/fp64), through float (or double, exactly).
+template <typename E, typename S>
+DEEPSEEK_ATTN_ALWAYS_INLINE E convert_element(S x) {
+  if constexpr (std::is_same_v<E, S>) {
+    return x;
+  } else if constexpr (std::is_same_v<E, double> || std::is_same_v<S, double>) {
+    return E(static_cast<double>(x));
+  } else {
+    return E(static_cast<float>(x));
+  }
 }
 
 // dst (cols x rows, dense) = src (rows x cols, leading dimension ld_src) transposed.
@@ -123,6 +189,7 @@ template <typename Task>
 void run_tasks_costliest_first(const std::vector<int64_t>& costs, const Task& task) {
   const int64_t n_tasks = static_cast<int64_t>(costs.size());
   if (n_tasks == 0) return;
+  cpu_tile_plan();  // probe before the workers start, never inside one of their tasks
   std::vector<int64_t> order(n_tasks);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),

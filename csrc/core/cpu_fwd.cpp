@@ -1,14 +1,18 @@
 // CPU main loop of the shared attention core (forward of SPEC §1, over the sources of §3 and the
 // selections of §4-§5).
 //
-// A task is one query tile of one kv head: up to kRowsPerTask rows, each a (query token, query
-// head) pair of the kv head's GQA group, tokens outer, so the heads of a group share every key
-// tile. Keys come in tiles of kKeysPerTile: consecutive keys of the window band, or consecutive
-// entries of an index list. Dense band tiles are read in place (K transposed once per call);
-// so are the blocks of dense block lists; every other tile is gathered through the KV source
-// into scratch, so paged, latent and listed keys reuse the same tile GEMMs and row kernels.
-// Inputs are promoted to fp32 once (fp64 stays fp64, for gradcheck); the FP8 latent cache is
-// dequantised as its rows are gathered.
+// A task is one query tile of one kv head: up to plan.rows_per_task rows, each a (query token,
+// query head) pair of the kv head's GQA group, tokens outer, so the heads of a group share every
+// key tile. Keys come in packed tiles of plan.keys_per_tile keys in the tile element type E (the
+// input's bf16/fp16 where the host multiplies those natively, else fp32; fp64 for gradcheck):
+// K as the B operand of S = Q·Kᵀ and V as the B operand of O += P·V (cpu::VnniTile). When
+// several tasks read the same keys (prefill, training, dense block lists), K/V are packed once
+// per call for every (batch, kv head, key tile) and each packed tile serves the whole GQA group
+// and every query tile; otherwise (decode, paged and latent caches, index lists) a task packs
+// the keys it needs into scratch as it streams them, so a decode reads each cache row once.
+// Decode tasks too few for the threads split their keys, merged by the LSE rule of SPEC §0.
+// Scores, the online softmax and O accumulate in T (fp32; fp64 for fp64 inputs); P is rounded
+// to E for its product with V.
 
 #include "core/cpu_fwd.h"
 
@@ -29,116 +33,171 @@
 namespace deepseek_attn {
 namespace {
 
-constexpr int64_t kRowsPerTask = 64;
-constexpr int64_t kKeysPerTile = 256;
+// One source row (the caller's dtype S) as E elements: element d goes to out[d * stride].
+template <typename E, typename S>
+void read_row(const S* row, int64_t n, E* out) {
+  for (int64_t d = 0; d < n; ++d) out[d] = cpu::convert_element<E>(row[d]);
+}
 
-// n values of type S at `source` converted to T, every `stride`-th element of `destination`.
-template <typename S, typename T>
-void convert_row(const void* source, int64_t n, T* destination, int64_t stride) {
-  const S* values = static_cast<const S*>(source);
-  for (int64_t d = 0; d < n; ++d) {
-    if constexpr (std::is_floating_point_v<S>) {
-      destination[d * stride] = T(values[d]);  // fp64 stays exact
-    } else {
-      destination[d * stride] = T(static_cast<float>(values[d]));
-    }
+template <typename E>
+void read_row(const void* row, at::ScalarType dtype, int64_t n, E* out) {
+  switch (dtype) {
+    case at::kDouble:
+      return read_row(static_cast<const double*>(row), n, out);
+    case at::kBFloat16:
+      return read_row(static_cast<const c10::BFloat16*>(row), n, out);
+    case at::kHalf:
+      return read_row(static_cast<const c10::Half*>(row), n, out);
+    default:
+      return read_row(static_cast<const float*>(row), n, out);
   }
 }
 
-// The KV source for accumulation type T. Dense band tiles read K transposed and V converted to T
-// once per call; gathered keys are converted row by row from the caller's cache (`storage`,
-// the query's dtype; FP8 latent rows as bytes), so a decode never converts a whole cache.
-template <typename T>
+// A packed key tile in element type E: K (dim_qk_padded x keys) then V (keys x dim_v), both in
+// the cpu::VnniTile layout. The padding of the head dim stays zero.
+template <typename E>
+struct KeyTileShape {
+  using Vnni = cpu::VnniTile<E>;
+  int64_t keys, dim_qk, dim_qk_padded, dim_v;
+
+  KeyTileShape(int64_t keys_per_tile, int64_t dqk, int64_t dv)
+      : keys(keys_per_tile), dim_qk(dqk), dim_qk_padded(Vnni::padded(dqk)), dim_v(dv) {}
+  int64_t k_elements() const { return dim_qk_padded * keys; }
+  int64_t elements() const { return k_elements() + keys * dim_v; }
+
+  // Column c of K and row c of V (0 <= c < keys) from one K row and one V row.
+  template <typename S>
+  void put_key(E* tile, int64_t c, const S* k_row, const S* v_row) const {
+    for (int64_t d = 0; d < dim_qk; ++d) {
+      tile[Vnni::at(d, c, keys)] = cpu::convert_element<E>(k_row[d]);
+    }
+    E* v = tile + k_elements();
+    for (int64_t d = 0; d < dim_v; ++d) v[Vnni::at(c, d, dim_v)] = cpu::convert_element<E>(v_row[d]);
+  }
+};
+
+// The KV source: puts key `key` of (batch, kv head) into a packed tile, converting from the
+// caller's cache (`storage`: the query's dtype, or SPEC §3's FP8 latent rows, dequantised).
+// The key's page is valid (checked before the loop).
+template <typename E>
 struct CpuKvSource {
   KvSourceParams layout;
-  int64_t dim_qk = 0, dim_v = 0;
-  const T* k_transposed = nullptr;  // dense band tiles: (B, Hkv, Dqk, Sk), else null
-  int64_t seqlen_k = 0;
   at::ScalarType storage = at::kFloat;
 
-  // Dense band tiles only: layout.v (or k) then points at T values.
-  const T* values() const {
-    return static_cast<const T*>(layout.values_in_keys() ? layout.k : layout.v);
+  template <typename S>
+  void put_rows(const KeyTileShape<E>& shape, E* tile, int64_t c, int64_t page, int64_t key,
+                int64_t head) const {
+    const S* k_row = static_cast<const S*>(layout.k) + layout.row_offset(layout.k_strides, page, key, head);
+    const S* v_row = layout.values_in_keys()  // latent rows: the values are the key's first columns
+                         ? k_row
+                         : static_cast<const S*>(layout.v) +
+                               layout.row_offset(layout.v_strides, page, key, head);
+    shape.put_key(tile, c, k_row, v_row);
   }
 
-  void read_row(const void* source, int64_t n, T* destination, int64_t stride) const {
-    switch (storage) {
-      case at::kDouble:
-        return convert_row<double>(source, n, destination, stride);
-      case at::kBFloat16:
-        return convert_row<c10::BFloat16>(source, n, destination, stride);
-      case at::kHalf:
-        return convert_row<c10::Half>(source, n, destination, stride);
-      default:
-        return convert_row<float>(source, n, destination, stride);
-    }
-  }
-
-  // Key `key` of (batch, head) as row `col` of k_rows (cols x Dqk) and of v_tile (cols x Dv);
-  // rows are written contiguously (the caller transposes K in cache-sized blocks). The key's
-  // page is valid (checked before the loop).
-  void gather(int64_t batch, int64_t head, int64_t key, int64_t col, T* k_rows, T* v_tile) const {
+  void put_key(const KeyTileShape<E>& shape, E* tile, int64_t c, int64_t batch, int64_t head,
+               int64_t key) const {
     const int64_t page = layout.page_of(batch, key);
-    T* k_row_out = k_rows + col * dim_qk;
-    T* v_row = v_tile + col * dim_v;
     if (layout.storage == KvStorage::kLatentFp8) {
       using Layout = LatentFp8Layout;
       const uint8_t* row = static_cast<const uint8_t*>(layout.k) +
                            layout.row_offset(layout.k_strides, page, key, head);
       float scales[Layout::kQuantized / Layout::kGroup];
       std::memcpy(scales, row + Layout::kScaleOffset, sizeof(scales));
+      float values[Layout::kDim];
       for (int64_t d = 0; d < Layout::kQuantized; ++d) {
-        k_row_out[d] = T(e4m3_to_float(row[d]) * scales[d / Layout::kGroup]);
+        values[d] = e4m3_to_float(row[d]) * scales[d / Layout::kGroup];
       }
       for (int64_t d = 0; d < Layout::kRope; ++d) {
         uint16_t bits;
         std::memcpy(&bits, row + Layout::kRopeOffset + 2 * d, sizeof(bits));
-        k_row_out[Layout::kQuantized + d] = T(bf16_bits_to_float(bits));
+        values[Layout::kQuantized + d] = bf16_bits_to_float(bits);
       }
-      std::copy(k_row_out, k_row_out + dim_v, v_row);
-      return;
+      return shape.put_key(tile, c, values, values);
     }
-    const int64_t element = c10::elementSize(storage);
-    const char* k_row = static_cast<const char*>(layout.k) +
-                        layout.row_offset(layout.k_strides, page, key, head) * element;
-    read_row(k_row, dim_qk, k_row_out, 1);
-    if (layout.values_in_keys()) {  // latent rows: the values are the key's first columns
-      std::copy(k_row_out, k_row_out + dim_v, v_row);
-      return;
+    switch (storage) {
+      case at::kDouble:
+        return put_rows<double>(shape, tile, c, page, key, head);
+      case at::kBFloat16:
+        return put_rows<c10::BFloat16>(shape, tile, c, page, key, head);
+      case at::kHalf:
+        return put_rows<c10::Half>(shape, tile, c, page, key, head);
+      default:
+        return put_rows<float>(shape, tile, c, page, key, head);
     }
-    read_row(static_cast<const char*>(layout.v) +
-                 layout.row_offset(layout.v_strides, page, key, head) * element,
-             dim_v, v_row, 1);
   }
 };
 
-template <typename T>
+// K/V of a dense source packed once per call: tile (b, hk, t) holds keys [t·keys, (t+1)·keys),
+// zero past the sequence end.
+template <typename E>
+at::Tensor pack_all_key_tiles(const CoreFwdParams& p, const CpuKvSource<E>& kv,
+                              const KeyTileShape<E>& shape, int64_t n_tiles, at::ScalarType dtype) {
+  at::Tensor packed = at::zeros({p.batch * p.heads_kv * n_tiles, shape.elements()},
+                                at::TensorOptions().dtype(dtype));
+  E* base = static_cast<E*>(packed.data_ptr());
+  at::parallel_for(0, p.batch * p.heads_kv * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t tile = index % n_tiles, hk = (index / n_tiles) % p.heads_kv;
+      const int64_t b = index / (n_tiles * p.heads_kv);
+      const int64_t key_end = std::min((tile + 1) * shape.keys, p.seqlen_k);
+      for (int64_t key = tile * shape.keys; key < key_end; ++key) {
+        kv.put_key(shape, base + index * shape.elements(), key - tile * shape.keys, b, hk, key);
+      }
+    }
+  });
+  return packed;
+}
+
+template <typename T, typename E>
 struct TaskScratch {
-  std::vector<T> q_tile, scores, out, k_rows, k_tile, v_tile;
+  std::vector<E> q_tile, p_tile, key_tile, v_pair;
+  std::vector<T> scores, out;
   std::vector<OnlineSoftmaxRow<T>> state;
 };
 
+// Where the tasks of a split decode leave their unnormalised rows before the LSE merge.
 template <typename T>
-void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out, T softmax_scale,
-                  T softcap) {
-  const T* q = static_cast<const T*>(p.q);
-  const KeySelectionParams& selection = p.selection;
-  const QueryTiles grid(p.heads_per_kv(), selection.listed() ? 1 : 0, p.seqlen_q, kRowsPerTask);
-  const int64_t group = p.heads_per_kv(), dqk = p.head_dim_qk, dv = p.head_dim_v;
-  const int64_t n_tasks = p.batch * p.heads_kv * grid.head_chunks * grid.token_tiles;
+struct SplitPartials {
+  std::vector<T> out, max_log2, sum;  // (task, row, dv), (task, row), (task, row)
+};
 
-  // Task index -> (batch b, kv head hk, tokens [t0, t1), heads [h0, h0 + nh)); token tiles
-  // vary fastest, then head chunks, kv heads and batches.
+template <typename T, typename E>
+void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* packed_tiles,
+                  at::ScalarType q_dtype, T* out, T softmax_scale, T softcap) {
+  using Vnni = cpu::VnniTile<E>;
+  const cpu::CpuTilePlan& plan = cpu::cpu_tile_plan();
+  const KeyTileShape<E> shape(plan.keys_per_tile, p.head_dim_qk, p.head_dim_v);
+  const KeySelectionParams& selection = p.selection;
+  const QueryTiles grid(p.heads_per_kv(), selection.listed() ? 1 : 0, p.seqlen_q,
+                        plan.rows_per_task);
+  const int64_t group = p.heads_per_kv(), dqk = p.head_dim_qk, dqk_pad = shape.dim_qk_padded;
+  const int64_t dv = p.head_dim_v, tile_keys = shape.keys;
+  const int64_t n_key_tiles = (p.seqlen_k + tile_keys - 1) / tile_keys;
+  const int64_t n_base = p.batch * p.heads_kv * grid.head_chunks * grid.token_tiles;
+  // Decode: too few tasks for the threads split the band's key tiles among more.
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits =
+      selection.listed() || threads == 1 || n_base == 0 || n_base >= threads
+          ? 1
+          : std::max<int64_t>(1, std::min((2 * threads + n_base - 1) / n_base, n_key_tiles));
+  const int64_t n_tasks = n_base * splits;
+  const int64_t max_rows = grid.tokens_per_tile * grid.heads_per_tile;
+
+  // Task index -> (batch b, kv head hk, tokens [t0, t1), heads [h0, h0 + nh), key split);
+  // splits vary fastest, then token tiles, head chunks, kv heads and batches.
   struct Task {
-    int64_t b, hk, t0, t1, h0, nh, seqlen;
+    int64_t b, hk, t0, t1, h0, nh, seqlen, split;
     KeyWindow band;
   };
   auto task_of = [&](int64_t index) {
     Task t;
-    const int64_t chunk = (index / grid.token_tiles) % grid.head_chunks;
-    t.hk = (index / (grid.token_tiles * grid.head_chunks)) % p.heads_kv;
-    t.b = index / (grid.token_tiles * grid.head_chunks * p.heads_kv);
-    t.t0 = (index % grid.token_tiles) * grid.tokens_per_tile;
+    t.split = index % splits;
+    const int64_t base = index / splits;
+    const int64_t chunk = (base / grid.token_tiles) % grid.head_chunks;
+    t.hk = (base / (grid.token_tiles * grid.head_chunks)) % p.heads_kv;
+    t.b = base / (grid.token_tiles * grid.head_chunks * p.heads_kv);
+    t.t0 = (base % grid.token_tiles) * grid.tokens_per_tile;
     t.t1 = std::min(t.t0 + grid.tokens_per_tile, p.seqlen_q);
     t.h0 = t.hk * group + chunk * grid.heads_per_tile;
     t.nh = std::min(t.h0 + grid.heads_per_tile, (t.hk + 1) * group) - t.h0;
@@ -146,117 +205,212 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<T>& kv, T* out, T so
     t.band = selection.band(p.seqlen_q, t.seqlen);
     return t;
   };
+  // The band keys of a task: whole tiles when packed once per call, cut among its splits.
+  auto key_range = [&](const Task& t) {
+    int64_t begin = t.band.first_key(t.t0), end = t.band.end_key(t.t1 - 1);
+    if (splits > 1 && end > begin) {
+      const int64_t first_tile = begin / tile_keys, tiles = (end - 1) / tile_keys + 1 - first_tile;
+      const int64_t lo = first_tile + tiles * t.split / splits;
+      const int64_t hi = first_tile + tiles * (t.split + 1) / splits;
+      begin = std::max(begin, lo * tile_keys);
+      end = std::min(end, hi * tile_keys);
+    }
+    return std::make_pair(begin, std::max(begin, end));
+  };
   std::vector<int64_t> costs(n_tasks);
   for (int64_t index = 0; index < n_tasks; ++index) {
-    const Task t = task_of(index);
-    costs[index] = selection.listed()
-                       ? selection.num_entries()
-                       : std::max<int64_t>(t.band.end_key(t.t1 - 1) - t.band.first_key(t.t0), 0);
+    const auto [begin, end] = key_range(task_of(index));
+    costs[index] = selection.listed() ? selection.num_entries() : end - begin;
   }
-  std::vector<TaskScratch<T>> scratch(at::get_num_threads());
+  std::vector<TaskScratch<T, E>> scratch(threads);
+  SplitPartials<T> partials;
+  if (splits > 1) {
+    partials.out.resize(n_tasks * max_rows * dv);
+    partials.max_log2.resize(n_tasks * max_rows);
+    partials.sum.resize(n_tasks * max_rows);
+  }
+
+  // Normalised rows of a finished task (or its share of a split decode) to out and lse.
+  auto write_rows = [&](const Task& t, int64_t rows, const T* acc, const T* max_log2,
+                        const T* sum) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t token = t.t0 + r / t.nh, head = t.h0 + r % t.nh;
+      T* dst = out + t.b * p.out_strides.batch + token * p.out_strides.row +
+               head * p.out_strides.head;
+      const T inv_sum = sum[r] > 0 ? T(1) / sum[r] : T(0);
+      for (int64_t d = 0; d < dv; ++d) dst[d] = acc[r * dv + d] * inv_sum;
+      OnlineSoftmaxRow<T> row;
+      row.max_log2 = max_log2[r];
+      row.sum = sum[r];
+      p.lse[(t.b * p.heads_q + head) * p.seqlen_q + token] = static_cast<float>(row.lse());
+    }
+  };
 
   cpu::run_tasks_costliest_first(costs, [&](int64_t index, int64_t slot) {
-    const auto [b, hk, t0, t1, h0, nh, seqlen, band] = task_of(index);
+    const Task task = task_of(index);
+    const auto& [b, hk, t0, t1, h0, nh, seqlen, split, band] = task;
     const int64_t rows = (t1 - t0) * nh;  // row r: token t0 + r / nh, head h0 + r % nh
 
-    TaskScratch<T>& s = scratch[slot];
-    s.q_tile.resize(rows * dqk);
-    s.scores.resize(rows * kKeysPerTile);
+    TaskScratch<T, E>& s = scratch[slot];
+    s.q_tile.assign(rows * dqk_pad, E(0.f));
+    s.scores.resize(rows * tile_keys);
+    s.p_tile.resize(rows * Vnni::padded(tile_keys));
+    s.v_pair.assign(2 * dv, E(0.f));
     s.out.assign(rows * dv, T(0));
+    const int64_t q_element = c10::elementSize(q_dtype);
     for (int64_t r = 0; r < rows; ++r) {
-      const T* q_row = q + b * p.q_strides.batch + (t0 + r / nh) * p.q_strides.row +
-                       (h0 + r % nh) * p.q_strides.head;
-      std::copy(q_row, q_row + dqk, s.q_tile.data() + r * dqk);
+      const char* q_row = static_cast<const char*>(p.q) +
+                          (b * p.q_strides.batch + (t0 + r / nh) * p.q_strides.row +
+                           (h0 + r % nh) * p.q_strides.head) * q_element;
+      read_row(q_row, q_dtype, dqk, s.q_tile.data() + r * dqk_pad);
     }
     std::vector<OnlineSoftmaxRow<T>>& state = s.state;
     state.assign(rows, OnlineSoftmaxRow<T>());
 
-    // One key tile: S = Q K^T, mask, online softmax, O += P V. Band tiles start at key j0;
-    // listed tiles hold only selected keys (full).
-    auto consume_tile = [&](const T* k_tile, int64_t ld_k, const T* v_tile, int64_t ld_v,
-                            int64_t cols, int64_t j0, bool full) {
-      cpu::gemm_nn(rows, cols, dqk, s.q_tile.data(), dqk, k_tile, ld_k, false, s.scores.data(),
-                   cols);
+    // One packed tile from column c0 on: keys [key0, key0 + cols), each row masked to the band
+    // and to [lo, hi) (unmasked: a listed tile of keys already checked against the band).
+    // S = Q K^T, online softmax, O += P V.
+    auto consume_tile = [&](const E* tile, int64_t c0, int64_t cols, int64_t key0, int64_t lo,
+                            int64_t hi, bool masked) {
+      const E* k_tile = tile + c0 * Vnni::kPairs;
+      const E* v_tile = tile + shape.k_elements() + c0 * dv;
+      cpu::gemm_nn(rows, cols, dqk_pad, s.q_tile.data(), dqk_pad, k_tile, tile_keys, false,
+                   s.scores.data(), cols);
+      const bool full = !masked || (lo <= key0 && key0 + cols <= hi &&
+                                    band.tile_fully_visible(t0, t1, key0, key0 + cols));
+      const int64_t ld_p = Vnni::padded(cols);
       for (int64_t r = 0; r < rows; ++r) {
         T* scores = s.scores.data() + r * cols;
         const int64_t token = t0 + r / nh;
-        const int64_t vis_begin = full ? 0 : band.first_key(token) - j0;
-        const int64_t vis_end = full ? cols : band.end_key(token) - j0;
+        const int64_t vis_begin = full ? 0 : std::max(band.first_key(token), lo) - key0;
+        const int64_t vis_end = full ? cols : std::min(band.end_key(token), hi) - key0;
         cpu::scores_to_logits(scores, cols, softmax_scale, softcap, vis_begin, vis_end,
                               static_cast<T*>(nullptr));
         const T rescale = state[r].update_max(cpu::row_max(scores, cols));
-        state[r].sum += cpu::exp2_shifted_inplace(scores, cols, state[r].max_log2);
         if (rescale != T(1)) cpu::scale_row(s.out.data() + r * dv, dv, rescale);
+        if constexpr (std::is_same_v<E, T>) {
+          state[r].sum += cpu::exp2_shifted_inplace(scores, cols, state[r].max_log2);
+        } else {
+          E* p_row = s.p_tile.data() + r * ld_p;
+          if constexpr (std::is_same_v<E, c10::BFloat16>) {
+            state[r].sum += cpu::exp2_shifted_to_bf16(scores, cols, state[r].max_log2, p_row);
+          } else {
+            state[r].sum += cpu::exp2_shifted_inplace(scores, cols, state[r].max_log2);
+            for (int64_t c = 0; c < cols; ++c) p_row[c] = E(scores[c]);
+          }
+          if (ld_p > cols) p_row[cols] = E(0.f);
+        }
       }
-      cpu::gemm_nn(rows, dv, cols, s.scores.data(), cols, v_tile, ld_v, true, s.out.data(), dv);
+      if constexpr (std::is_same_v<E, T>) {
+        cpu::gemm_nn(rows, dv, cols, s.scores.data(), cols, v_tile, dv, true, s.out.data(), dv);
+      } else {
+        // Whole key pairs from the tile; an odd last key pairs with a zero row in scratch, so
+        // the key after it (another row's, or past the sequence) is never multiplied.
+        const int64_t even = cols / 2 * 2;
+        if (even > 0) {
+          cpu::gemm_nn(rows, dv, even, s.p_tile.data(), ld_p, v_tile, dv, true, s.out.data(), dv);
+        }
+        if (even < cols) {
+          const E* last = v_tile + even * dv;  // pair row even/2, first of each pair
+          for (int64_t d = 0; d < dv; ++d) s.v_pair[2 * d] = last[2 * d];
+          cpu::gemm_nn(rows, dv, 2, s.p_tile.data() + even, ld_p, s.v_pair.data(), dv, true,
+                       s.out.data(), dv);
+        }
+      }
     };
 
-    // Dense keys j0.. of this kv head read in place (K transposed once per call).
-    auto consume_in_place = [&](int64_t j0, int64_t cols, bool full) {
-      const T* k_tile = kv.k_transposed + ((b * p.heads_kv + hk) * dqk) * kv.seqlen_k + j0;
-      const BshdStrides& vs =
-          kv.layout.values_in_keys() ? kv.layout.k_strides : kv.layout.v_strides;
-      const T* v_tile = kv.values() + kv.layout.row_offset(vs, b, j0, hk);
-      consume_tile(k_tile, kv.seqlen_k, v_tile, vs.row, cols, j0, full);
+    // Keys [lo, hi) of this (batch, kv head): from the tiles packed once per call, or packed
+    // into scratch here.
+    auto consume_range = [&](int64_t lo, int64_t hi) {
+      for (int64_t tile = lo / tile_keys; tile * tile_keys < hi; ++tile) {
+        const int64_t tile_start = tile * tile_keys;
+        const int64_t c0 = (std::max(lo, tile_start) - tile_start) / Vnni::kPairs * Vnni::kPairs;
+        const int64_t key0 = tile_start + c0;
+        const int64_t cols = std::min(hi, tile_start + tile_keys) - key0;
+        if (packed_tiles != nullptr) {
+          consume_tile(packed_tiles + ((b * p.heads_kv + hk) * n_key_tiles + tile) * shape.elements(),
+                       c0, cols, key0, lo, hi, true);
+          continue;
+        }
+        s.key_tile.resize(shape.elements(), E(0.f));
+        for (int64_t c = 0; c < cols; ++c) {
+          kv.put_key(shape, s.key_tile.data(), c, b, hk, key0 + c);
+        }
+        consume_tile(s.key_tile.data(), 0, cols, key0, lo, hi, true);
+      }
     };
 
-    if (selection.listed() && kv.k_transposed != nullptr) {
-      // Dense block lists: each listed block is a key range, consumed in place for the tile's
-      // one token (a block listed twice counts twice), masked by the band.
+    if (selection.listed() && packed_tiles != nullptr) {
+      // Dense block lists: each listed block is a key range of the tiles packed once, for the
+      // task's one token (a block listed twice counts twice), masked by the band.
       const int64_t block = selection.index_block_size;
       const int64_t first = band.first_key(t0), end = band.end_key(t0);
       for (int64_t e = 0; e < selection.num_indices; ++e) {
         const int64_t j0 = selection.key_of_entry(b, t0, hk, e * block);
-        const int64_t cols = std::min(block, end - j0);
-        if (j0 < 0 || cols <= 0 || j0 + cols <= first) continue;
-        consume_in_place(j0, cols, false);
+        if (j0 < 0 || j0 >= end || j0 + block <= first) continue;
+        consume_range(std::max(j0, first), std::min(j0 + block, end));
       }
     } else if (!selection.listed()) {
-      const int64_t key_begin = band.first_key(t0), key_end = band.end_key(t1 - 1);
-      for (int64_t j0 = key_begin; j0 < key_end; j0 += kKeysPerTile) {
-        const int64_t cols = std::min(kKeysPerTile, key_end - j0);
-        const bool full = band.tile_fully_visible(t0, t1, j0, j0 + cols);
-        if (kv.k_transposed != nullptr) {  // dense: tiles in place
-          consume_in_place(j0, cols, full);
-          continue;
-        }
-        s.k_rows.resize(cols * dqk);
-        s.k_tile.resize(dqk * cols);
-        s.v_tile.resize(cols * dv);
-        for (int64_t c = 0; c < cols; ++c) {
-          kv.gather(b, hk, j0 + c, c, s.k_rows.data(), s.v_tile.data());
-        }
-        cpu::transpose_tile(s.k_rows.data(), cols, dqk, dqk, s.k_tile.data());
-        consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, j0, full);
-      }
+      const auto [key_begin, key_end] = key_range(task);
+      if (key_begin < key_end) consume_range(key_begin, key_end);
     } else {
       // The selected entries are packed into full tiles (a listed tile holds one token's keys:
-      // order does not matter to the softmax, and a key listed twice is gathered twice).
+      // order does not matter to the softmax, and a key listed twice is packed twice).
       const int64_t entries = selection.num_entries();
-      s.k_rows.resize(kKeysPerTile * dqk);
-      s.k_tile.resize(dqk * kKeysPerTile);
-      s.v_tile.resize(kKeysPerTile * dv);
+      s.key_tile.resize(shape.elements(), E(0.f));
       int64_t cols = 0;
       for (int64_t e = 0; e < entries; ++e) {
         const int64_t key = selection.key_of_entry(b, t0, hk, e);
         if (key >= 0 && key < seqlen && band.visible(t0, key)) {
-          kv.gather(b, hk, key, cols++, s.k_rows.data(), s.v_tile.data());
+          kv.put_key(shape, s.key_tile.data(), cols++, b, hk, key);
         }
-        if (cols == kKeysPerTile || (e + 1 == entries && cols > 0)) {
-          cpu::transpose_tile(s.k_rows.data(), cols, dqk, dqk, s.k_tile.data());
-          consume_tile(s.k_tile.data(), cols, s.v_tile.data(), dv, cols, 0, true);
+        if (cols == tile_keys || (e + 1 == entries && cols > 0)) {
+          consume_tile(s.key_tile.data(), 0, cols, 0, 0, cols, false);
           cols = 0;
         }
       }
     }
 
+    std::vector<T> max_log2(rows), sum(rows);
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t token = t0 + r / nh, head = h0 + r % nh;
-      T* dst =
-          out + b * p.out_strides.batch + token * p.out_strides.row + head * p.out_strides.head;
-      const T inv_sum = state[r].sum > 0 ? T(1) / state[r].sum : T(0);
-      for (int64_t d = 0; d < dv; ++d) dst[d] = s.out[r * dv + d] * inv_sum;
-      p.lse[(b * p.heads_q + head) * p.seqlen_q + token] = static_cast<float>(state[r].lse());
+      max_log2[r] = state[r].max_log2;
+      sum[r] = state[r].sum;
+    }
+    if (splits == 1) {
+      write_rows(task, rows, s.out.data(), max_log2.data(), sum.data());
+      return;
+    }
+    std::copy(s.out.begin(), s.out.end(), partials.out.begin() + index * max_rows * dv);
+    std::copy(max_log2.begin(), max_log2.end(), partials.max_log2.begin() + index * max_rows);
+    std::copy(sum.begin(), sum.end(), partials.sum.begin() + index * max_rows);
+  });
+
+  if (splits == 1) return;
+  // The LSE merge of each split task's parts (SPEC §0), in split order.
+  at::parallel_for(0, n_base, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc, max_log2, sum;
+    for (int64_t base = begin; base < end; ++base) {
+      const Task task = task_of(base * splits);
+      const int64_t rows = (task.t1 - task.t0) * task.nh;
+      acc.assign(rows * dv, T(0));
+      max_log2.assign(rows, -INFINITY);
+      sum.assign(rows, T(0));
+      for (int64_t part = base * splits; part < (base + 1) * splits; ++part) {
+        for (int64_t r = 0; r < rows; ++r) {
+          max_log2[r] = std::max(max_log2[r], partials.max_log2[part * max_rows + r]);
+        }
+      }
+      for (int64_t part = base * splits; part < (base + 1) * splits; ++part) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const T part_max = partials.max_log2[part * max_rows + r];
+          if (part_max == -INFINITY) continue;
+          const T weight = exp2_of(part_max - max_log2[r]);
+          sum[r] += weight * partials.sum[part * max_rows + r];
+          const T* part_out = partials.out.data() + (part * max_rows + r) * dv;
+          for (int64_t d = 0; d < dv; ++d) acc[r * dv + d] += weight * part_out[d];
+        }
+      }
+      write_rows(task, rows, acc.data(), max_log2.data(), sum.data());
     }
   });
 }
@@ -281,33 +435,53 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
       check_core_fwd_inputs(in, softmax_scale, causal, window_left, window_right, softcap);
   check_core_index_values(p, in);  // SPEC §0: on CPU, out-of-range values are errors
   at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const cpu::CpuTilePlan& plan = cpu::cpu_tile_plan();
   const auto acc_dtype = cpu::accumulation_dtype(in.q);
   const bool fp8 = p.kv.storage == KvStorage::kLatentFp8;
-  const at::Tensor q_acc = in.q.to(acc_dtype);
-  // Dense band tiles are read in place from K transposed once, so every tile product is A·B;
-  // so are dense block lists that name at least as many keys as K holds (prefill, training);
-  // every other source is gathered (and converted) key by key from the caller's tensors.
+  // Tiles multiply in the input's bf16/fp16 where the host does so natively; FP8 latent rows
+  // dequantise to fp32 (their scaled values are not bf16 numbers).
+  const at::ScalarType tile_dtype =
+      !fp8 && cpu::reduced_precision_tiles(in.q.scalar_type()) ? in.q.scalar_type() : acc_dtype;
+  // K/V are packed once per call when several tasks read the same keys: a dense band with more
+  // than one query tile per kv head, or dense block lists naming at least as many keys as K
+  // holds (prefill, training); otherwise each task packs the keys it reads.
+  const QueryTiles grid(p.heads_per_kv(), in.indices.has_value() ? 1 : 0, p.seqlen_q,
+                        plan.rows_per_task);
   const bool dense_blocks = in.indices.has_value() && in.index_block_size > 1 &&
                             p.seqlen_q * in.indices->size(3) * in.index_block_size >= p.seqlen_k;
-  const bool in_place =
-      !fp8 && !in.block_table.has_value() && (!in.indices.has_value() || dense_blocks);
-  const at::Tensor k_acc = in_place ? in.k.to(acc_dtype) : in.k;
-  const std::optional<at::Tensor> v_acc =
-      in.v.has_value() && in_place ? std::optional<at::Tensor>(in.v->to(acc_dtype)) : in.v;
+  const bool pack_once = !fp8 && !in.block_table.has_value() &&
+                         (in.indices.has_value() ? dense_blocks
+                                                 : grid.token_tiles * grid.head_chunks > 1);
   at::Tensor out_acc =
       at::empty({p.batch, p.seqlen_q, p.heads_q, p.head_dim_v}, in.q.options().dtype(acc_dtype));
   at::Tensor lse = at::empty({p.batch, p.heads_q, p.seqlen_q}, in.q.options().dtype(at::kFloat));
-  point_core_params(p, q_acc, k_acc, v_acc, in, out_acc, lse);
-  const at::Tensor k_transposed =
-      in_place ? k_acc.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(acc_dtype, "attention_core_fwd_cpu", [&] {
-    CpuKvSource<scalar_t> kv{p.kv,         p.head_dim_qk,
-                             p.head_dim_v, in_place ? k_transposed.data_ptr<scalar_t>() : nullptr,
-                             p.seqlen_k,   k_acc.scalar_type()};
+  point_core_params(p, in.q, in.k, in.v, in, out_acc, lse);
+
+  auto run = [&](auto accumulate_as, auto tile_element) {
+    using T = decltype(accumulate_as);
+    using E = decltype(tile_element);
+    const CpuKvSource<E> kv{p.kv, in.k.scalar_type()};
+    const KeyTileShape<E> shape(plan.keys_per_tile, p.head_dim_qk, p.head_dim_v);
+    const int64_t n_tiles = (p.seqlen_k + shape.keys - 1) / shape.keys;
+    const at::Tensor packed =
+        pack_once ? pack_all_key_tiles(p, kv, shape, n_tiles, tile_dtype) : at::Tensor();
     // The caller's double scalars, not the params' floats: fp64 stays exact.
-    core_fwd_cpu<scalar_t>(p, kv, out_acc.data_ptr<scalar_t>(), scalar_t(softmax_scale),
-                           scalar_t(softcap));
-  });
+    core_fwd_cpu<T, E>(p, kv, pack_once ? static_cast<const E*>(packed.data_ptr()) : nullptr,
+                       in.q.scalar_type(), out_acc.data_ptr<T>(), T(softmax_scale), T(softcap));
+  };
+  switch (tile_dtype) {
+    case at::kDouble:
+      run(double(), double());
+      break;
+    case at::kBFloat16:
+      run(float(), c10::BFloat16());
+      break;
+    case at::kHalf:
+      run(float(), c10::Half());
+      break;
+    default:
+      run(float(), float());
+  }
   return {out_acc.to(in.q.scalar_type()), lse};
 }
 

@@ -2,11 +2,22 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "common/cpu_tiles.h"
 #include "common/online_softmax.h"
 
 namespace deepseek_attn::cpu {
+
+// fp32 to bf16 bits, round to nearest even; branch-free so loops vectorise (finite inputs:
+// probabilities).
+DEEPSEEK_ATTN_ALWAYS_INLINE uint16_t bf16_bits_rounded(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
 
 // Row kernels. Each is written once as a template and instantiated for fp32 with AVX2/AVX-512
 // clones (the hot path) and for fp64. Forced inlining lets each clone vectorise its own copy.
@@ -54,6 +65,120 @@ DEEPSEEK_ATTN_ALWAYS_INLINE T exp2_shifted_inplace_impl(T* s, int64_t cols, T sh
   return sum;
 }
 
+// fp32 rows in explicit 16-lane vectors (GCC vector extensions: zmm in the AVX-512 clone, two
+// ymm in the AVX2 one), because GCC will not vectorise float reductions without -ffast-math.
+// The lanes are combined in a fixed order, so results stay deterministic.
+constexpr int64_t kLanes = 16;
+typedef float FloatLanes __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t IntLanes __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint16_t HalfWordLanes __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+
+DEEPSEEK_ATTN_ALWAYS_INLINE FloatLanes load_lanes(const float* p) {
+  FloatLanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+DEEPSEEK_ATTN_ALWAYS_INLINE FloatLanes broadcast(float x) { return FloatLanes{} + x; }
+
+DEEPSEEK_ATTN_ALWAYS_INLINE float lanes_max(FloatLanes v) {
+  float m = v[0];
+  for (int64_t l = 1; l < kLanes; ++l) m = std::max(m, v[l]);
+  return m;
+}
+
+DEEPSEEK_ATTN_ALWAYS_INLINE float lanes_sum(FloatLanes v) {
+  float sum = 0.f;
+  for (int64_t l = 0; l < kLanes; ++l) sum += v[l];
+  return sum;
+}
+
+// exp2_nonpositive on 16 lanes: the same polynomial, rounding by the 1.5 * 2^23 trick.
+DEEPSEEK_ATTN_ALWAYS_INLINE FloatLanes exp2_nonpositive_lanes(FloatLanes x) {
+  const IntLanes underflow = !(x >= broadcast(-126.f));
+  x = underflow ? broadcast(0.f) : x;
+  const FloatLanes n = (x + 12582912.f) - 12582912.f;
+  const FloatLanes f = x - n;
+  FloatLanes p = broadcast(1.5252734e-05f);
+  p = p * f + 1.5403530e-04f;
+  p = p * f + 1.3333558e-03f;
+  p = p * f + 9.6181291e-03f;
+  p = p * f + 5.5504109e-02f;
+  p = p * f + 2.4022651e-01f;
+  p = p * f + 6.9314718e-01f;
+  p = p * f + 1.0f;
+  const IntLanes bits = (__builtin_convertvector(n, IntLanes) + 127) << 23;
+  FloatLanes scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return underflow ? broadcast(0.f) : p * scale;
+}
+
+template <>
+DEEPSEEK_ATTN_ALWAYS_INLINE float row_max_impl<float>(const float* s, int64_t cols) {
+  FloatLanes m = broadcast(-INFINITY);
+  int64_t c = 0;
+  for (; c + kLanes <= cols; c += kLanes) {
+    const FloatLanes v = load_lanes(s + c);
+    m = v > m ? v : m;
+  }
+  float tail = lanes_max(m);
+  for (; c < cols; ++c) tail = std::max(tail, s[c]);
+  return tail;
+}
+
+// 2^(s - shift) of one fp32 row, in place (Out = float) or as bf16 bits rounded to nearest even
+// (Out = uint16_t; s is left as it was); returns the sum of the unrounded values. A shift of
+// -inf means an empty row: zeros.
+template <typename Out>
+DEEPSEEK_ATTN_ALWAYS_INLINE float exp2_shifted_lanes(float* s, int64_t cols, float shift,
+                                                     Out* out) {
+  if (shift == -INFINITY) {
+    std::fill(out, out + cols, Out(0));
+    return 0.f;
+  }
+  auto store = [&](int64_t c, FloatLanes p) DEEPSEEK_ATTN_LAMBDA_INLINE {
+    if constexpr (std::is_same_v<Out, uint16_t>) {
+      IntLanes bits;
+      std::memcpy(&bits, &p, sizeof(bits));
+      bits += 0x7FFF + ((bits >> 16) & 1);
+      // p >= 0, so the arithmetic shift brings in zeros.
+      const HalfWordLanes rounded = __builtin_convertvector(bits >> 16, HalfWordLanes);
+      std::memcpy(out + c, &rounded, sizeof(rounded));
+    } else {
+      std::memcpy(out + c, &p, sizeof(p));
+    }
+  };
+  FloatLanes sum = broadcast(0.f);
+  int64_t c = 0;
+  for (; c + kLanes <= cols; c += kLanes) {
+    const FloatLanes p = exp2_nonpositive_lanes(load_lanes(s + c) - shift);
+    sum += p;
+    store(c, p);
+  }
+  float total = lanes_sum(sum);
+  if (c < cols) {  // the tail as one padded vector: -inf lanes give 0
+    float tail[kLanes];
+    std::fill(tail, tail + kLanes, -INFINITY);
+    std::copy(s + c, s + cols, tail);
+    const FloatLanes p = exp2_nonpositive_lanes(load_lanes(tail) - shift);
+    total += lanes_sum(p);
+    Out rest[kLanes];
+    if constexpr (std::is_same_v<Out, uint16_t>) {
+      for (int64_t l = 0; l < cols - c; ++l) rest[l] = bf16_bits_rounded(p[l]);
+    } else {
+      std::memcpy(rest, &p, sizeof(p));
+    }
+    std::copy(rest, rest + (cols - c), out + c);
+  }
+  return total;
+}
+
+template <>
+DEEPSEEK_ATTN_ALWAYS_INLINE float exp2_shifted_inplace_impl<float>(float* s, int64_t cols,
+                                                                  float shift) {
+  return exp2_shifted_lanes(s, cols, shift, s);
+}
+
 template <typename T>
 DEEPSEEK_ATTN_ALWAYS_INLINE void scale_row_impl(T* x, int64_t n, T factor) {
   for (int64_t i = 0; i < n; ++i) x[i] *= factor;
@@ -78,6 +203,10 @@ DEEPSEEK_ATTN_ROW_KERNEL_FP32(scores_to_logits, void,
 DEEPSEEK_ATTN_ROW_KERNEL_FP32(row_max, float, (const float* s, int64_t cols), (s, cols))
 DEEPSEEK_ATTN_ROW_KERNEL_FP32(exp2_shifted_inplace, float, (float* s, int64_t cols, float shift),
                               (s, cols, shift))
+DEEPSEEK_ATTN_CPU_MULTIVERSION float exp2_shifted_to_bf16(float* s, int64_t cols, float shift,
+                                                         c10::BFloat16* out) {
+  return exp2_shifted_lanes(s, cols, shift, reinterpret_cast<uint16_t*>(out));
+}
 DEEPSEEK_ATTN_ROW_KERNEL_FP32(scale_row, void, (float* x, int64_t n, float factor), (x, n, factor))
 DEEPSEEK_ATTN_ROW_KERNEL_FP32(softmax_grad_row, void,
                               (float* dp, const float* p, const float* tanh_row, int64_t cols,

@@ -3,6 +3,8 @@
 // products, row maxima, exp2 in place, rescaling, the softmax gradient, and the column mask of
 // index lists. fp32 versions get AVX2/AVX-512 clones (cpu_rows.cpp); fp64 ones serve gradcheck.
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 
 namespace deepseek_attn::cpu {
@@ -21,6 +23,9 @@ double row_max(const double* s, int64_t cols);
 // s <- 2^(s - shift) in place; returns the row sum. A shift of -inf means an empty row: zeros.
 float exp2_shifted_inplace(float* s, int64_t cols, float shift);
 double exp2_shifted_inplace(double* s, int64_t cols, double shift);
+
+// The same with the probabilities rounded to bf16 into `out`; s is left as it was.
+float exp2_shifted_to_bf16(float* s, int64_t cols, float shift, c10::BFloat16* out);
 
 void scale_row(float* x, int64_t n, float factor);
 void scale_row(double* x, int64_t n, double factor);
