@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import time
 
@@ -36,6 +37,7 @@ class Result:
     peak_mib: float = None
     tokens_per_s: float = None
     error: str = None  # set when the impl could not run this case (and why)
+    repeats: int = None  # timed runs behind the median, where a script lowers it for long cases
 
 
 def sweep_parser(doc, result_name):
@@ -59,9 +61,10 @@ def sweep_args(parser, argv):
     return args, torch.device(args.device)
 
 
-def results_path(out, device, result_name):
-    """`out`, or results/<device>-<result_name>.json."""
-    return out or os.path.join(RESULTS_DIR, f"{device_slug(device)}-{result_name}.json")
+def results_path(out, device, result_name, isa=None):
+    """`out`, or results/<device>-<result_name>.json; `isa` (a CPU ISA name, see cpu_isa) goes
+    into a CPU device's part: cpu-amd-epyc-avx2-2t-attention.json."""
+    return out or os.path.join(RESULTS_DIR, f"{device_slug(device, isa)}-{result_name}.json")
 
 
 def cpu_name():
@@ -78,13 +81,14 @@ def device_name(device):
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
-def device_slug(device):
-    """File-name form of the device: 'nvidia-h100-80gb-hbm3', 'cpu-amd-epyc-2t'."""
+def device_slug(device, isa=None):
+    """File-name form of the device: 'nvidia-h100-80gb-hbm3', 'cpu-amd-epyc-2t', or with a CPU
+    `isa` 'cpu-amd-epyc-avx512bf16-2t'."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         base = re.sub(r"\(.*\)", "", cpu_name()).strip()
-        name = f"cpu {base} {torch.get_num_threads()}t"
+        name = f"cpu {base} {isa + ' ' if isa else ''}{torch.get_num_threads()}t"
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
@@ -132,6 +136,100 @@ def cpu_gemm_gflops():
     for _ in range(3):
         a @ a
     return round(3 * 2 * 2048**3 / (time.perf_counter() - begin) / 1e9, 1)
+
+
+# CPU ISA levels, lowest first, as result files name them.
+ISA_LEVELS = ["default", "avx2", "avx512", "avx512bf16", "amx"]
+# ONEDNN_MAX_CPU_ISA values (oneDNN's names, upper case) -> our level; unknown ones limit nothing.
+_ONEDNN_ISA_LEVELS = {"SSE41": "default", "AVX": "default", "AVX2": "avx2", "AVX2_VNNI": "avx2",
+                      "AVX2_VNNI_2": "avx2", "AVX512_CORE": "avx512",
+                      "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512bf16",
+                      "AVX512_CORE_FP16": "avx512bf16", "AVX10_1_512": "avx512bf16",
+                      "AVX512_CORE_AMX": "amx", "AVX512_CORE_AMX_FP16": "amx",
+                      "AVX10_1_512_AMX": "amx", "AVX10_1_512_AMX_FP16": "amx", "ALL": "amx"}
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            match = re.search(r"^flags\s*:\s*(.*)$", handle.read(), re.MULTILINE)
+        return set(match.group(1).split()) if match else set()
+    except OSError:
+        return set()
+
+
+def cpu_isa():
+    """The CPU's ISA level from /proc/cpuinfo (amx_bf16 -> amx, avx512_bf16 -> avx512bf16,
+    avx512f -> avx512, avx2 -> avx2) and the level this process may use once the user's
+    limits apply: ATEN_CPU_CAPABILITY (read back as torch's effective capability; ATen has no
+    level above AVX512, so 'avx512' limits nothing) and ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA;
+    oneDNN runs torch's matmuls and the brgemm tiles). Returns a dict: hardware, effective,
+    limited, aten_capability, the environment values and a note for the results."""
+    flags = cpu_flags()
+    hardware = next((level for flag, level in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"),
+                                               ("avx512f", "avx512"), ("avx2", "avx2"))
+                     if flag in flags), "default")
+    try:
+        aten = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        aten = "unknown"
+    limits = [hardware, {"DEFAULT": "default", "AVX2": "avx2"}.get(aten.upper(), "amx")]
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if onednn:
+        limits.append(_ONEDNN_ISA_LEVELS.get(onednn.strip().upper(), "amx"))
+    effective = min(limits, key=ISA_LEVELS.index)
+    environment = {name: os.environ.get(name) for name in
+                   ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+                   if os.environ.get(name)}
+    limited = effective != hardware
+    settings = ", ".join(f"{k}={v}" for k, v in environment.items()) or "no ISA variables"
+    note = (f"ISA-limited run: {effective} on an {hardware} machine ({settings}; ATen capability "
+            f"{aten})" if limited else f"full ISA of the machine: {hardware} ({settings})")
+    return dict(hardware=hardware, effective=effective, limited=limited, aten_capability=aten,
+                environment=environment, note=note)
+
+
+def median_seconds(fn, repeats, warmup=1):
+    """Median wall time (s) of `fn` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def cpu_gemm_roofline(dtype, max_size=2048, max_seconds=0.75, repeats=5):
+    """torch.mm GFLOP/s on square matrices of `dtype`: n doubles from 256 up to max_size unless
+    a product would then take over max_seconds (a dtype the CPU emulates slowly, fp16 without
+    avx512_fp16, stays small), then the median of `repeats` runs. Returns a dict."""
+    size = 256
+    while True:
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        first = median_seconds(lambda: torch.mm(a, b), 1, warmup=1)
+        if size >= max_size or 8 * first > max_seconds:
+            break
+        size *= 2
+    seconds = median_seconds(lambda: torch.mm(a, b), repeats, warmup=0)
+    return dict(gflops=round(2 * size**3 / seconds / 1e9, 1), size=size, repeats=repeats,
+                method=f"torch.mm {size}x{size}x{size} {str(dtype).split('.')[-1]}, median")
+
+
+def cpu_memory_bandwidth(gib=1.0, repeats=5):
+    """Read bandwidth (GB/s, 1e9 B/s) of `x.sum()` over `gib` GiB of fp32 and copy bandwidth of
+    `y.copy_(x)` into a preallocated y (bytes read + written), medians of `repeats`."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    nbytes = x.numel() * 4
+    read = median_seconds(lambda: x.sum(), repeats)
+    y = torch.empty_like(x)
+    copy = median_seconds(lambda: y.copy_(x), repeats)
+    return dict(read_gbps=round(nbytes / read / 1e9, 2),
+                copy_gbps=round(2 * nbytes / copy / 1e9, 2), bytes=nbytes, repeats=repeats,
+                read_method=f"x.sum() over {gib:g} GiB fp32 (bytes read / time), median",
+                copy_method=f"y.copy_(x) of {gib:g} GiB fp32 (bytes read + written / time), median")
 
 
 def write_json(results, device, path, extra=None):

@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/cpu_tiles.h"
 #include "common/device_arch.h"
 
 TORCH_LIBRARY(deepseek_attn, m) {
@@ -83,7 +84,19 @@ PyObject* set_hopper_kernels_allowed_from_python(PyObject*, PyObject* allowed) {
   return PyBool_FromLong(deepseek_attn::set_hopper_kernels_allowed(truth != 0));
 }
 
+// The CPU tile plan of this host (probed on first use): the description, as a str.
+PyObject* cpu_tile_plan_from_python(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(deepseek_attn::cpu::cpu_tile_plan().describe().c_str());
+  } catch (const c10::Error& error) {  // a malformed DEEPSEEK_ATTN_CPU_* variable
+    PyErr_SetString(PyExc_ValueError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
 PyMethodDef module_methods[] = {
+    {"cpu_tile_plan", cpu_tile_plan_from_python, METH_NOARGS,
+     "How CPU attention tiles multiply on this host (probed once per process)."},
     {"set_hopper_kernels_allowed", set_hopper_kernels_allowed_from_python, METH_O,
      "Allows or forbids the sm90a kernels from now on; returns the previous setting."},
     {nullptr, nullptr, 0, nullptr}};

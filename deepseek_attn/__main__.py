@@ -55,6 +55,7 @@ def build_report():
     else:
         print("GPU: none visible")
     print(f"CPU threads: {torch.get_num_threads()}")
+    print(f"CPU tiles: {_C.cpu_tile_plan()}")
     print()
     rows = [(name, "yes" if has_kernel(name, "CPU") else "no",
              "yes" if has_kernel(name, "CUDA") else "no") for name in registered_ops()]

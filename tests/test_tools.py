@@ -36,19 +36,58 @@ def test_main_command_reports_build_self_checks_and_benchmarks():
     assert "short benchmark" in output and "speed-up vs SDPA" in output
 
 
-def test_attention_benchmark_writes_json_and_plot(tmp_path):
+def test_attention_benchmark_writes_json_and_plot(tmp_path, monkeypatch):
+    """The CPU sweep in an ISA-limited run (as a user limits it): per-case records with both
+    times, the ratio, GFLOP/s and roofline fractions, the same-run roofline, goal lines."""
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     path = tmp_path / "bench.json"
-    output = run([os.path.join("benchmarks", "bench_attention.py"), "--quick", "--seqlens", "128",
-                  "--dtypes", "float32", "--out", str(path)])
-    assert "x vs sdpa" in output
+    output = run([os.path.join("benchmarks", "bench_attention.py"), "--device", "cpu", "--quick",
+                  "--seqlens", "128", "--dtypes", "float32", "--decode-lengths", "256",
+                  "--out", str(path)])
+    assert "x vs sdpa" in output and "roofline (this run)" in output and "goal: " in output
     payload = json.loads(path.read_text())
-    assert {"device", "torch", "cuda", "commit", "date", "results"} <= payload.keys()
+    assert {"device", "torch", "cuda", "commit", "date", "results", "isa", "roofline", "plan",
+            "cases", "goals"} <= payload.keys()
+    isa = payload["isa"]
+    if isa["hardware"] in ("avx512", "avx512bf16", "amx"):  # the run says it was limited
+        assert isa["effective"] == "avx2" and isa["limited"] and "ISA-limited" in isa["note"]
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import harness
+
+    name = os.path.basename(harness.results_path(None, torch.device("cpu"), "attention",
+                                                 isa=isa["effective"]))
+    assert name.endswith(f"-{isa['effective']}-{torch.get_num_threads()}t-attention.json")
+    roofline = payload["roofline"]
+    assert roofline["gemm"]["float32"]["gflops"] > 0 and roofline["gemm"]["bfloat16"]["gflops"] > 0
+    assert roofline["memory"]["read_gbps"] > 0 and "x.sum()" in roofline["memory"]["read_method"]
     impls = {(r["impl"], r["mode"]) for r in payload["results"]}
     assert impls == {("deepseek_attn", "fwd"), ("deepseek_attn", "fwd+bwd"), ("sdpa", "fwd"),
                      ("sdpa", "fwd+bwd")}
     for result in payload["results"]:
         assert result["error"] is None and result["ms"] > 0 and result["tflops"] > 0
-        assert result["shape"]["S"] == 128 and result["dtype"] == "float32"
+        assert result["dtype"] == "float32" and result["repeats"] >= 3
+    cases = payload["cases"]
+    prefill = [c for c in cases if c["kind"] == "prefill"]
+    decode = [c for c in cases if c["kind"] == "decode"]
+    assert {(c["H"] == c["Hkv"], c["D"], c["causal"], c["mode"]) for c in prefill} == {
+        (mha, d, causal, mode) for mha in (True, False) for d in (64, 128)
+        for causal in (True, False) for mode in ("fwd", "fwd+bwd")}
+    assert all(c["S"] == 128 for c in prefill) and {c["B"] for c in decode} == {1, 2}
+    for case in cases:
+        assert case["ours_ms"] > 0 and case["sdpa_ms"] > 0
+        assert abs(case["ratio"] - case["sdpa_ms"] / case["ours_ms"]) < 1e-9
+        assert case["ours_gflops"] > 0 and case["sdpa_gflops"] > 0
+        assert case["ours_fraction_of_gemm"] > 0 and case["ours_repeats"] >= 3
+    for case in decode:
+        assert case["Sq"] == 1 and case["S"] == 256 and case["kv_bytes"] > 0
+        assert case["ours_gbps"] > 0 and case["ours_fraction_of_read_bw"] > 0
+    goals = {g["id"]: g for g in payload["goals"]}
+    assert goals["fp32_fwd_vs_sdpa"]["met"] in (True, False)
+    assert goals["fp32_fwd_of_gemm"]["value"] > 0 and goals["fp32_decode_of_read_bw"]["value"] > 0
+    native_bf16 = isa["effective"] in ("avx512bf16", "amx")
+    assert goals["bf16_fwd_bwd_vs_sdpa"]["target"] == (1.3 if native_bf16 else 2.0)
+    assert goals["bf16_fwd_of_gemm"]["met"] is None  # bf16 not run
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 

@@ -66,37 +66,25 @@ struct KeyTileShape {
   int64_t elements() const { return k_elements() + keys * dim_v; }
 
   // Column c of K and row c of V (0 <= c < keys) from one K row and one V row.
-  template <typename S>
-  void put_key(E* tile, int64_t c, const S* k_row, const S* v_row) const {
-    for (int64_t d = 0; d < dim_qk; ++d) {
-      tile[Vnni::at(d, c, keys)] = cpu::convert_element<E>(k_row[d]);
-    }
+  void put_key(E* tile, int64_t c, const E* k_row, const E* v_row) const {
+    for (int64_t d = 0; d < dim_qk; ++d) tile[Vnni::at(d, c, keys)] = k_row[d];
     E* v = tile + k_elements();
-    for (int64_t d = 0; d < dim_v; ++d) v[Vnni::at(c, d, dim_v)] = cpu::convert_element<E>(v_row[d]);
+    for (int64_t d = 0; d < dim_v; ++d) v[Vnni::at(c, d, dim_v)] = v_row[d];
   }
 };
 
-// The KV source: puts key `key` of (batch, kv head) into a packed tile, converting from the
-// caller's cache (`storage`: the query's dtype, or SPEC §3's FP8 latent rows, dequantised).
-// The key's page is valid (checked before the loop).
+// The KV source in tile element type E: key `key` of (batch, kv head) converted from the
+// caller's cache (`storage`: the query's dtype, or SPEC §3's FP8 latent rows, dequantised), or
+// runs of rows read where they lie when the cache already holds E rows. The key's page is valid
+// (checked before the loop).
 template <typename E>
 struct CpuKvSource {
   KvSourceParams layout;
   at::ScalarType storage = at::kFloat;
+  int64_t dim_qk = 0, dim_v = 0;
 
-  template <typename S>
-  void put_rows(const KeyTileShape<E>& shape, E* tile, int64_t c, int64_t page, int64_t key,
-                int64_t head) const {
-    const S* k_row = static_cast<const S*>(layout.k) + layout.row_offset(layout.k_strides, page, key, head);
-    const S* v_row = layout.values_in_keys()  // latent rows: the values are the key's first columns
-                         ? k_row
-                         : static_cast<const S*>(layout.v) +
-                               layout.row_offset(layout.v_strides, page, key, head);
-    shape.put_key(tile, c, k_row, v_row);
-  }
-
-  void put_key(const KeyTileShape<E>& shape, E* tile, int64_t c, int64_t batch, int64_t head,
-               int64_t key) const {
+  // K row to k_out (dim_qk values; the padding after them is left alone), V row to v_out.
+  void read_key(int64_t batch, int64_t head, int64_t key, E* k_out, E* v_out) const {
     const int64_t page = layout.page_of(batch, key);
     if (layout.storage == KvStorage::kLatentFp8) {
       using Layout = LatentFp8Layout;
@@ -104,27 +92,50 @@ struct CpuKvSource {
                            layout.row_offset(layout.k_strides, page, key, head);
       float scales[Layout::kQuantized / Layout::kGroup];
       std::memcpy(scales, row + Layout::kScaleOffset, sizeof(scales));
-      float values[Layout::kDim];
       for (int64_t d = 0; d < Layout::kQuantized; ++d) {
-        values[d] = e4m3_to_float(row[d]) * scales[d / Layout::kGroup];
+        k_out[d] = E(e4m3_to_float(row[d]) * scales[d / Layout::kGroup]);
       }
       for (int64_t d = 0; d < Layout::kRope; ++d) {
         uint16_t bits;
         std::memcpy(&bits, row + Layout::kRopeOffset + 2 * d, sizeof(bits));
-        values[Layout::kQuantized + d] = bf16_bits_to_float(bits);
+        k_out[Layout::kQuantized + d] = E(bf16_bits_to_float(bits));
       }
-      return shape.put_key(tile, c, values, values);
+      std::copy(k_out, k_out + dim_v, v_out);
+      return;
     }
-    switch (storage) {
-      case at::kDouble:
-        return put_rows<double>(shape, tile, c, page, key, head);
-      case at::kBFloat16:
-        return put_rows<c10::BFloat16>(shape, tile, c, page, key, head);
-      case at::kHalf:
-        return put_rows<c10::Half>(shape, tile, c, page, key, head);
-      default:
-        return put_rows<float>(shape, tile, c, page, key, head);
+    const int64_t element = c10::elementSize(storage);
+    const char* k_row = static_cast<const char*>(layout.k) +
+                        layout.row_offset(layout.k_strides, page, key, head) * element;
+    read_row(k_row, storage, dim_qk, k_out);
+    if (layout.values_in_keys()) {  // latent rows: the values are the key's first columns
+      std::copy(k_out, k_out + dim_v, v_out);
+      return;
     }
+    read_row(static_cast<const char*>(layout.v) +
+                 layout.row_offset(layout.v_strides, page, key, head) * element,
+             storage, dim_v, v_out);
+  }
+
+  // Keys key0.. of (batch, head) where they lie: how many of at most `wanted` are consecutive
+  // rows of one page (0 when the cache does not hold E rows of an even head dim), with their
+  // K and V row pointers and strides.
+  int64_t rows_in_place(int64_t batch, int64_t head, int64_t key0, int64_t wanted, const E*& k,
+                        int64_t& ld_k, const E*& v, int64_t& ld_v) const {
+    if (layout.storage != KvStorage::kElements || storage != c10::CppTypeToScalarType<E>::value ||
+        cpu::VnniTile<E>::padded(dim_qk) != dim_qk) {
+      return 0;
+    }
+    const int64_t page = layout.page_of(batch, key0);
+    const int64_t run = layout.block_table == nullptr
+                            ? wanted
+                            : std::min(wanted, layout.page_size - key0 % layout.page_size);
+    k = static_cast<const E*>(layout.k) + layout.row_offset(layout.k_strides, page, key0, head);
+    ld_k = layout.k_strides.row;
+    v = layout.values_in_keys()
+            ? k
+            : static_cast<const E*>(layout.v) + layout.row_offset(layout.v_strides, page, key0, head);
+    ld_v = layout.values_in_keys() ? ld_k : layout.v_strides.row;
+    return run;
   }
 };
 
@@ -137,12 +148,15 @@ at::Tensor pack_all_key_tiles(const CoreFwdParams& p, const CpuKvSource<E>& kv,
                                 at::TensorOptions().dtype(dtype));
   E* base = static_cast<E*>(packed.data_ptr());
   at::parallel_for(0, p.batch * p.heads_kv * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<E> k_row(shape.dim_qk), v_row(shape.dim_v);
     for (int64_t index = begin; index < end; ++index) {
       const int64_t tile = index % n_tiles, hk = (index / n_tiles) % p.heads_kv;
       const int64_t b = index / (n_tiles * p.heads_kv);
       const int64_t key_end = std::min((tile + 1) * shape.keys, p.seqlen_k);
       for (int64_t key = tile * shape.keys; key < key_end; ++key) {
-        kv.put_key(shape, base + index * shape.elements(), key - tile * shape.keys, b, hk, key);
+        kv.read_key(b, hk, key, k_row.data(), v_row.data());
+        shape.put_key(base + index * shape.elements(), key - tile * shape.keys, k_row.data(),
+                      v_row.data());
       }
     }
   });
@@ -151,8 +165,8 @@ at::Tensor pack_all_key_tiles(const CoreFwdParams& p, const CpuKvSource<E>& kv,
 
 template <typename T, typename E>
 struct TaskScratch {
-  std::vector<E> q_tile, p_tile, key_tile, v_pair;
-  std::vector<T> scores, out;
+  std::vector<E> q_tile, q_pairs, p_tile, k_rows, v_rows, v_pairs, v_pair, v_zeros;
+  std::vector<T> scores, scores_t, out;
   std::vector<OnlineSoftmaxRow<T>> state;
 };
 
@@ -253,9 +267,15 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
 
     TaskScratch<T, E>& s = scratch[slot];
     s.q_tile.assign(rows * dqk_pad, E(0.f));
+    s.q_pairs.resize(dqk_pad * rows);
     s.scores.resize(rows * tile_keys);
+    s.scores_t.resize(tile_keys * rows);
     s.p_tile.resize(rows * Vnni::padded(tile_keys));
     s.v_pair.assign(2 * dv, E(0.f));
+    s.v_pairs.resize(Vnni::padded(tile_keys) * dv);
+    s.v_zeros.assign(dv, E(0.f));
+    s.k_rows.assign(tile_keys * dqk_pad, E(0.f));  // the head-dim padding stays zero
+    s.v_rows.resize(tile_keys * dv);
     s.out.assign(rows * dv, T(0));
     const int64_t q_element = c10::elementSize(q_dtype);
     for (int64_t r = 0; r < rows; ++r) {
@@ -264,21 +284,22 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
                            (h0 + r % nh) * p.q_strides.head) * q_element;
       read_row(q_row, q_dtype, dqk, s.q_tile.data() + r * dqk_pad);
     }
+    for (int64_t r = 0; r < rows; ++r) {  // Q^T, the B operand of S^T = K Q^T
+      for (int64_t d = 0; d < dqk_pad; ++d) {
+        s.q_pairs[Vnni::at(d, r, rows)] = s.q_tile[r * dqk_pad + d];
+      }
+    }
     std::vector<OnlineSoftmaxRow<T>>& state = s.state;
     state.assign(rows, OnlineSoftmaxRow<T>());
 
-    // One packed tile from column c0 on: keys [key0, key0 + cols), each row masked to the band
-    // and to [lo, hi) (unmasked: a listed tile of keys already checked against the band).
-    // S = Q K^T, online softmax, O += P V.
-    auto consume_tile = [&](const E* tile, int64_t c0, int64_t cols, int64_t key0, int64_t lo,
-                            int64_t hi, bool masked) {
-      const E* k_tile = tile + c0 * Vnni::kPairs;
-      const E* v_tile = tile + shape.k_elements() + c0 * dv;
-      cpu::gemm_nn(rows, cols, dqk_pad, s.q_tile.data(), dqk_pad, k_tile, tile_keys, false,
-                   s.scores.data(), cols);
+    // The scores of keys [key0, key0 + cols) in s.scores (rows x cols) through the online
+    // softmax, each row masked to the band and to [lo, hi) (unmasked: listed keys already
+    // checked against the band). P is left in s.scores (E == T) or rounded to E in s.p_tile
+    // (rows x padded(cols), the padding column zero); returns P's leading dimension.
+    auto softmax_tile = [&](int64_t cols, int64_t key0, int64_t lo, int64_t hi, bool masked) {
       const bool full = !masked || (lo <= key0 && key0 + cols <= hi &&
                                     band.tile_fully_visible(t0, t1, key0, key0 + cols));
-      const int64_t ld_p = Vnni::padded(cols);
+      const int64_t ld_p = std::is_same_v<E, T> ? cols : Vnni::padded(cols);
       for (int64_t r = 0; r < rows; ++r) {
         T* scores = s.scores.data() + r * cols;
         const int64_t token = t0 + r / nh;
@@ -301,8 +322,26 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
           if (ld_p > cols) p_row[cols] = E(0.f);
         }
       }
+      return ld_p;
+    };
+    const E* p_tile = nullptr;
+    if constexpr (std::is_same_v<E, T>) {
+      p_tile = s.scores.data();
+    } else {
+      p_tile = s.p_tile.data();
+    }
+
+    // One tile packed once per call, from column c0 on: keys [key0, key0 + cols).
+    // S = Q K^T, online softmax, O += P V.
+    auto consume_tile = [&](const E* tile, int64_t c0, int64_t cols, int64_t key0, int64_t lo,
+                            int64_t hi) {
+      const E* k_tile = tile + c0 * Vnni::kPairs;
+      const E* v_tile = tile + shape.k_elements() + c0 * dv;
+      cpu::gemm_nn(rows, cols, dqk_pad, s.q_tile.data(), dqk_pad, k_tile, tile_keys, false,
+                   s.scores.data(), cols);
+      const int64_t ld_p = softmax_tile(cols, key0, lo, hi, true);
       if constexpr (std::is_same_v<E, T>) {
-        cpu::gemm_nn(rows, dv, cols, s.scores.data(), cols, v_tile, dv, true, s.out.data(), dv);
+        cpu::gemm_nn(rows, dv, cols, p_tile, ld_p, v_tile, dv, true, s.out.data(), dv);
       } else {
         // Whole key pairs from the tile; an odd last key pairs with a zero row in scratch, so
         // the key after it (another row's, or past the sequence) is never multiplied.
@@ -319,24 +358,64 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
       }
     };
 
-    // Keys [lo, hi) of this (batch, kv head): from the tiles packed once per call, or packed
-    // into scratch here.
+    // Keys [key0, key0 + cols) as rows: K (cols x dqk_pad, ld_k), V (cols x dv, ld_v), where
+    // they lie in the cache or gathered. S^T = K Q^T needs no packing of K, so a decode reads
+    // each cache row once; V is paired into scratch for bf16/fp16 tiles.
+    auto consume_rows = [&](const E* k_rows, int64_t ld_k, const E* v_rows, int64_t ld_v,
+                            int64_t cols, int64_t key0, int64_t lo, int64_t hi, bool masked) {
+      cpu::gemm_nn(cols, rows, dqk_pad, k_rows, ld_k, s.q_pairs.data(), rows, false,
+                   s.scores_t.data(), rows);
+      cpu::transpose_tile(s.scores_t.data(), cols, rows, rows, s.scores.data());
+      const int64_t ld_p = softmax_tile(cols, key0, lo, hi, masked);
+      if constexpr (std::is_same_v<E, T>) {
+        cpu::gemm_nn(rows, dv, cols, p_tile, ld_p, v_rows, ld_v, true, s.out.data(), dv);
+      } else {
+        static_assert(sizeof(E) == sizeof(uint16_t));
+        for (int64_t c = 0; c < cols; c += 2) {  // an odd last key pairs with zeros
+          const E* first = v_rows + c * ld_v;
+          const E* second = c + 1 < cols ? first + ld_v : s.v_zeros.data();
+          cpu::interleave_rows(reinterpret_cast<const uint16_t*>(first),
+                               reinterpret_cast<const uint16_t*>(second), dv,
+                               reinterpret_cast<uint32_t*>(s.v_pairs.data() + c * dv));
+        }
+        cpu::gemm_nn(rows, dv, ld_p, s.p_tile.data(), ld_p, s.v_pairs.data(), dv, true,
+                     s.out.data(), dv);
+      }
+    };
+
+    // Gathered keys: read into the scratch rows (converted, dequantised), then consumed.
+    auto consume_gathered = [&](int64_t cols, int64_t key0, int64_t lo, int64_t hi, bool masked) {
+      consume_rows(s.k_rows.data(), dqk_pad, s.v_rows.data(), dv, cols, key0, lo, hi, masked);
+    };
+
+    // Keys [lo, hi) of this (batch, kv head): from the tiles packed once per call, or streamed
+    // from the cache (in place where it holds E rows).
     auto consume_range = [&](int64_t lo, int64_t hi) {
-      for (int64_t tile = lo / tile_keys; tile * tile_keys < hi; ++tile) {
-        const int64_t tile_start = tile * tile_keys;
-        const int64_t c0 = (std::max(lo, tile_start) - tile_start) / Vnni::kPairs * Vnni::kPairs;
-        const int64_t key0 = tile_start + c0;
-        const int64_t cols = std::min(hi, tile_start + tile_keys) - key0;
-        if (packed_tiles != nullptr) {
+      if (packed_tiles != nullptr) {
+        for (int64_t tile = lo / tile_keys; tile * tile_keys < hi; ++tile) {
+          const int64_t tile_start = tile * tile_keys;
+          const int64_t c0 = (std::max(lo, tile_start) - tile_start) / Vnni::kPairs * Vnni::kPairs;
+          const int64_t key0 = tile_start + c0;
+          const int64_t cols = std::min(hi, tile_start + tile_keys) - key0;
           consume_tile(packed_tiles + ((b * p.heads_kv + hk) * n_key_tiles + tile) * shape.elements(),
-                       c0, cols, key0, lo, hi, true);
-          continue;
+                       c0, cols, key0, lo, hi);
         }
-        s.key_tile.resize(shape.elements(), E(0.f));
-        for (int64_t c = 0; c < cols; ++c) {
-          kv.put_key(shape, s.key_tile.data(), c, b, hk, key0 + c);
+        return;
+      }
+      // Tiles are cut the same way whatever the paging, so paged and contiguous caches give
+      // bitwise-equal results: a tile crossing a page boundary is gathered.
+      for (int64_t key0 = lo; key0 < hi; key0 += tile_keys) {
+        const int64_t cols = std::min(tile_keys, hi - key0);
+        const E *k_rows, *v_rows;
+        int64_t ld_k, ld_v;
+        if (kv.rows_in_place(b, hk, key0, cols, k_rows, ld_k, v_rows, ld_v) == cols) {
+          consume_rows(k_rows, ld_k, v_rows, ld_v, cols, key0, lo, hi, true);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) {
+            kv.read_key(b, hk, key0 + c, s.k_rows.data() + c * dqk_pad, s.v_rows.data() + c * dv);
+          }
+          consume_gathered(cols, key0, lo, hi, true);
         }
-        consume_tile(s.key_tile.data(), 0, cols, key0, lo, hi, true);
       }
     };
 
@@ -354,18 +433,18 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
       const auto [key_begin, key_end] = key_range(task);
       if (key_begin < key_end) consume_range(key_begin, key_end);
     } else {
-      // The selected entries are packed into full tiles (a listed tile holds one token's keys:
-      // order does not matter to the softmax, and a key listed twice is packed twice).
+      // The selected entries are gathered into full tiles (a listed tile holds one token's
+      // keys: order does not matter to the softmax, and a key listed twice is read twice).
       const int64_t entries = selection.num_entries();
-      s.key_tile.resize(shape.elements(), E(0.f));
       int64_t cols = 0;
       for (int64_t e = 0; e < entries; ++e) {
         const int64_t key = selection.key_of_entry(b, t0, hk, e);
         if (key >= 0 && key < seqlen && band.visible(t0, key)) {
-          kv.put_key(shape, s.key_tile.data(), cols++, b, hk, key);
+          kv.read_key(b, hk, key, s.k_rows.data() + cols * dqk_pad, s.v_rows.data() + cols * dv);
+          ++cols;
         }
         if (cols == tile_keys || (e + 1 == entries && cols > 0)) {
-          consume_tile(s.key_tile.data(), 0, cols, 0, 0, cols, false);
+          consume_gathered(cols, 0, 0, cols, false);
           cols = 0;
         }
       }
@@ -460,7 +539,7 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
   auto run = [&](auto accumulate_as, auto tile_element) {
     using T = decltype(accumulate_as);
     using E = decltype(tile_element);
-    const CpuKvSource<E> kv{p.kv, in.k.scalar_type()};
+    const CpuKvSource<E> kv{p.kv, in.k.scalar_type(), p.head_dim_qk, p.head_dim_v};
     const KeyTileShape<E> shape(plan.keys_per_tile, p.head_dim_qk, p.head_dim_v);
     const int64_t n_tiles = (p.seqlen_k + shape.keys - 1) / shape.keys;
     const at::Tensor packed =

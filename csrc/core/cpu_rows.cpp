@@ -207,6 +207,21 @@ DEEPSEEK_ATTN_CPU_MULTIVERSION float exp2_shifted_to_bf16(float* s, int64_t cols
                                                          c10::BFloat16* out) {
   return exp2_shifted_lanes(s, cols, shift, reinterpret_cast<uint16_t*>(out));
 }
+DEEPSEEK_ATTN_CPU_MULTIVERSION void interleave_rows(const uint16_t* first, const uint16_t* second,
+                                                    int64_t n, uint32_t* out) {
+  typedef uint32_t WordLanes __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+  int64_t d = 0;
+  for (; d + kLanes <= n; d += kLanes) {
+    HalfWordLanes a, b;
+    std::memcpy(&a, first + d, sizeof(a));
+    std::memcpy(&b, second + d, sizeof(b));
+    const WordLanes words = __builtin_convertvector(a, WordLanes) |
+                            (__builtin_convertvector(b, WordLanes) << 16);
+    std::memcpy(out + d, &words, sizeof(words));
+  }
+  for (; d < n; ++d) out[d] = uint32_t(first[d]) | (uint32_t(second[d]) << 16);
+}
+
 DEEPSEEK_ATTN_ROW_KERNEL_FP32(scale_row, void, (float* x, int64_t n, float factor), (x, n, factor))
 DEEPSEEK_ATTN_ROW_KERNEL_FP32(softmax_grad_row, void,
                               (float* dp, const float* p, const float* tanh_row, int64_t cols,
