@@ -156,6 +156,34 @@ def test_saturation_zero_inf_and_nan(device):
     assert torch.isfinite(finite).all() and finite.abs().max() == 448
 
 
+def e4m3_rounding_boundaries():
+    """Every finite e4m3 magnitude, the midpoints between neighbours (where round-to-nearest-even
+    decides), the fp32 values just either side of each midpoint, and the same negated."""
+    values = torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    midpoints = (values[:-1] + values[1:]) / 2
+    around = torch.cat([values, midpoints, torch.nextafter(midpoints, values[1:]),
+                        torch.nextafter(midpoints, values[:-1])])
+    return torch.cat([around, -around])
+
+
+@pytest.mark.parametrize("ue8m0", [False, True], ids=["fp32_scale", "ue8m0"])
+@pytest.mark.parametrize("device", QUANT_DEVICES)
+def test_quantizers_round_every_e4m3_boundary_like_the_reference(device, ue8m0):
+    """With 448 in each group the scale is exactly 1, so the payload is e4m3(x) itself."""
+    boundaries = e4m3_rounding_boundaries()
+    rows = math.ceil(boundaries.numel() / 127)
+    x = torch.zeros(rows * 127)
+    x[: boundaries.numel()] = boundaries
+    x = torch.cat([torch.full((rows, 1), 448.0), x.reshape(rows, 127)], dim=1).to(device)
+    payload, scales = quantize_act(x, scale_fmt="ue8m0" if ue8m0 else None)
+    assert torch.all(scales == 1)
+    assert_same_fp8(payload.cpu(), quantize_act_ref(x.cpu(), 128, ue8m0)[0])
+    assert_same_fp8(payload.cpu(), x.cpu().to(torch.float8_e4m3fn))
+    w_payload, w_scales = quantize_weight(x, scale_fmt="ue8m0" if ue8m0 else None)
+    assert torch.all(w_scales == 1)
+    assert_same_fp8(w_payload.cpu(), payload.cpu())
+
+
 # ------------------------------------------------------------------------------- GEMM
 
 GEMM_SHAPES = [(1, 128, 128), (17, 257, 384), (128, 2112, 7168), (64, 576, 7168), (5, 33, 200)]

@@ -20,8 +20,12 @@
 // Hot elementwise loops get AVX2 / AVX-512 clones picked at load time (x86-64 GCC and clang).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define DEEPSEEK_ATTN_CPU_MULTIVERSION __attribute__((target_clones("default", "avx2", "avx512f")))
+// Kernels on 8- and 16-bit lanes (FP8 conversions) need AVX-512BW for full-width vectors.
+#define DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES \
+  __attribute__((target_clones("default", "avx2", "arch=x86-64-v4")))
 #else
 #define DEEPSEEK_ATTN_CPU_MULTIVERSION
+#define DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

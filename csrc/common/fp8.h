@@ -64,6 +64,27 @@ DEEPSEEK_ATTN_HOST_DEVICE float fp8_scaled_and_clamped(float x, float scale) {
   return scaled > kFp8Max ? kFp8Max : (scaled < -kFp8Max ? -kFp8Max : scaled);
 }
 
+// float8_e4m3fn bits of clamp(x, -448, 448) rounded to nearest even, NaN to NaN: the SPEC §2
+// saturating cast, equal to c10::Float8_e4m3fn(fp8_scaled_and_clamped(...)) for every float.
+// Integer-only selections by masks, so CPU loops vectorise (GCC will not if-convert float
+// comparisons, which may trap).
+DEEPSEEK_ATTN_HOST_DEVICE uint8_t e4m3_bits_saturating(float x) {
+  const uint32_t bits = float_bits(x);
+  const uint32_t sign = (bits >> 24) & 0x80u;
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  // Below 2^-6 (subnormal e4m3, steps of 2^-9): adding 2^14 leaves |x| rounded to a multiple of
+  // 2^-9 in the low mantissa bits of the sum.
+  const uint32_t subnormal = float_bits(float_from_bits(magnitude) + 16384.f) - 0x46800000u;
+  // Normal: rebias the exponent (127 -> 7) and round the 20 dropped mantissa bits to even.
+  const uint32_t normal = (magnitude + 0xc407ffffu + ((magnitude >> 20) & 1u)) >> 20;
+  const uint32_t is_subnormal = 0u - uint32_t(magnitude < 0x3c800000u);  // below 2^-6
+  const uint32_t is_over = 0u - uint32_t(magnitude > 0x43e00000u);       // above 448 or NaN
+  const uint32_t is_nan = 0u - uint32_t(magnitude > 0x7f800000u);
+  const uint32_t in_range = (subnormal & is_subnormal) | (normal & ~is_subnormal);
+  const uint32_t saturated = (0x7fu & is_nan) | (0x7eu & ~is_nan);  // NaN, else 448
+  return uint8_t(sign | (saturated & is_over) | (in_range & ~is_over));
+}
+
 // float8_e4m3fn bits to float, exactly (no infinities; S.1111.111 is NaN).
 DEEPSEEK_ATTN_HOST_DEVICE float e4m3_to_float(uint8_t bits) {
   const uint32_t sign = uint32_t(bits & 0x80u) << 24;

@@ -1,5 +1,6 @@
-// CPU implementation of the FP8 ops (SPEC §2): the 1x128 and 128x128 quantisers, bit-exact with
-// deepseek_attn/reference/fp8.py, and the block-scaled "NT" GEMM by dequantised fp32 panels.
+// CPU implementation of the FP8 ops (SPEC §2): the 1x128 and 128x128 quantisers (vectorised,
+// bit-exact with deepseek_attn/reference/fp8.py) and the block-scaled "NT" GEMM by dequantised
+// fp32 panels.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -8,9 +9,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
+#include <cstring>
 #include <tuple>
 
+#include "common/cpu_tiles.h"
 #include "common/fp8.h"
 #include "fp8/checks.h"
 
@@ -19,22 +21,77 @@ namespace {
 
 using c10::Float8_e4m3fn;
 
+// The quantisers' input dtypes (the checks admit only these).
+#define DEEPSEEK_ATTN_DISPATCH_QUANTIZER_INPUT(type, name, ...)           \
+  AT_DISPATCH_SWITCH(type, name, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
+// |x| maximum of n values, NaN if any is NaN: on the magnitude bits, where every NaN orders above
+// inf and finite values keep their order, an integer max is the NaN-propagating float max (and
+// vectorises, which a float max with NaN checks does not).
+template <typename T, typename Bits>
+DEEPSEEK_ATTN_ALWAYS_INLINE float absmax_impl(const T* x, int64_t n, Bits magnitude_mask) {
+  Bits largest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    Bits bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bits &= magnitude_mask;
+    largest = bits > largest ? bits : largest;
+  }
+  T magnitude;
+  std::memcpy(&magnitude, &largest, sizeof(magnitude));
+  return float(magnitude);
+}
+
+DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
+float absmax(const float* x, int64_t n) {
+  return absmax_impl(x, n, uint32_t(0x7fffffffu));
+}
+DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
+float absmax(const c10::BFloat16* x, int64_t n) {
+  return absmax_impl(x, n, uint16_t(0x7fffu));
+}
+DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
+float absmax(const c10::Half* x, int64_t n) {
+  return absmax_impl(x, n, uint16_t(0x7fffu));
+}
+
+template <typename T>
+DEEPSEEK_ATTN_ALWAYS_INLINE void quantize_impl(const T* x, int64_t n, float scale, uint8_t* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = e4m3_bits_saturating(float(x[i]) / scale);  // IEEE division, as the reference
+  }
+}
+
+DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
+void quantize(const float* x, int64_t n, float scale, uint8_t* out) {
+  quantize_impl(x, n, scale, out);
+}
+DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
+void quantize(const c10::BFloat16* x, int64_t n, float scale, uint8_t* out) {
+  quantize_impl(x, n, scale, out);
+}
+DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
+void quantize(const c10::Half* x, int64_t n, float scale, uint8_t* out) {
+  quantize_impl(x, n, scale, out);
+}
+
 template <typename T>
 void quantize_rows(const T* x, int64_t rows, int64_t cols, int64_t group_size, bool ue8m0,
-                   Float8_e4m3fn* payload, float* scales) {
+                   uint8_t* payload, float* scales) {
   const int64_t groups = (cols + group_size - 1) / group_size;
-  at::parallel_for(0, rows * groups, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / groups, group = task % groups;
-      const int64_t col0 = group * group_size;
-      const int64_t col1 = std::min(cols, col0 + group_size);
-      const T* in = x + row * cols;
-      float amax = 0.f;
-      for (int64_t c = col0; c < col1; ++c) amax = nan_propagating_absmax(amax, float(in[c]));
-      const float scale = fp8_scale_from_amax(amax, ue8m0);
-      scales[task] = scale;
-      for (int64_t c = col0; c < col1; ++c) {
-        payload[row * cols + c] = Float8_e4m3fn(fp8_scaled_and_clamped(float(in[c]), scale));
+  constexpr int64_t kElementsPerTask = 1 << 15;  // amortises the scheduling of a task
+  at::parallel_for(0, rows, std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(cols, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      for (int64_t group = 0; group < groups; ++group) {
+        const int64_t col0 = group * group_size;
+        const int64_t width = std::min(cols - col0, group_size);
+        const int64_t offset = row * cols + col0;
+        const float scale = fp8_scale_from_amax(absmax(x + offset, width), ue8m0);
+        scales[row * groups + group] = scale;
+        quantize(x + offset, width, scale, payload + offset);
       }
     }
   });
@@ -51,32 +108,30 @@ std::tuple<at::Tensor, at::Tensor> quantize_act_cpu(const at::Tensor& x_in, int6
   std::vector<int64_t> scale_shape(x.sizes().begin(), x.sizes().end());
   scale_shape.back() = groups;
   at::Tensor scales = at::empty(scale_shape, x.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "quantize_act", [&] {
+  DEEPSEEK_ATTN_DISPATCH_QUANTIZER_INPUT(x.scalar_type(), "quantize_act", [&] {
     quantize_rows(x.data_ptr<scalar_t>(), rows, cols, group_size, ue8m0,
-                  payload.data_ptr<Float8_e4m3fn>(), scales.data_ptr<float>());
+                  reinterpret_cast<uint8_t*>(payload.data_ptr<Float8_e4m3fn>()),
+                  scales.data_ptr<float>());
   });
   return {payload, scales};
 }
 
 template <typename T>
 void quantize_blocks(const T* w, int64_t rows, int64_t cols, int64_t block, bool ue8m0,
-                     Float8_e4m3fn* payload, float* scales) {
+                     uint8_t* payload, float* scales) {
   const int64_t block_rows = (rows + block - 1) / block, block_cols = (cols + block - 1) / block;
   at::parallel_for(0, block_rows * block_cols, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r0 = (task / block_cols) * block, c0 = (task % block_cols) * block;
-      const int64_t r1 = std::min(rows, r0 + block), c1 = std::min(cols, c0 + block);
+      const int64_t r1 = std::min(rows, r0 + block), width = std::min(cols - c0, block);
       float amax = 0.f;
       for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t c = c0; c < c1; ++c) amax = nan_propagating_absmax(amax, float(w[r * cols + c]));
+        amax = nan_propagating_absmax(amax, absmax(w + r * cols + c0, width));
       }
       const float scale = fp8_scale_from_amax(amax, ue8m0);
       scales[task] = scale;
       for (int64_t r = r0; r < r1; ++r) {
-        for (int64_t c = c0; c < c1; ++c) {
-          payload[r * cols + c] =
-              Float8_e4m3fn(fp8_scaled_and_clamped(float(w[r * cols + c]), scale));
-        }
+        quantize(w + r * cols + c0, width, scale, payload + r * cols + c0);
       }
     }
   });
@@ -91,9 +146,10 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& w_in, i
   at::Tensor scales = at::empty({(rows + block_size - 1) / block_size,
                                  (cols + block_size - 1) / block_size},
                                 w.options().dtype(at::kFloat));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "quantize_weight", [&] {
+  DEEPSEEK_ATTN_DISPATCH_QUANTIZER_INPUT(w.scalar_type(), "quantize_weight", [&] {
     quantize_blocks(w.data_ptr<scalar_t>(), rows, cols, block_size, ue8m0,
-                    payload.data_ptr<Float8_e4m3fn>(), scales.data_ptr<float>());
+                    reinterpret_cast<uint8_t*>(payload.data_ptr<Float8_e4m3fn>()),
+                    scales.data_ptr<float>());
   });
   return {payload, scales};
 }
