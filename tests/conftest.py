@@ -4,6 +4,9 @@ inputs are in deepseek_attn.testing)."""
 import contextlib
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -87,6 +90,16 @@ def sm80_kernels_only():
         finally:
             deepseek_attn.set_hopper_kernels(previous)
     return only_sm80
+
+
+def run_python(code, env_overrides=None, timeout=600, args=()):
+    """Runs `code` in a fresh interpreter (for settings read once per process) with `args` as
+    sys.argv[1:]; its stdout."""
+    env = dict(os.environ, **(env_overrides or {}))
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                            capture_output=True, text=True, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,6 @@
 """flash_attn_func and its registered ops against the SPEC §1 reference (rules of SPEC §6)."""
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from deepseek_attn import FlashAttnFunction, flash_attn_func
 from deepseek_attn.reference import attention_ref, merge_partials, visible_mask
 from deepseek_attn.testing import assert_spec6_close, check_poison, poisoned
 
-from conftest import (ATTENTION_DEVICES, CUDA_HEAD_DIMS, bshd_inputs,
+from conftest import (ATTENTION_DEVICES, CUDA_HEAD_DIMS, bshd_inputs, run_python,
                       requires_cuda_attention, skip_unsupported_dtype)
 
 _ops = torch.ops.deepseek_attn
@@ -414,14 +411,6 @@ def test_cuda_rejects_head_dims_without_kernels():
     q, k, v = bshd_inputs(1, 8, 8, 2, 2, 80, 80, torch.bfloat16, "cuda")
     with pytest.raises(ValueError, match=r"head dims \(q/k 80, v 80\) are not supported on CUDA"):
         flash_attn_func(q, k, v)
-
-
-def run_python(code, env_overrides=None, timeout=600):
-    env = dict(os.environ, **(env_overrides or {}))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                            text=True, env=env, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
 
 
 def test_blas_fallback_for_cpu_tiles_matches():
