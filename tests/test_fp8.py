@@ -13,7 +13,7 @@ from deepseek_attn.reference import (dequantize_act_ref, dequantize_weight_ref, 
 
 from deepseek_attn.testing import check_poison, poisoned
 
-from conftest import device_params
+from conftest import device_params, run_python
 
 _ops = torch.ops.deepseek_attn
 QUANT_DEVICES = device_params("deepseek_attn::quantize_act")
@@ -204,6 +204,97 @@ def test_fp8_gemm_matches_dequantised_reference(device, mnk, out_dtype):
     if out_dtype == torch.float32:  # the ops differ only by fp32 rounding and summation order
         torch.testing.assert_close(out.cpu(), reference, atol=1e-3 * reference.abs().max().item(),
                                    rtol=1e-4)
+
+
+# M, N, K off every tile size (1, 16, 64, 128) and M past the CPU path's 512-row chunk.
+ODD_GEMM_SHAPES = [(1, 1, 1), (1, 7, 129), (2, 5, 17), (3, 130, 257), (65, 200, 300),
+                   (129, 63, 1000), (515, 70, 130)]
+
+
+def odd_gemm_operands(mnk, row_scaled_b, device="cpu"):
+    m, n, k = mnk
+    a_fp8, a_scales = quantize_act(torch.randn(m, k, device=device))
+    b = torch.randn(n, k, device=device) * 0.05
+    b_fp8, b_scales = quantize_act(b) if row_scaled_b else quantize_weight(b)
+    return a_fp8, a_scales, b_fp8, b_scales
+
+
+def assert_matches_fp32_reference(out, operands):
+    """Exact products summed in fp32: only the summation order and rounding may differ."""
+    reference = fp8_gemm_ref(*(t.cpu() for t in operands), torch.float32)
+    torch.testing.assert_close(out.cpu(), reference, rtol=1e-5,
+                               atol=1e-5 * reference.abs().max().item())
+
+
+@pytest.mark.parametrize("row_scaled_b", [False, True], ids=["block_b", "row_b"])
+@pytest.mark.parametrize("mnk", ODD_GEMM_SHAPES, ids=str)
+@pytest.mark.parametrize("device", GEMM_DEVICES)
+def test_fp8_gemm_odd_shapes_match_reference(device, mnk, row_scaled_b):
+    operands = odd_gemm_operands(mnk, row_scaled_b, device)
+    assert_matches_fp32_reference(fp8_gemm(*operands, torch.float32), operands)
+    bf16 = fp8_gemm(*operands, torch.bfloat16)
+    torch.testing.assert_close(bf16, fp8_gemm(*operands, torch.float32).bfloat16(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", GEMM_DEVICES)
+def test_fp8_gemm_reads_every_e4m3_code_exactly(device):
+    """Each finite code (subnormals, ±0, ±448) times 1 in both operand roles is the code's value
+    exactly, so any widening mistake shows, however small the value; a NaN code makes its row
+    (or column) NaN under finite scales."""
+    codes = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).to(device)
+    finite = codes[~torch.isnan(codes.float())]
+    k = finite.numel()
+    identity = torch.eye(k, device=device).to(torch.float8_e4m3fn)
+    ones = torch.ones(k, 2, device=device)
+    as_a = fp8_gemm(finite[None, :], ones[:1], identity, ones, torch.float32)
+    as_b = fp8_gemm(identity, ones, finite[None, :].repeat(2, 1), ones[:1], torch.float32)
+    assert torch.equal(as_a[0], finite.float()) and torch.equal(as_b[:, 1], finite.float())
+    for nan in codes[torch.isnan(codes.float())]:
+        with_nan = finite.clone()
+        with_nan[5] = nan
+        assert torch.isnan(fp8_gemm(with_nan[None, :], ones[:1], identity, ones,
+                                    torch.float32)).all()
+        assert torch.isnan(fp8_gemm(identity, ones, with_nan[None, :], ones[:1],
+                                    torch.float32)).all()
+
+
+def cpu_has_native_bf16():
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = cpuinfo.read()
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def test_cpu_fp8_gemm_bf16_tiles_and_blas_fallback_both_match_reference(tmp_path):
+    """DEEPSEEK_ATTN_CPU_GEMM=blas forces the dequantised fp32 BLAS path; the default takes bf16
+    brgemm tiles where the CPU has native bf16. Both must match the reference, NaN and inf too."""
+    cases = [odd_gemm_operands(mnk, row_scaled_b) for mnk in ODD_GEMM_SHAPES
+             for row_scaled_b in (False, True)]
+    a_fp8, a_scales, b_fp8, b_scales = odd_gemm_operands((4, 130, 256), False)
+    a_fp8[1, 3] = float("nan")
+    b_scales[1, 0] = float("inf")
+    cases.append((a_fp8, a_scales, b_fp8, b_scales))
+    torch.save(cases, tmp_path / "cases.pt")
+    code = """
+        import sys, torch, deepseek_attn
+        cases = torch.load(sys.argv[1] + "/cases.pt")
+        outputs = [deepseek_attn.fp8_gemm(*case, torch.float32) for case in cases]
+        torch.save(outputs, sys.argv[1] + "/" + sys.argv[2] + ".pt")
+    """
+    outputs = {}
+    for mode in ("blas", "auto"):
+        run_python(code, {"DEEPSEEK_ATTN_CPU_GEMM": mode}, args=[str(tmp_path), mode])
+        outputs[mode] = torch.load(tmp_path / f"{mode}.pt")
+    for case, blas, auto in zip(cases, outputs["blas"], outputs["auto"]):
+        reference = fp8_gemm_ref(*case, torch.float32)
+        if torch.isfinite(reference).all():
+            assert_matches_fp32_reference(blas, case)
+            assert_matches_fp32_reference(auto, case)
+        else:
+            assert_fp8_close(blas, reference)
+            assert_fp8_close(auto, reference)
+    if cpu_has_native_bf16():  # then the two settings run different kernels: bits differ
+        assert any(not torch.equal(blas, auto)
+                   for blas, auto in zip(outputs["blas"], outputs["auto"]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),

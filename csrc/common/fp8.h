@@ -85,6 +85,19 @@ DEEPSEEK_ATTN_HOST_DEVICE uint8_t e4m3_bits_saturating(float x) {
   return uint8_t(sign | (saturated & is_over) | (in_range & ~is_over));
 }
 
+// bfloat16 bits of an e4m3 value, exactly (e4m3 values are a subset of bf16). 16-bit integer
+// operations only, so CPU loops vectorise at full width.
+DEEPSEEK_ATTN_HOST_DEVICE uint16_t bf16_bits_from_e4m3(uint8_t bits) {
+  const uint16_t magnitude = bits & 0x7fu;
+  const uint16_t normal = uint16_t((magnitude << 4) + (120u << 7));  // exponent bias 7 -> 127
+  // Subnormal m·2^-9 (m < 8): the leading one of m sets the exponent, the rest the mantissa.
+  const uint16_t subnormal = magnitude >= 4u   ? uint16_t(0x3c00u | ((magnitude << 5) & 0x7fu))
+                             : magnitude >= 2u ? uint16_t(0x3b80u | ((magnitude << 6) & 0x7fu))
+                                               : uint16_t(magnitude == 1u ? 0x3b00u : 0u);
+  const uint16_t finite = magnitude < 8u ? subnormal : normal;
+  return uint16_t(((bits & 0x80u) << 8) | (magnitude == 0x7fu ? 0x7fc0u : finite));
+}
+
 // float8_e4m3fn bits to float, exactly (no infinities; S.1111.111 is NaN).
 DEEPSEEK_ATTN_HOST_DEVICE float e4m3_to_float(uint8_t bits) {
   const uint32_t sign = uint32_t(bits & 0x80u) << 24;

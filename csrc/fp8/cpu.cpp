@@ -1,6 +1,6 @@
 // CPU implementation of the FP8 ops (SPEC §2): the 1x128 and 128x128 quantisers (vectorised,
-// bit-exact with deepseek_attn/reference/fp8.py) and the block-scaled "NT" GEMM by dequantised
-// fp32 panels.
+// bit-exact with deepseek_attn/reference/fp8.py) and the block-scaled "NT" GEMM, on bf16
+// micro-kernel tiles (cpu_gemm.cpp) where the CPU has native bf16, else by dequantised fp32 panels.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,8 +13,10 @@
 #include <tuple>
 
 #include "common/cpu_tiles.h"
+#include "common/dtype_aten.h"
 #include "common/fp8.h"
 #include "fp8/checks.h"
+#include "fp8/cpu_gemm.h"
 
 namespace deepseek_attn {
 namespace {
@@ -174,21 +176,20 @@ at::Tensor fp8_gemm_promoted_per_block(const at::Tensor& a, const at::Tensor& a_
   return acc;
 }
 
-// With finite scales, scaling the operands before one fp32 GEMM gives the same result as the
-// per-block promotion up to fp32 rounding and summation order, at the speed of a plain GEMM.
-// B is dequantised one 128-row panel at a time so memory stays O(M·K + 128·K).
-at::Tensor fp8_gemm_cpu(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
-                        const at::Tensor& b_scales, at::ScalarType out_dtype) {
-  const Fp8GemmShape shape = check_fp8_gemm_inputs(a, a_scales, b, b_scales, out_dtype);
-  at::Tensor out = at::empty({shape.m, shape.n}, a.options().dtype(out_dtype));
-  if (out.numel() == 0) return out;
-  if (shape.k == 0) return out.zero_();
+// The fallback where bf16 tiles cannot run: with finite scales, scaling the operands before one
+// fp32 GEMM gives the same result as the per-block promotion up to fp32 rounding and summation
+// order, at the speed of a plain GEMM. B is dequantised one 128-row panel at a time so memory
+// stays O(M·K + 128·K).
+void fp8_gemm_by_fp32_panels(const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor& b,
+                             const at::Tensor& b_scales, const Fp8GemmShape& shape,
+                             at::Tensor& out) {
   // One scale row per B row, whatever the granularity.
   const at::Tensor b_row_scales = shape.b_scaling == Fp8BScaling::kRow
                                       ? b_scales
                                       : b_scales.repeat_interleave(128, 0).narrow(0, 0, shape.n);
   if (!at::isfinite(a_scales).all().item<bool>() || !at::isfinite(b_scales).all().item<bool>()) {
-    return out.copy_(fp8_gemm_promoted_per_block(a, a_scales, b, b_row_scales, shape));
+    out.copy_(fp8_gemm_promoted_per_block(a, a_scales, b, b_row_scales, shape));
+    return;
   }
   const at::Tensor a_dequantised = a.to(at::kFloat) * scales_per_element(a_scales, shape.k);
   constexpr int64_t kPanel = 128;
@@ -198,6 +199,31 @@ at::Tensor fp8_gemm_cpu(const at::Tensor& a, const at::Tensor& a_scales, const a
                                scales_per_element(b_row_scales.narrow(0, n0, rows), shape.k);
     out.narrow(1, n0, rows).copy_(at::mm(a_dequantised, b_panel.t()));
   }
+}
+
+at::Tensor fp8_gemm_cpu(const at::Tensor& a, const at::Tensor& a_scales_in, const at::Tensor& b,
+                        const at::Tensor& b_scales_in, at::ScalarType out_dtype) {
+  const Fp8GemmShape shape = check_fp8_gemm_inputs(a, a_scales_in, b, b_scales_in, out_dtype);
+  at::Tensor out = at::empty({shape.m, shape.n}, a.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  if (shape.k == 0) return out.zero_();
+  const at::Tensor a_scales = a_scales_in.contiguous(), b_scales = b_scales_in.contiguous();
+  if (!cpu::fp8_gemm_bf16_tiles_available()) {
+    fp8_gemm_by_fp32_panels(a, a_scales, b, b_scales, shape, out);
+    return out;
+  }
+  Fp8GemmParams params;
+  params.a = reinterpret_cast<const uint8_t*>(a.data_ptr<Float8_e4m3fn>());
+  params.b = reinterpret_cast<const uint8_t*>(b.data_ptr<Float8_e4m3fn>());
+  params.a_scales = a_scales.data_ptr<float>();
+  params.b_scales = b_scales.data_ptr<float>();
+  params.out = out.data_ptr();
+  params.m = shape.m;
+  params.n = shape.n;
+  params.k = shape.k;
+  params.k_blocks = shape.k_blocks;
+  params.b_scaling = shape.b_scaling;
+  cpu::fp8_gemm_bf16_tiles(params, dtype_of(out_dtype));
   return out;
 }
 
