@@ -25,12 +25,24 @@ namespace deepseek_attn::cpu {
 namespace {
 
 constexpr int64_t kKBlock = 128;            // SPEC §2 promotion granularity
-constexpr int64_t kWeightRowsPerTile = 64;  // one task: 64 output columns
+constexpr int64_t kWeightRowsPerTile = 64;  // one task: up to 64 output columns
 constexpr int64_t kActivationChunk = 512;   // rows of A widened at a time (bounds the scratch)
 constexpr int64_t kColumnsPerCall = 128;    // activation rows per brgemm call
 
 // K block widths are padded to even: VNNI pairs two K values per 32-bit word.
 int64_t padded_width(int64_t width) { return (width + 1) & ~int64_t(1); }
+
+// Weight rows per task: 64, or 32 where that shortens the busiest thread's share (N = 576 on 2
+// threads: 9 tiles of 64 leave one thread 5, 18 tiles of 32 give each 9 half-sized ones).
+int64_t weight_rows_per_task(int64_t n) {
+  const int64_t threads = at::get_num_threads();
+  const auto busiest_rows = [&](int64_t rows) {
+    return ((n + rows - 1) / rows + threads - 1) / threads * rows;
+  };
+  return busiest_rows(kWeightRowsPerTile / 2) < busiest_rows(kWeightRowsPerTile)
+             ? kWeightRowsPerTile / 2
+             : kWeightRowsPerTile;
+}
 
 DEEPSEEK_ATTN_CPU_MULTIVERSION_NARROW_LANES
 void widen_e4m3_to_bf16(const uint8_t* in, int64_t n, uint16_t* out) {
@@ -175,7 +187,8 @@ void fp8_gemm_bf16_tiles(const Fp8GemmParams& p, DType out_type) {
   const int64_t k_blocks = p.k_blocks;
   // Row r of the weight tile takes its scale from its 128-row block or its own row (wgrad).
   const int64_t b_scale_row_divisor = p.b_scaling == Fp8BScaling::kRow ? 1 : kKBlock;
-  const int64_t weight_tiles = (p.n + kWeightRowsPerTile - 1) / kWeightRowsPerTile;
+  const int64_t tile_rows_max = weight_rows_per_task(p.n);
+  const int64_t weight_tiles = (p.n + tile_rows_max - 1) / tile_rows_max;
   at::Tensor a_scales_by_block = at::empty({k_blocks, std::min(p.m, kActivationChunk)}, at::kFloat);
   at::Tensor activation_vnni =
       at::empty({k_blocks * kKBlock * std::min(p.m, kActivationChunk)}, at::kShort);
@@ -203,8 +216,8 @@ void fp8_gemm_bf16_tiles(const Fp8GemmParams& p, DType out_type) {
       float* acc = partial + kWeightRowsPerTile * kColumnsPerCall;
       float* b_scales = acc + kWeightRowsPerTile * rows;
       for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t n0 = tile * kWeightRowsPerTile;
-        const int64_t tile_rows = std::min(kWeightRowsPerTile, p.n - n0);
+        const int64_t n0 = tile * tile_rows_max;
+        const int64_t tile_rows = std::min(tile_rows_max, p.n - n0);
         std::fill(acc, acc + tile_rows * rows, 0.f);
         for (int64_t kb = 0; kb < k_blocks; ++kb) {
           const int64_t k0 = kb * kKBlock, width = std::min(kKBlock, p.k - k0);
