@@ -2,16 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/Utils.h>
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "common/cpu_tiles.h"
 #include "common/fp8.h"
@@ -126,17 +123,6 @@ void bf16_brgemm(int64_t rows, int64_t cols, int64_t depth, const uint16_t* a, i
                               reinterpret_cast<const at::BFloat16*>(b_vnni), c, /*is_vnni=*/true);
 }
 
-bool cpu_has_native_bf16() {
-  const auto capabilities = at::cpu::get_cpu_capabilities();
-  for (const char* name : {"avx512_bf16", "amx_bf16"}) {
-    const auto found = capabilities.find(name);
-    if (found != capabilities.end() && found->second.isBool() && found->second.toBool()) {
-      return true;
-    }
-  }
-  return false;
-}
-
 // A 3 x 5 x 7 product of small integers through the same widening and packing as the GEMM (odd
 // K exercises the pair padding); exact in e4m3, bf16 and fp32, so any layout mistake shows.
 bool bf16_tiles_probe_is_exact() {
@@ -170,10 +156,9 @@ bool bf16_tiles_probe_is_exact() {
 
 bool fp8_gemm_bf16_tiles_available() {
   static const bool available = [] {
-    const char* choice = std::getenv("DEEPSEEK_ATTN_CPU_GEMM");
-    if (choice != nullptr && std::string(choice) == "blas") return false;
-    // Without native bf16, oneDNN emulates it or ATen refuses: fp32 BLAS is the better path.
-    if (!cpu_has_native_bf16()) return false;
+    // The attention tiles' host probe decides (native bf16 products clearly faster than fp32;
+    // DEEPSEEK_ATTN_CPU_GEMM), and a product through this GEMM's own packing must be exact.
+    if (!cpu_tile_plan().brgemm_bf16) return false;
     try {
       return bf16_tiles_probe_is_exact();
     } catch (const std::exception&) {  // ATen built without oneDNN micro-kernels raises

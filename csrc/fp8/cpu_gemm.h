@@ -8,9 +8,10 @@
 
 namespace deepseek_attn::cpu {
 
-// Whether the bf16 tile path runs here: a CPU with native bf16 dot products (AVX512-BF16 or
-// AMX), ATen's oneDNN brgemm present and exact on a probe product, and DEEPSEEK_ATTN_CPU_GEMM
-// not "blas" (which forces the fp32 BLAS path, as for the attention tiles). Decided once.
+// Whether the bf16 tile path runs here: the host's tile plan (common/cpu_tiles.h) multiplies
+// bf16 tiles (native and clearly faster than fp32; DEEPSEEK_ATTN_CPU_GEMM=blas or fp32 turn
+// them off, as for the attention tiles) and a probe product through this GEMM's packing is
+// exact. Decided once.
 bool fp8_gemm_bf16_tiles_available();
 
 // p.out (M x N, row-major, `out_type`) = SPEC §2 block-scaled A Bᵀ; needs M, N, K > 0.
