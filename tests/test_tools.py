@@ -98,7 +98,9 @@ def test_fp8_benchmark_writes_json_and_plot(tmp_path):
     payload = json.loads(path.read_text())
     ops = {(r["op"], r["impl"]) for r in payload["results"]}
     assert {("fp8_gemm", "deepseek_attn"), ("fp8_gemm", "torch.matmul-fp32"),
-            ("quantize_act", "deepseek_attn"), ("quantize_act", "device-copy")} <= ops
+            ("fp8_gemm", "torch.matmul-bf16"), ("quantize_act", "deepseek_attn"),
+            ("quantize_weight", "deepseek_attn"), ("copy", "device-copy")} <= ops
+    assert "goal: CPU: quantize_act >= 0.5x copy bandwidth" in output
     assert payload["checks"]["64x576x7168"]["difference_vs_reference"] < 1e-3
     assert (tmp_path / "fp8.png").stat().st_size > 0
 

@@ -274,7 +274,7 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
     s.v_pair.assign(2 * dv, E(0.f));
     s.v_pairs.resize(Vnni::padded(tile_keys) * dv);
     s.v_zeros.assign(dv, E(0.f));
-    s.k_rows.assign(tile_keys * dqk_pad, E(0.f));  // the head-dim padding stays zero
+    s.k_rows.resize(tile_keys * dqk_pad);
     s.v_rows.resize(tile_keys * dv);
     s.out.assign(rows * dv, T(0));
     const int64_t q_element = c10::elementSize(q_dtype);
@@ -384,6 +384,11 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
     };
 
     // Gathered keys: read into the scratch rows (converted, dequantised), then consumed.
+    auto gather_key = [&](int64_t c, int64_t key) {
+      E* k_row = s.k_rows.data() + c * dqk_pad;
+      kv.read_key(b, hk, key, k_row, s.v_rows.data() + c * dv);
+      std::fill(k_row + dqk, k_row + dqk_pad, E(0.f));  // the head-dim pair padding
+    };
     auto consume_gathered = [&](int64_t cols, int64_t key0, int64_t lo, int64_t hi, bool masked) {
       consume_rows(s.k_rows.data(), dqk_pad, s.v_rows.data(), dv, cols, key0, lo, hi, masked);
     };
@@ -411,9 +416,7 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
         if (kv.rows_in_place(b, hk, key0, cols, k_rows, ld_k, v_rows, ld_v) == cols) {
           consume_rows(k_rows, ld_k, v_rows, ld_v, cols, key0, lo, hi, true);
         } else {
-          for (int64_t c = 0; c < cols; ++c) {
-            kv.read_key(b, hk, key0 + c, s.k_rows.data() + c * dqk_pad, s.v_rows.data() + c * dv);
-          }
+          for (int64_t c = 0; c < cols; ++c) gather_key(c, key0 + c);
           consume_gathered(cols, key0, lo, hi, true);
         }
       }
@@ -439,10 +442,7 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
       int64_t cols = 0;
       for (int64_t e = 0; e < entries; ++e) {
         const int64_t key = selection.key_of_entry(b, t0, hk, e);
-        if (key >= 0 && key < seqlen && band.visible(t0, key)) {
-          kv.read_key(b, hk, key, s.k_rows.data() + cols * dqk_pad, s.v_rows.data() + cols * dv);
-          ++cols;
-        }
+        if (key >= 0 && key < seqlen && band.visible(t0, key)) gather_key(cols++, key);
         if (cols == tile_keys || (e + 1 == entries && cols > 0)) {
           consume_gathered(cols, 0, 0, cols, false);
           cols = 0;
