@@ -43,8 +43,9 @@ constexpr int64_t kBwdBlockK = 128;
 // The backward's operands in the tile element type E, packed once per call (cpu::VnniTile
 // layouts; the padding of the reduction dims stays zero):
 //   per (batch, kv head, key tile): Kᵀ (for S = Q Kᵀ), K by key pairs (dQ += dS K) and Vᵀ
-//   (dP = dO Vᵀ); per (batch, query head): Q and dO by query-row pairs (dK += dSᵀ Q,
-//   dV += Pᵀ dO); and Q, dO as plain rows with the head dims padded (the A operands).
+//   (dP = dO Vᵀ); per (batch, query head): Qᵀ and dOᵀ with the query rows padded to pairs
+//   (the A operands of dKᵀ += Qᵀ dS and dVᵀ += dOᵀ P, so P and dS need no transposing); and
+//   Q, dO as plain rows with the head dims padded (the A operands of S and dP).
 template <typename E>
 struct BwdOperands {
   int64_t dqk, dqk_pad, dv, dv_pad, seqlen_q_pad, n_key_tiles, heads_q, heads_kv;
@@ -58,11 +59,14 @@ struct BwdOperands {
     return static_cast<const E*>(storage_keys.data_ptr()) +
            ((b * heads_kv + hk) * n_key_tiles + tile) * key_tile_elements();
   }
-  const E* q_pairs(int64_t b, int64_t h) const {
+  // Qᵀ (dqk x seqlen_q_pad) and dOᵀ (dv x seqlen_q_pad) of (batch, query head).
+  const E* q_transposed(int64_t b, int64_t h) const {
     return static_cast<const E*>(storage_rows.data_ptr()) +
            (b * heads_q + h) * seqlen_q_pad * (dqk + dv);
   }
-  const E* dout_pairs(int64_t b, int64_t h) const { return q_pairs(b, h) + seqlen_q_pad * dqk; }
+  const E* dout_transposed(int64_t b, int64_t h) const {
+    return q_transposed(b, h) + seqlen_q_pad * dqk;
+  }
 };
 
 template <typename E, typename S>
@@ -124,16 +128,16 @@ BwdOperands<E> pack_bwd_operands(const AttentionFwdParams& p, const at::Tensor& 
   at::parallel_for(0, p.batch * p.heads_q, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
       const int64_t h = index % p.heads_q, b = index / p.heads_q;
-      E* q_pairs = rows + index * ops.seqlen_q_pad * (ops.dqk + ops.dv);
-      E* dout_pairs = q_pairs + ops.seqlen_q_pad * ops.dqk;
+      E* q_t = rows + index * ops.seqlen_q_pad * (ops.dqk + ops.dv);
+      E* dout_t = q_t + ops.seqlen_q_pad * ops.dqk;
       for (int64_t i = 0; i < p.seqlen_q; ++i) {
         const S* q_row = q_data + b * qs.batch + i * qs.row + h * qs.head;
         const S* dout_row = dout_data + b * ds.batch + i * ds.row + h * ds.head;
         for (int64_t d = 0; d < ops.dqk; ++d) {
-          q_pairs[Vnni::at(i, d, ops.dqk)] = cpu::convert_element<E>(q_row[d]);
+          q_t[d * ops.seqlen_q_pad + i] = cpu::convert_element<E>(q_row[d]);
         }
         for (int64_t d = 0; d < ops.dv; ++d) {
-          dout_pairs[Vnni::at(i, d, ops.dv)] = cpu::convert_element<E>(dout_row[d]);
+          dout_t[d * ops.seqlen_q_pad + i] = cpu::convert_element<E>(dout_row[d]);
         }
       }
     }
@@ -143,8 +147,8 @@ BwdOperands<E> pack_bwd_operands(const AttentionFwdParams& p, const at::Tensor& 
 
 template <typename T, typename E>
 struct BwdScratch {
-  std::vector<T> probs, dprobs, tanh_vals, dk_acc, dv_acc;
-  std::vector<E> probs_t, dprobs_t, dprobs_e;
+  std::vector<T> probs, dprobs, tanh_vals, dk_acc_t, dv_acc_t;
+  std::vector<E> rounded, probs_pairs, dprobs_pairs, dprobs_e;
 };
 
 template <typename T>
@@ -157,20 +161,32 @@ struct BwdOutputs {
   BshdStrides dv_strides;
 };
 
-// dst (cols x ld_dst, E) = src (rows x cols, T) transposed; columns rows..ld_dst stay zero.
+void round_row(const float* src, int64_t n, c10::BFloat16* dst) { cpu::round_to_bf16(src, n, dst); }
+void round_row(const float* src, int64_t n, c10::Half* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = c10::Half(src[i]);
+}
+
+// The B operand of a product over query rows: src (rows x cols, T) rounded to E and paired
+// along the rows (cpu::VnniTile), an odd last row with zeros. For E == T, src itself.
 template <typename T, typename E>
-void transpose_to(const T* src, int64_t rows, int64_t cols, E* dst, int64_t ld_dst) {
-  constexpr int64_t kBlock = 16;  // cache-friendly blocks
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
-      for (int64_t r = r0; r < std::min(r0 + kBlock, rows); ++r) {
-        for (int64_t c = c0; c < std::min(c0 + kBlock, cols); ++c) {
-          dst[c * ld_dst + r] = E(src[r * cols + c]);
-        }
-      }
+const E* rows_as_b_operand(const T* src, int64_t rows, int64_t cols, std::vector<E>& rounded,
+                           std::vector<E>& pairs) {
+  if constexpr (std::is_same_v<E, T>) {
+    return src;
+  } else {
+    static_assert(sizeof(E) == sizeof(uint16_t));
+    const int64_t rows_pad = cpu::VnniTile<E>::padded(rows);
+    rounded.resize(rows_pad * cols);
+    pairs.resize(rows_pad * cols);
+    for (int64_t r = 0; r < rows; ++r) round_row(src + r * cols, cols, rounded.data() + r * cols);
+    std::fill(rounded.begin() + rows * cols, rounded.end(), E(0.f));
+    for (int64_t r = 0; r < rows_pad; r += 2) {
+      cpu::interleave_rows(reinterpret_cast<const uint16_t*>(rounded.data() + r * cols),
+                           reinterpret_cast<const uint16_t*>(rounded.data() + (r + 1) * cols),
+                           cols, reinterpret_cast<uint32_t*>(pairs.data() + r * cols));
     }
+    return pairs.data();
   }
-  for (int64_t c = 0; c < cols; ++c) std::fill(dst + c * ld_dst + rows, dst + (c + 1) * ld_dst, E(0.f));
 }
 
 template <typename T, typename E>
@@ -204,8 +220,6 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
     constexpr int64_t kTile = kBwdBlockQ * kBwdBlockK;
     s.probs.resize(kTile);
     s.dprobs.resize(kTile);
-    s.probs_t.resize(Vnni::padded(kBwdBlockQ) * kBwdBlockK);
-    s.dprobs_t.resize(Vnni::padded(kBwdBlockQ) * kBwdBlockK);
     s.dprobs_e.resize(kBwdBlockQ * Vnni::padded(kBwdBlockK));
     if (softcap > 0) s.tanh_vals.resize(kTile);
     T* tanh_tile = softcap > 0 ? s.tanh_vals.data() : nullptr;
@@ -218,13 +232,15 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
       const E* k_t = ops.key_tile(b, hk, kt);
       const E* k_rows = k_t + ops.kt_elements();
       const E* v_t = k_rows + ops.kr_elements();
-      s.dk_acc.assign(cols * dqk, T(0));
-      s.dv_acc.assign(cols * dvd, T(0));
+      s.dk_acc_t.assign(dqk * cols, T(0));  // dKᵀ and dVᵀ of the key tile
+      s.dv_acc_t.assign(dvd * cols, T(0));
       const int64_t rows_begin = window.first_row_seeing(j0) / Vnni::kPairs * Vnni::kPairs;
       const int64_t rows_end = window.end_row_seeing(j0 + cols);
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const float* lse_h = lse + (b * p.heads_q + h) * p.seqlen_q;
         const float* delta_h = delta + (b * p.heads_q + h) * p.seqlen_q;
+        const E* q_t = ops.q_transposed(b, h);
+        const E* dout_t = ops.dout_transposed(b, h);
         for (int64_t i0 = rows_begin; i0 < rows_end; i0 += kBwdBlockQ) {
           const int64_t rows = std::min(kBwdBlockQ, rows_end - i0);
           const int64_t rows_pad = Vnni::padded(rows);
@@ -240,10 +256,10 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
                                   tanh_tile ? tanh_tile + r * cols : nullptr);
             cpu::exp2_shifted_inplace(pr, cols, T(lse_h[i]) * T(kLog2e));
           }
-          // dV += P^T dO
-          transpose_to(s.probs.data(), rows, cols, s.probs_t.data(), rows_pad);
-          cpu::gemm_nn(cols, dvd, rows_pad, s.probs_t.data(), rows_pad,
-                       ops.dout_pairs(b, h) + i0 * dvd, dvd, true, s.dv_acc.data(), dvd);
+          // dV^T += dO^T P
+          cpu::gemm_nn(dvd, cols, rows_pad, dout_t + i0, ops.seqlen_q_pad,
+                       rows_as_b_operand(s.probs.data(), rows, cols, s.rounded, s.probs_pairs),
+                       cols, true, s.dv_acc_t.data(), cols);
           // dP = dO V^T, then dS in place.
           cpu::gemm_nn(rows, cols, dv_pad,
                        dout_plain + (b * p.seqlen_q + i0) * ld_dout + h * dv_pad, ld_dout, v_t,
@@ -253,10 +269,10 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
                                   tanh_tile ? tanh_tile + r * cols : nullptr, cols,
                                   T(delta_h[i0 + r]));
           }
-          // dK += dS^T Q ; dQ += dS K (scaled once at the end).
-          transpose_to(s.dprobs.data(), rows, cols, s.dprobs_t.data(), rows_pad);
-          cpu::gemm_nn(cols, dqk, rows_pad, s.dprobs_t.data(), rows_pad,
-                       ops.q_pairs(b, h) + i0 * dqk, dqk, true, s.dk_acc.data(), dqk);
+          // dK^T += Q^T dS ; dQ += dS K (both scaled once at the end).
+          cpu::gemm_nn(dqk, cols, rows_pad, q_t + i0, ops.seqlen_q_pad,
+                       rows_as_b_operand(s.dprobs.data(), rows, cols, s.rounded, s.dprobs_pairs),
+                       cols, true, s.dk_acc_t.data(), cols);
           T* dq_tile = dq_acc + b * grads.dq_strides.batch + i0 * grads.dq_strides.row +
                        h * grads.dq_strides.head;
           const E* ds = nullptr;
@@ -265,7 +281,7 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
           } else {
             for (int64_t r = 0; r < rows; ++r) {
               E* row = s.dprobs_e.data() + r * cols_pad;
-              for (int64_t c = 0; c < cols; ++c) row[c] = E(s.dprobs[r * cols + c]);
+              round_row(s.dprobs.data() + r * cols, cols, row);
               if (cols_pad > cols) row[cols] = E(0.f);
             }
             ds = s.dprobs_e.data();
@@ -280,8 +296,8 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
                     hk * grads.dk_strides.head;
         T* dv_row = grads.dv + b * grads.dv_strides.batch + key * grads.dv_strides.row +
                     hk * grads.dv_strides.head;
-        for (int64_t d = 0; d < dqk; ++d) dk_row[d] = s.dk_acc[c * dqk + d] * scale;
-        for (int64_t d = 0; d < dvd; ++d) dv_row[d] = s.dv_acc[c * dvd + d];
+        for (int64_t d = 0; d < dqk; ++d) dk_row[d] = s.dk_acc_t[d * cols + c] * scale;
+        for (int64_t d = 0; d < dvd; ++d) dv_row[d] = s.dv_acc_t[d * cols + c];
       }
     }
   });

@@ -207,6 +207,20 @@ DEEPSEEK_ATTN_CPU_MULTIVERSION float exp2_shifted_to_bf16(float* s, int64_t cols
                                                          c10::BFloat16* out) {
   return exp2_shifted_lanes(s, cols, shift, reinterpret_cast<uint16_t*>(out));
 }
+DEEPSEEK_ATTN_CPU_MULTIVERSION void round_to_bf16(const float* src, int64_t n,
+                                                  c10::BFloat16* dst) {
+  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    IntLanes bits;
+    std::memcpy(&bits, src + i, sizeof(bits));
+    bits += 0x7FFF + ((bits >> 16) & 1);
+    const HalfWordLanes rounded = __builtin_convertvector(bits >> 16, HalfWordLanes);
+    std::memcpy(out + i, &rounded, sizeof(rounded));
+  }
+  for (; i < n; ++i) dst[i] = c10::BFloat16(src[i]);
+}
+
 DEEPSEEK_ATTN_CPU_MULTIVERSION void interleave_rows(const uint16_t* first, const uint16_t* second,
                                                     int64_t n, uint32_t* out) {
   typedef uint32_t WordLanes __attribute__((vector_size(kLanes * sizeof(uint32_t))));

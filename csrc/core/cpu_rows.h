@@ -27,6 +27,9 @@ double exp2_shifted_inplace(double* s, int64_t cols, double shift);
 // The same with the probabilities rounded to bf16 into `out`; s is left as it was.
 float exp2_shifted_to_bf16(float* s, int64_t cols, float shift, c10::BFloat16* out);
 
+// fp32 to bf16, round to nearest even (finite values: probabilities and their gradients).
+void round_to_bf16(const float* src, int64_t n, c10::BFloat16* dst);
+
 // Two rows of 16-bit values as n pairs (first[d], second[d]): the VNNI pairing of a bf16/fp16
 // B operand.
 void interleave_rows(const uint16_t* first, const uint16_t* second, int64_t n, uint32_t* out);
