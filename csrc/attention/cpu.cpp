@@ -87,7 +87,9 @@ BwdOperands<E> pack_bwd_operands(const AttentionFwdParams& p, const at::Tensor& 
   ops.storage_keys =
       at::zeros({p.batch * p.heads_kv * ops.n_key_tiles, ops.key_tile_elements()}, options);
   ops.storage_rows = at::zeros({p.batch * p.heads_q, ops.seqlen_q_pad * (ops.dqk + ops.dv)}, options);
+  // Contiguous (B, S, H, D) rows in E with D padded to pairs: the input itself when it is.
   auto padded_rows = [&](const at::Tensor& t, int64_t dim_pad) {
+    if (t.scalar_type() == dtype && t.size(3) == dim_pad && t.is_contiguous()) return t;
     at::Tensor plain = at::zeros({t.size(0), t.size(1), t.size(2), dim_pad}, options);
     plain.narrow(3, 0, t.size(3)).copy_(t);
     return plain;
