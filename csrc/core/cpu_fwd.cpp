@@ -167,6 +167,7 @@ template <typename T, typename E>
 struct TaskScratch {
   std::vector<E> q_tile, q_pairs, p_tile, k_rows, v_rows, v_pairs, v_pair, v_zeros;
   std::vector<T> scores, scores_t, out;
+  std::vector<float> q_float;
   std::vector<OnlineSoftmaxRow<T>> state;
 };
 
@@ -180,6 +181,8 @@ template <typename T, typename E>
 void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* packed_tiles,
                   at::ScalarType q_dtype, T* out, T softmax_scale, T softcap) {
   using Vnni = cpu::VnniTile<E>;
+  constexpr bool kKeyDots =
+      std::is_same_v<T, float> && (std::is_same_v<E, float> || std::is_same_v<E, c10::BFloat16>);
   const cpu::CpuTilePlan& plan = cpu::cpu_tile_plan();
   const KeyTileShape<E> shape(plan.keys_per_tile, p.head_dim_qk, p.head_dim_v);
   const KeySelectionParams& selection = p.selection;
@@ -284,6 +287,15 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
                            (h0 + r % nh) * p.q_strides.head) * q_element;
       read_row(q_row, q_dtype, dqk, s.q_tile.data() + r * dqk_pad);
     }
+    // A few rows (MHA decode) take dot products and row updates instead of GEMMs with N or M =
+    // rows, which micro-kernels run at a fraction of their width.
+    const bool dot_rows = kKeyDots && rows <= cpu::kMaxDotRows;
+    if (dot_rows) {
+      s.q_float.resize(rows * dqk);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t d = 0; d < dqk; ++d) s.q_float[r * dqk + d] = float(s.q_tile[r * dqk_pad + d]);
+      }
+    }
     for (int64_t r = 0; r < rows; ++r) {  // Q^T, the B operand of S^T = K Q^T
       for (int64_t d = 0; d < dqk_pad; ++d) {
         s.q_pairs[Vnni::at(d, r, rows)] = s.q_tile[r * dqk_pad + d];
@@ -363,10 +375,24 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
     // each cache row once; V is paired into scratch for bf16/fp16 tiles.
     auto consume_rows = [&](const E* k_rows, int64_t ld_k, const E* v_rows, int64_t ld_v,
                             int64_t cols, int64_t key0, int64_t lo, int64_t hi, bool masked) {
-      cpu::gemm_nn(cols, rows, dqk_pad, k_rows, ld_k, s.q_pairs.data(), rows, false,
-                   s.scores_t.data(), rows);
+      bool dotted = false;
+      if constexpr (kKeyDots) {
+        if (dot_rows) {
+          cpu::key_dots(k_rows, ld_k, cols, s.q_float.data(), rows, dqk, s.scores_t.data());
+          dotted = true;
+        }
+      }
+      if (!dotted) {
+        cpu::gemm_nn(cols, rows, dqk_pad, k_rows, ld_k, s.q_pairs.data(), rows, false,
+                     s.scores_t.data(), rows);
+      }
       cpu::transpose_tile(s.scores_t.data(), cols, rows, rows, s.scores.data());
       const int64_t ld_p = softmax_tile(cols, key0, lo, hi, masked);
+      if constexpr (kKeyDots) {
+        if (dot_rows) {
+          return cpu::accumulate_values(v_rows, ld_v, cols, p_tile, ld_p, rows, dv, s.out.data());
+        }
+      }
       if constexpr (std::is_same_v<E, T>) {
         cpu::gemm_nn(rows, dv, cols, p_tile, ld_p, v_rows, ld_v, true, s.out.data(), dv);
       } else {

@@ -207,6 +207,97 @@ DEEPSEEK_ATTN_CPU_MULTIVERSION float exp2_shifted_to_bf16(float* s, int64_t cols
                                                          c10::BFloat16* out) {
   return exp2_shifted_lanes(s, cols, shift, reinterpret_cast<uint16_t*>(out));
 }
+// Cache rows a few keys ahead: rows one head apart sit in different pages, which the hardware
+// prefetchers do not follow, so a decode would wait on memory latency row by row. (A prefetch
+// past the end of the cache is a hint and never faults.)
+constexpr int64_t kPrefetchRows = 16;
+template <typename E>
+DEEPSEEK_ATTN_ALWAYS_INLINE void prefetch_row(const E* row, int64_t dim) {
+  for (int64_t byte = 0; byte < dim * int64_t(sizeof(E)); byte += 64) {
+    __builtin_prefetch(reinterpret_cast<const char*>(row) + byte);
+  }
+}
+
+// 16 key values as fp32 lanes (bf16 widens by a shift).
+DEEPSEEK_ATTN_ALWAYS_INLINE FloatLanes key_lanes(const float* k) { return load_lanes(k); }
+DEEPSEEK_ATTN_ALWAYS_INLINE FloatLanes key_lanes(const c10::BFloat16* k) {
+  HalfWordLanes half;
+  std::memcpy(&half, k, sizeof(half));
+  const IntLanes bits = __builtin_convertvector(half, IntLanes) << 16;
+  FloatLanes values;
+  std::memcpy(&values, &bits, sizeof(values));
+  return values;
+}
+
+template <typename E>
+DEEPSEEK_ATTN_ALWAYS_INLINE void key_dots_impl(const E* keys, int64_t ld_k, int64_t cols,
+                                               const float* queries, int64_t rows, int64_t dim,
+                                               float* out) {
+  const int64_t vector_dim = dim / kLanes * kLanes;
+  for (int64_t c = 0; c < cols; ++c) {
+    const E* key = keys + c * ld_k;
+    prefetch_row(keys + (c + kPrefetchRows) * ld_k, dim);
+    FloatLanes acc[kMaxDotRows] = {};
+    for (int64_t d = 0; d < vector_dim; d += kLanes) {
+      const FloatLanes k = key_lanes(key + d);
+      for (int64_t r = 0; r < rows; ++r) acc[r] += k * load_lanes(queries + r * dim + d);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      float dot = lanes_sum(acc[r]);
+      for (int64_t d = vector_dim; d < dim; ++d) dot += float(key[d]) * queries[r * dim + d];
+      out[c * rows + r] = dot;
+    }
+  }
+}
+
+DEEPSEEK_ATTN_CPU_MULTIVERSION void key_dots(const float* keys, int64_t ld_k, int64_t cols,
+                                             const float* queries, int64_t rows, int64_t dim,
+                                             float* out) {
+  key_dots_impl(keys, ld_k, cols, queries, rows, dim, out);
+}
+DEEPSEEK_ATTN_CPU_MULTIVERSION void key_dots(const c10::BFloat16* keys, int64_t ld_k,
+                                             int64_t cols, const float* queries, int64_t rows,
+                                             int64_t dim, float* out) {
+  key_dots_impl(keys, ld_k, cols, queries, rows, dim, out);
+}
+
+template <typename E>
+DEEPSEEK_ATTN_ALWAYS_INLINE void accumulate_values_impl(const E* values, int64_t ld_v,
+                                                        int64_t cols, const E* probs,
+                                                        int64_t ld_p, int64_t rows, int64_t dim,
+                                                        float* out) {
+  const int64_t vector_dim = dim / kLanes * kLanes;
+  for (int64_t c = 0; c < cols; ++c) {
+    const E* value = values + c * ld_v;
+    prefetch_row(values + (c + kPrefetchRows) * ld_v, dim);
+    float weight[kMaxDotRows];
+    for (int64_t r = 0; r < rows; ++r) weight[r] = float(probs[r * ld_p + c]);
+    for (int64_t d = 0; d < vector_dim; d += kLanes) {
+      const FloatLanes v = key_lanes(value + d);
+      for (int64_t r = 0; r < rows; ++r) {
+        const FloatLanes sum = load_lanes(out + r * dim + d) + weight[r] * v;
+        std::memcpy(out + r * dim + d, &sum, sizeof(sum));
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t d = vector_dim; d < dim; ++d) out[r * dim + d] += weight[r] * float(value[d]);
+    }
+  }
+}
+
+DEEPSEEK_ATTN_CPU_MULTIVERSION void accumulate_values(const float* values, int64_t ld_v,
+                                                      int64_t cols, const float* probs,
+                                                      int64_t ld_p, int64_t rows, int64_t dim,
+                                                      float* out) {
+  accumulate_values_impl(values, ld_v, cols, probs, ld_p, rows, dim, out);
+}
+DEEPSEEK_ATTN_CPU_MULTIVERSION void accumulate_values(const c10::BFloat16* values, int64_t ld_v,
+                                                      int64_t cols, const c10::BFloat16* probs,
+                                                      int64_t ld_p, int64_t rows, int64_t dim,
+                                                      float* out) {
+  accumulate_values_impl(values, ld_v, cols, probs, ld_p, rows, dim, out);
+}
+
 DEEPSEEK_ATTN_CPU_MULTIVERSION void round_to_bf16(const float* src, int64_t n,
                                                   c10::BFloat16* dst) {
   uint16_t* out = reinterpret_cast<uint16_t*>(dst);

@@ -27,6 +27,23 @@ double exp2_shifted_inplace(double* s, int64_t cols, double shift);
 // The same with the probabilities rounded to bf16 into `out`; s is left as it was.
 float exp2_shifted_to_bf16(float* s, int64_t cols, float shift, c10::BFloat16* out);
 
+// Scores of a few query rows against key rows read where they lie: out[c * rows + r] =
+// key c (ld_k apart) · query r (fp32, `dim` each), for rows <= kMaxDotRows. A decode with one
+// query row per kv head (MHA) is a matrix-vector product, which GEMM micro-kernels waste.
+constexpr int64_t kMaxDotRows = 4;
+void key_dots(const float* keys, int64_t ld_k, int64_t cols, const float* queries, int64_t rows,
+              int64_t dim, float* out);
+void key_dots(const c10::BFloat16* keys, int64_t ld_k, int64_t cols, const float* queries,
+              int64_t rows, int64_t dim, float* out);
+
+// out[r] (dim fp32) += sum over c of probs[r * ld_p + c] * value row c (ld_v apart), for
+// rows <= kMaxDotRows: the P·V of such a decode, V read where it lies.
+void accumulate_values(const float* values, int64_t ld_v, int64_t cols, const float* probs,
+                       int64_t ld_p, int64_t rows, int64_t dim, float* out);
+void accumulate_values(const c10::BFloat16* values, int64_t ld_v, int64_t cols,
+                       const c10::BFloat16* probs, int64_t ld_p, int64_t rows, int64_t dim,
+                       float* out);
+
 // fp32 to bf16, round to nearest even (finite values: probabilities and their gradients).
 void round_to_bf16(const float* src, int64_t n, c10::BFloat16* dst);
 
