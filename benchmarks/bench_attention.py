@@ -99,6 +99,24 @@ def make_attention(impl, shape, dtype, device, causal):
     return inputs, sdpa
 
 
+def timed_step(mode, forward, inputs, dout):
+    """The call one timing repeats: forward (no grad), forward+backward, or backward alone
+    (the graph built once and replayed)."""
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                forward(*inputs)
+    elif mode == "fwd+bwd":
+        def step():
+            torch.autograd.grad(forward(*inputs), inputs, dout)
+    else:
+        out = forward(*inputs)
+
+        def step():
+            torch.autograd.grad(out, inputs, dout, retain_graph=True)
+    return step
+
+
 def run_case(impl, shape, dtype, device, mode, timer, with_memory):
     if impl == OURS_SM80:  # our mma.sync kernels on the same GPU
         previous = deepseek_attn.set_hopper_kernels(False)
@@ -108,20 +126,7 @@ def run_case(impl, shape, dtype, device, mode, timer, with_memory):
         finally:
             deepseek_attn.set_hopper_kernels(previous)
     inputs, forward = make_attention(impl, shape, dtype, device, shape["causal"])
-    dout = torch.randn_like(forward(*inputs))
-
-    if mode == "fwd":
-        def step():
-            with torch.no_grad():
-                forward(*inputs)
-    elif mode == "fwd+bwd":
-        def step():
-            torch.autograd.grad(forward(*inputs), inputs, dout)
-    else:  # bwd: the graph is built once and replayed
-        out = forward(*inputs)
-
-        def step():
-            torch.autograd.grad(out, inputs, dout, retain_graph=True)
+    step = timed_step(mode, forward, inputs, torch.randn_like(forward(*inputs)))
 
     ms = timer(step)
     peak = harness.peak_memory_mib(step, device) if with_memory else None
@@ -334,19 +339,7 @@ def run_cpu_impl(case, impl, args, device):
             out_size = (shape["B"], shape["Sq"], shape["H"], shape["Dv"])
         else:
             out_size = (shape["B"], shape["H"], shape["Sq"], shape["Dv"])
-        dout = torch.randn(out_size, dtype=v.dtype)
-        if mode == "fwd":
-            def step():
-                with torch.no_grad():
-                    forward(*inputs)
-        elif mode == "fwd+bwd":
-            def step():
-                torch.autograd.grad(forward(*inputs), inputs, dout)
-        else:  # bwd: the graph is built once and replayed
-            out = forward(*inputs)
-
-            def step():
-                torch.autograd.grad(out, inputs, dout, retain_graph=True)
+        step = timed_step(mode, forward, inputs, torch.randn(out_size, dtype=v.dtype))
         ms, peak, repeats = time_cpu_call(step, args, device)
     except (RuntimeError, NotImplementedError, MemoryError) as failure:
         result = harness.failed_result(("flash_attn_func", mode, dict(shape)), impl,

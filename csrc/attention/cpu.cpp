@@ -356,19 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flash_attn_bwd_cpu(
     attention_bwd_cpu<T, E>(p, operands, lse_contig.data_ptr<float>(), delta.data_ptr<float>(),
                             grads);
   };
-  switch (tile_dtype) {
-    case at::kDouble:
-      run(double(), double());
-      break;
-    case at::kBFloat16:
-      run(float(), c10::BFloat16());
-      break;
-    case at::kHalf:
-      run(float(), c10::Half());
-      break;
-    default:
-      run(float(), float());
-  }
+  cpu::with_tile_types(tile_dtype, run);
   at::Tensor dq_acc = dq_partials[0];
   for (int64_t g = 1; g < n_groups; ++g) dq_acc.add_(dq_partials[g]);  // fixed order
   dq_acc.mul_(softmax_scale);

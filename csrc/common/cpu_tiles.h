@@ -117,6 +117,22 @@ inline void gemm_nn(int64_t m, int64_t n, int64_t k, const c10::Half* a, int64_t
   at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, true);
 }
 
+// Calls run(T(), E()) with the accumulation type T and the tile element type E of tile_dtype
+// (fp64 tiles accumulate in fp64, every other dtype in fp32).
+template <typename Run>
+void with_tile_types(at::ScalarType tile_dtype, const Run& run) {
+  switch (tile_dtype) {
+    case at::kDouble:
+      return run(double(), double());
+    case at::kBFloat16:
+      return run(float(), c10::BFloat16());
+    case at::kHalf:
+      return run(float(), c10::Half());
+    default:
+      return run(float(), float());
+  }
+}
+
 // Releases per-thread micro-kernel state once a thread's tiles are done.
 inline void gemm_thread_done() {
   const CpuTilePlan& plan = cpu_tile_plan();
@@ -164,21 +180,25 @@ void transpose_tile(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T*
   }
 }
 
-// 2^x for x <= 0 to fp32 accuracy, exactly 0 below 2^-126; branch-free so loops vectorise.
-DEEPSEEK_ATTN_ALWAYS_INLINE float exp2_nonpositive(float x) {
-  const bool underflow = !(x >= -126.f);  // also catches -inf and NaN
-  x = underflow ? 0.f : x;
-  const float n = std::floor(x + 0.5f);
-  const float f = x - n;  // in [-0.5, 0.5]
-  // Taylor series of 2^f = e^(f ln2) to degree 7: relative error below 1e-8 on [-0.5, 0.5].
-  float p = 1.5252734e-05f;
-  p = p * f + 1.5403530e-04f;
+// 2^f for f in [-0.5, 0.5]: the Taylor series of e^(f ln2) to degree 7, relative error below
+// 1e-8. V is float or a GCC vector of floats (core/cpu_rows.cpp).
+template <typename V>
+DEEPSEEK_ATTN_ALWAYS_INLINE V exp2_of_fraction(V f) {
+  V p = f * 1.5252734e-05f + 1.5403530e-04f;
   p = p * f + 1.3333558e-03f;
   p = p * f + 9.6181291e-03f;
   p = p * f + 5.5504109e-02f;
   p = p * f + 2.4022651e-01f;
   p = p * f + 6.9314718e-01f;
-  p = p * f + 1.0f;
+  return p * f + 1.0f;
+}
+
+// 2^x for x <= 0 to fp32 accuracy, exactly 0 below 2^-126; branch-free so loops vectorise.
+DEEPSEEK_ATTN_ALWAYS_INLINE float exp2_nonpositive(float x) {
+  const bool underflow = !(x >= -126.f);  // also catches -inf and NaN
+  x = underflow ? 0.f : x;
+  const float n = std::floor(x + 0.5f);
+  const float p = exp2_of_fraction(x - n);
   int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));

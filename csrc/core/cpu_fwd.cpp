@@ -574,19 +574,7 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
     core_fwd_cpu<T, E>(p, kv, pack_once ? static_cast<const E*>(packed.data_ptr()) : nullptr,
                        in.q.scalar_type(), out_acc.data_ptr<T>(), T(softmax_scale), T(softcap));
   };
-  switch (tile_dtype) {
-    case at::kDouble:
-      run(double(), double());
-      break;
-    case at::kBFloat16:
-      run(float(), c10::BFloat16());
-      break;
-    case at::kHalf:
-      run(float(), c10::Half());
-      break;
-    default:
-      run(float(), float());
-  }
+  cpu::with_tile_types(tile_dtype, run);
   return {out_acc.to(in.q.scalar_type()), lse};
 }
 

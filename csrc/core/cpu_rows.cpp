@@ -98,15 +98,7 @@ DEEPSEEK_ATTN_ALWAYS_INLINE FloatLanes exp2_nonpositive_lanes(FloatLanes x) {
   const IntLanes underflow = !(x >= broadcast(-126.f));
   x = underflow ? broadcast(0.f) : x;
   const FloatLanes n = (x + 12582912.f) - 12582912.f;
-  const FloatLanes f = x - n;
-  FloatLanes p = broadcast(1.5252734e-05f);
-  p = p * f + 1.5403530e-04f;
-  p = p * f + 1.3333558e-03f;
-  p = p * f + 9.6181291e-03f;
-  p = p * f + 5.5504109e-02f;
-  p = p * f + 2.4022651e-01f;
-  p = p * f + 6.9314718e-01f;
-  p = p * f + 1.0f;
+  const FloatLanes p = exp2_of_fraction(x - n);
   const IntLanes bits = (__builtin_convertvector(n, IntLanes) + 127) << 23;
   FloatLanes scale;
   std::memcpy(&scale, &bits, sizeof(scale));
