@@ -150,7 +150,7 @@ BwdOperands<E> pack_bwd_operands(const AttentionFwdParams& p, const at::Tensor& 
 template <typename T, typename E>
 struct BwdScratch {
   std::vector<T> probs, dprobs, tanh_vals, dk_acc_t, dv_acc_t;
-  std::vector<E> rounded, probs_pairs, dprobs_pairs, dprobs_e;
+  std::vector<E> rounded, pairs;
 };
 
 template <typename T>
@@ -168,8 +168,10 @@ void round_row(const float* src, int64_t n, c10::Half* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = c10::Half(src[i]);
 }
 
-// The B operand of a product over query rows: src (rows x cols, T) rounded to E and paired
-// along the rows (cpu::VnniTile), an odd last row with zeros. For E == T, src itself.
+// The B operand of a product over query rows: src (rows x cols, T) rounded to E into `rounded`
+// (rows x padded(cols), the padding zero) and paired along the rows (cpu::VnniTile) into
+// `pairs`, an odd last row with zeros; both have leading dimension padded(cols). For E == T,
+// src itself (padded(cols) == cols).
 template <typename T, typename E>
 const E* rows_as_b_operand(const T* src, int64_t rows, int64_t cols, std::vector<E>& rounded,
                            std::vector<E>& pairs) {
@@ -178,14 +180,19 @@ const E* rows_as_b_operand(const T* src, int64_t rows, int64_t cols, std::vector
   } else {
     static_assert(sizeof(E) == sizeof(uint16_t));
     const int64_t rows_pad = cpu::VnniTile<E>::padded(rows);
-    rounded.resize(rows_pad * cols);
-    pairs.resize(rows_pad * cols);
-    for (int64_t r = 0; r < rows; ++r) round_row(src + r * cols, cols, rounded.data() + r * cols);
-    std::fill(rounded.begin() + rows * cols, rounded.end(), E(0.f));
+    const int64_t ld = cpu::VnniTile<E>::padded(cols);
+    rounded.resize(rows_pad * ld);
+    pairs.resize(rows_pad * ld);
+    for (int64_t r = 0; r < rows; ++r) {
+      E* row = rounded.data() + r * ld;
+      round_row(src + r * cols, cols, row);
+      std::fill(row + cols, row + ld, E(0.f));
+    }
+    std::fill(rounded.begin() + rows * ld, rounded.end(), E(0.f));
     for (int64_t r = 0; r < rows_pad; r += 2) {
-      cpu::interleave_rows(reinterpret_cast<const uint16_t*>(rounded.data() + r * cols),
-                           reinterpret_cast<const uint16_t*>(rounded.data() + (r + 1) * cols),
-                           cols, reinterpret_cast<uint32_t*>(pairs.data() + r * cols));
+      cpu::interleave_rows(reinterpret_cast<const uint16_t*>(rounded.data() + r * ld),
+                           reinterpret_cast<const uint16_t*>(rounded.data() + (r + 1) * ld), ld,
+                           reinterpret_cast<uint32_t*>(pairs.data() + r * ld));
     }
     return pairs.data();
   }
@@ -222,7 +229,6 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
     constexpr int64_t kTile = kBwdBlockQ * kBwdBlockK;
     s.probs.resize(kTile);
     s.dprobs.resize(kTile);
-    s.dprobs_e.resize(kBwdBlockQ * Vnni::padded(kBwdBlockK));
     if (softcap > 0) s.tanh_vals.resize(kTile);
     T* tanh_tile = softcap > 0 ? s.tanh_vals.data() : nullptr;
     T* dq_acc = grads.dq_groups[g];
@@ -260,8 +266,8 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
           }
           // dV^T += dO^T P
           cpu::gemm_nn(dvd, cols, rows_pad, dout_t + i0, ops.seqlen_q_pad,
-                       rows_as_b_operand(s.probs.data(), rows, cols, s.rounded, s.probs_pairs),
-                       cols, true, s.dv_acc_t.data(), cols);
+                       rows_as_b_operand(s.probs.data(), rows, cols, s.rounded, s.pairs),
+                       cols_pad, true, s.dv_acc_t.data(), cols);
           // dP = dO V^T, then dS in place.
           cpu::gemm_nn(rows, cols, dv_pad,
                        dout_plain + (b * p.seqlen_q + i0) * ld_dout + h * dv_pad, ld_dout, v_t,
@@ -273,20 +279,16 @@ void attention_bwd_cpu(const AttentionFwdParams& p, const BwdOperands<E>& ops, c
           }
           // dK^T += Q^T dS ; dQ += dS K (both scaled once at the end).
           cpu::gemm_nn(dqk, cols, rows_pad, q_t + i0, ops.seqlen_q_pad,
-                       rows_as_b_operand(s.dprobs.data(), rows, cols, s.rounded, s.dprobs_pairs),
-                       cols, true, s.dk_acc_t.data(), cols);
+                       rows_as_b_operand(s.dprobs.data(), rows, cols, s.rounded, s.pairs),
+                       cols_pad, true, s.dk_acc_t.data(), cols);
           T* dq_tile = dq_acc + b * grads.dq_strides.batch + i0 * grads.dq_strides.row +
                        h * grads.dq_strides.head;
+          // dS in E, rows x cols_pad: rounded just above for dK (or dS itself for E == T).
           const E* ds = nullptr;
           if constexpr (std::is_same_v<E, T>) {
             ds = s.dprobs.data();
           } else {
-            for (int64_t r = 0; r < rows; ++r) {
-              E* row = s.dprobs_e.data() + r * cols_pad;
-              round_row(s.dprobs.data() + r * cols, cols, row);
-              if (cols_pad > cols) row[cols] = E(0.f);
-            }
-            ds = s.dprobs_e.data();
+            ds = s.rounded.data();
           }
           cpu::gemm_nn(rows, dqk, cols_pad, ds, cols_pad, k_rows, dqk, true, dq_tile,
                        grads.dq_strides.row);

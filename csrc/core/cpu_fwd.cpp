@@ -8,8 +8,9 @@
 // K as the B operand of S = Q·Kᵀ and V as the B operand of O += P·V (cpu::VnniTile). When
 // several tasks read the same keys (prefill, training, dense block lists), K/V are packed once
 // per call for every (batch, kv head, key tile) and each packed tile serves the whole GQA group
-// and every query tile; otherwise (decode, paged and latent caches, index lists) a task packs
-// the keys it needs into scratch as it streams them, so a decode reads each cache row once.
+// and every query tile; otherwise (decode, paged and latent caches, index lists) a task streams
+// its keys as rows — S^T = K Q^T multiplies the cache rows where they lie, gathered into
+// scratch only to convert or dequantise them — so a decode reads each cache row once.
 // Decode tasks too few for the threads split their keys, merged by the LSE rule of SPEC §0.
 // Scores, the online softmax and O accumulate in T (fp32; fp64 for fp64 inputs); P is rounded
 // to E for its product with V.
@@ -33,7 +34,7 @@
 namespace deepseek_attn {
 namespace {
 
-// One source row (the caller's dtype S) as E elements: element d goes to out[d * stride].
+// One source row (the caller's dtype S) as n E elements.
 template <typename E, typename S>
 void read_row(const S* row, int64_t n, E* out) {
   for (int64_t d = 0; d < n; ++d) out[d] = cpu::convert_element<E>(row[d]);
@@ -296,9 +297,11 @@ void core_fwd_cpu(const CoreFwdParams& p, const CpuKvSource<E>& kv, const E* pac
         for (int64_t d = 0; d < dqk; ++d) s.q_float[r * dqk + d] = float(s.q_tile[r * dqk_pad + d]);
       }
     }
-    for (int64_t r = 0; r < rows; ++r) {  // Q^T, the B operand of S^T = K Q^T
-      for (int64_t d = 0; d < dqk_pad; ++d) {
-        s.q_pairs[Vnni::at(d, r, rows)] = s.q_tile[r * dqk_pad + d];
+    if (packed_tiles == nullptr) {  // streamed keys: Q^T is the B operand of S^T = K Q^T
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t d = 0; d < dqk_pad; ++d) {
+          s.q_pairs[Vnni::at(d, r, rows)] = s.q_tile[r * dqk_pad + d];
+        }
       }
     }
     std::vector<OnlineSoftmaxRow<T>>& state = s.state;
@@ -549,7 +552,7 @@ std::tuple<at::Tensor, at::Tensor> attention_core_fwd_cpu(const CoreFwdInputs& i
       !fp8 && cpu::reduced_precision_tiles(in.q.scalar_type()) ? in.q.scalar_type() : acc_dtype;
   // K/V are packed once per call when several tasks read the same keys: a dense band with more
   // than one query tile per kv head, or dense block lists naming at least as many keys as K
-  // holds (prefill, training); otherwise each task packs the keys it reads.
+  // holds (prefill, training); otherwise each task streams the keys it reads.
   const QueryTiles grid(p.heads_per_kv(), in.indices.has_value() ? 1 : 0, p.seqlen_q,
                         plan.rows_per_task);
   const bool dense_blocks = in.indices.has_value() && in.index_block_size > 1 &&

@@ -27,7 +27,7 @@ constexpr int64_t kActivationChunk = 512;   // rows of A widened at a time (boun
 constexpr int64_t kColumnsPerCall = 128;    // activation rows per brgemm call
 
 // K block widths are padded to even: VNNI pairs two K values per 32-bit word.
-int64_t padded_width(int64_t width) { return (width + 1) & ~int64_t(1); }
+int64_t padded_width(int64_t width) { return VnniTile<c10::BFloat16>::padded(width); }
 
 // Weight rows per task: 64, or 32 where that shortens the busiest thread's share (N = 576 on 2
 // threads: 9 tiles of 64 leave one thread 5, 18 tiles of 32 give each 9 half-sized ones).
@@ -80,6 +80,11 @@ void pack_activation_block(const uint8_t* a, int64_t k, int64_t m0, int64_t rows
   }
 }
 
+// bf16 bits as the element type of the bf16 tile GEMM (cpu_tiles.h's gemm_nn).
+const c10::BFloat16* as_bf16(const uint16_t* bits) {
+  return reinterpret_cast<const c10::BFloat16*>(bits);
+}
+
 // acc (rows x cols) += (partial · a_scale[col]) · b_scale[row], the SPEC §2 promotion in the
 // reference's multiplication order.
 DEEPSEEK_ATTN_CPU_MULTIVERSION
@@ -116,12 +121,6 @@ void write_output_tile(const float* acc, int64_t rows, int64_t cols, DType out_t
   TORCH_CHECK(false, "fp8_gemm: no CPU output kernel for this dtype");
 }
 
-void bf16_brgemm(int64_t rows, int64_t cols, int64_t depth, const uint16_t* a, int64_t ld_a,
-                 const uint16_t* b_vnni, int64_t ld_b, float* c) {
-  at::native::cpublas::brgemm(rows, cols, depth, ld_a, ld_b, /*ld_c=*/cols, /*add_C=*/false,
-                              reinterpret_cast<const at::BFloat16*>(a),
-                              reinterpret_cast<const at::BFloat16*>(b_vnni), c, /*is_vnni=*/true);
-}
 
 // A 3 x 5 x 7 product of small integers through the same widening and packing as the GEMM (odd
 // K exercises the pair padding); exact in e4m3, bf16 and fp32, so any layout mistake shows.
@@ -138,7 +137,8 @@ bool bf16_tiles_probe_is_exact() {
   widen_weight_tile(weight, kDepth, 0, kRows, 0, kDepth, tile);
   pack_activation_block(activation, kDepth, 0, kCols, 0, kDepth, vnni);
   float product[kRows * kCols];
-  bf16_brgemm(kRows, kCols, padded_width(kDepth), tile, kKBlock, vnni, kCols, product);
+  gemm_nn(kRows, kCols, padded_width(kDepth), as_bf16(tile), kKBlock, as_bf16(vnni), kCols, false,
+          product, kCols);
   at::native::cpublas::brgemm_release(/*is_vnni=*/true);
   for (int64_t r = 0; r < kRows; ++r) {
     for (int64_t c = 0; c < kCols; ++c) {
@@ -212,8 +212,8 @@ void fp8_gemm_bf16_tiles(const Fp8GemmParams& p, DType out_type) {
           }
           for (int64_t c0 = 0; c0 < rows; c0 += kColumnsPerCall) {
             const int64_t cols = std::min(kColumnsPerCall, rows - c0);
-            bf16_brgemm(tile_rows, cols, padded_width(width), weight_tile, kKBlock,
-                        vnni + kb * kKBlock * rows + c0 * 2, rows, partial);
+            gemm_nn(tile_rows, cols, padded_width(width), as_bf16(weight_tile), kKBlock,
+                    as_bf16(vnni + kb * kKBlock * rows + c0 * 2), rows, false, partial, cols);
             add_promoted_partial(partial, tile_rows, cols, a_scales + kb * rows + c0, b_scales,
                                  acc + c0, rows);
           }
